@@ -1,0 +1,93 @@
+"""Requests and the identity of whoever submitted them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SECTOR_SHIFT = 9
+ASYNC = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
+SYNC = 1  # class index of reads and sync writes, as BLK_RW_SYNC
+READ = 0
+WRITE = 1
+
+# Request states, in the order a request moves through them.
+WAITING = "waiting"  # its submitter sleeps (backpressure); the request is not admitted yet
+HELD = "held"  # admitted and queued in its group
+ISSUED = "issued"  # released to the lower device; the caller performs the I/O
+DONE = "done"  # completed
+
+
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """Who asked for the I/O: what classification by group type looks at.
+
+    ``cgroup`` is the owner cgroup's id (for delayed writes: the page owner's, not the flusher's).
+    ``client`` is the front end's id for a connection peer (group type ``client``).
+    """
+
+    pid: int = 0
+    pgrp: int = 0
+    uid: int = 0
+    gid: int = 0
+    cgroup: int = 0
+    kthread: bool = False
+    client: int | None = None
+
+
+ROOT = Submitter()
+
+
+class Request:
+    """One block request (a bio). The core fills in group, state and timing fields."""
+
+    __slots__ = (
+        "delayed",
+        "device",
+        "dir",
+        "group",
+        "issue_time",
+        "length",
+        "offset",
+        "owner",
+        "sectors",
+        "state",
+        "submit_time",
+        "sync",
+        "tag",
+        "urgent",
+    )
+
+    def __init__(
+        self,
+        write: bool,
+        offset: int,
+        length: int,
+        owner: Submitter = ROOT,
+        *,
+        sync: bool | None = None,
+        urgent: bool = False,
+        tag: object = None,
+    ) -> None:
+        self.dir = WRITE if write else READ
+        # Reads are always sync; writes are sync only when flagged (O_DIRECT, O_SYNC, FUA).
+        self.sync = SYNC if (not write or sync) else ASYNC
+        self.offset = offset
+        self.length = length
+        self.sectors = length >> SECTOR_SHIFT
+        self.owner = owner
+        self.urgent = urgent
+        self.tag = tag
+        self.state: str | None = None
+        self.group = None
+        self.device = None
+        self.delayed = False
+        self.submit_time = 0
+        self.issue_time = 0
+
+    @property
+    def write(self) -> bool:
+        return self.dir == WRITE
+
+    def __repr__(self) -> str:
+        kind = "W" if self.dir else "R"
+        return f"<Request {kind}{'s' if self.sync else 'a'} {self.offset}+{self.length} {self.state}>"
