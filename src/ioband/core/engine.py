@@ -1,64 +1,747 @@
-"""TEMPORARY pass-through stand-in with the final Engine API (replaced by the real engine)."""
+"""The sans-I/O engine: dm-ioband's request path, conductor and configuration, time passed in.
+
+Callers hand requests in (``submit``), perform the I/O of every request the engine issues (the
+``True`` return of ``submit``, then ``take_issued()`` after every call), and report completions
+(``complete``). Time is integer jiffies supplied by the caller; ``next_deadline``/``advance`` drive
+the engine's timers (the conductor's one-jiffy kick, range-bw's period timers). Where the kernel
+puts a submitter to sleep, the request waits inside the engine (state ``WAITING``) and comes out
+through ``take_admitted()`` once it is admitted: front ends use that as backpressure.
+"""
 
 from __future__ import annotations
 
+import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from heapq import heappop, heappush
 
-from ioband.core.request import DONE, ISSUED, Request
+from ioband.core.classify import GROUP_TYPES
+from ioband.core.cint import SHORT_MAX, strict_strtol
+from ioband.core.grammar import (
+    ID_ANY,
+    bounded_int,
+    format_table,
+    parse_group_param,
+    parse_message,
+    parse_table,
+)
+from ioband.core.model import Device, DeviceGroup, Group
+from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
+from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
+from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
+
+DEFAULT_IO_THROTTLE = 4
+DEFAULT_NR_REQUESTS = 128
+_SETTLE_LIMIT = 1_000_000  # conductor runs in one call before we suspect a livelock
 
 
 @dataclass(frozen=True)
 class BackingInfo:
+    """What the core needs to know of a table's ``<device>``: how tables show it, and the
+    request queue size that ``io_limit 0`` derives from (None: no queue, ``Can't get queue
+    size``)."""
+
     display: str
-    nr_requests: int | None = 128
+    nr_requests: int | None = DEFAULT_NR_REQUESTS
 
 
-class Device:
-    def __init__(self, name: str, table: str) -> None:
-        self.name = name
-        self.table_line = table
+def default_resolver(device: str) -> BackingInfo:
+    return BackingInfo(device, DEFAULT_NR_REQUESTS)
+
+
+def default_io_limit(nr_requests: int | None, what: str) -> int:
+    if nr_requests is None:
+        raise NoQueue(f"Can't get queue size: {what} has no request queue; give io_limit")
+    return 3 * nr_requests // 2
 
 
 class Engine:
-    def __init__(self, *, hz: int = 1000, resolver: Callable[[str], BackingInfo | None] | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        hz: int = 1000,
+        resolver: Callable[[str], BackingInfo | None] | None = None,
+        seed: int = 0,
+        linear_scan: bool = False,
+    ) -> None:
+        if hz <= 0:
+            raise InvalidArgument(f"Invalid hz: {hz} must be > 0")
         self.hz = hz
+        self.now = 0
+        self.resolver = resolver or default_resolver
+        self.rng = random.Random(seed)
+        self.linear_scan = linear_scan  # reference mode: every policy scans every group
         self.devices: dict[str, Device] = {}
+        self.device_groups: dict[str, DeviceGroup] = {}
+        self._timers: list[tuple[int, int, Callable[..., None], tuple]] = []
+        self._timer_seq = 0
+        self._group_seq = 0
+        self._ready: deque[DeviceGroup] = deque()
+        self._runnable: deque[Request] = deque()
         self._issued: list[Request] = []
+        self._admitted: list[Request] = []
 
-    def create(self, name: str, table: str, now: int = 0) -> Device:
-        dev = self.devices[name] = Device(name, table)
-        return dev
-
-    def message(self, name: str, words: str | Sequence[str], now: int = 0) -> None:
-        pass
-
-    def remove(self, name: str, now: int = 0) -> None:
-        del self.devices[name]
-
-    def table(self, name: str) -> str:
-        return self.devices[name].table_line
-
-    def status(self, name: str, fmt: str = "legacy") -> str:
-        return "1 -1 0 0 0 0 0 0"
-
-    def submit(self, dev: Device, req: Request, now: int) -> bool:
-        req.state = ISSUED
-        return True
-
-    def complete(self, req: Request, now: int) -> None:
-        req.state = DONE
-
-    def advance(self, now: int) -> None:
-        pass
-
-    def next_deadline(self) -> int | None:
-        return None
-
+    # ======================================================================================
+    # Outboxes, time and timers
+    # ======================================================================================
     def take_issued(self) -> list[Request]:
-        out, self._issued = self._issued, []
+        """Requests released since the last call, in order. Perform their I/O."""
+        out = self._issued
+        self._issued = []
         return out
 
     def take_admitted(self) -> list[Request]:
-        return []
+        """Requests that were WAITING (their submitter asleep) and are now admitted."""
+        out = self._admitted
+        self._admitted = []
+        return out
+
+    def next_deadline(self) -> int | None:
+        return self._timers[0][0] if self._timers else None
+
+    def advance(self, now: int) -> None:
+        self._tick(now)
+        timers = self._timers
+        while timers and timers[0][0] <= self.now:
+            _, _, fn, args = heappop(timers)
+            fn(*args)
+        self._settle()
+
+    def set_timer(self, due: int, fn: Callable[..., None], *args: object) -> None:
+        self._timer_seq += 1
+        heappush(self._timers, (due, self._timer_seq, fn, args))
+
+    def wake(self, waitq: deque[Request]) -> None:
+        """``wake_up_all``: every sleeper re-evaluates its condition once this call settles."""
+        if waitq:
+            self._runnable.extend(waitq)
+            waitq.clear()
+
+    def _tick(self, now: int) -> None:
+        if now > self.now:
+            self.now = now
+
+    def ms(self, jiffies: int) -> int:
+        return jiffies * 1000 // self.hz
+
+    # ======================================================================================
+    # The request path
+    # ======================================================================================
+    def submit(self, dev: Device, req: Request, now: int) -> bool:
+        """``map``: True when ``req`` is issued now (the caller performs it at once); otherwise it
+        is held (or its submitter waits) and comes out of ``take_issued()`` later."""
+        if now > self.now:
+            self.now = now
+        req.device = dev
+        req.submit_time = self.now
+        if dev.suspended:
+            req.group = None
+            req.state = WAITING
+            dev.suspend_waiters.append(req)
+            return False
+        g = self._classify(dev, req)
+        wq = self._burst_wait(g, req)
+        if wq is not None:
+            req.state = WAITING
+            wq.append(req)
+            issued = False
+        else:
+            issued = self._map_admitted(g, req)
+        if self._ready or self._runnable:
+            self._settle()
+        return issued
+
+    def complete(self, req: Request, now: int) -> None:
+        """``end_io``: the lower device finished ``req``."""
+        if req.state != ISSUED:
+            raise InvalidArgument(f"complete: request {req!r} is not in flight")
+        if now > self.now:
+            self.now = now
+        g = req.group
+        dp = g.dp
+        dp.issued[req.sync] -= 1
+        req.device.inflight -= 1
+        req.state = DONE
+        took = self.now - req.submit_time
+        g.ticks[req.dir] += took
+        g.time_in_queue += took
+        g.active -= 1
+        if g.active == 0:
+            g.io_ticks += self.now - g.busy_since
+        if dp.blocked[0] + dp.blocked[1] > 0:
+            self._queue_conductor(dp, 0)
+        if self._ready or self._runnable:
+            self._settle()
+
+    def _classify(self, dev: Device, req: Request) -> Group:
+        id_of = dev.id_of
+        g = dev.head
+        if id_of is not None:
+            gid = id_of(req.owner)
+            if gid is not None:
+                # An id of -1 falls to the default group (the original picked the rb-tree root).
+                g = dev.groups.get(gid, g)
+        req.group = g
+        if g.active == 0:
+            g.busy_since = self.now
+        g.active += 1
+        return g
+
+    def _burst_wait(self, g: Group, req: Request) -> deque[Request] | None:
+        """``prevent_burst_bios``: the wait queue the submitter must sleep on, or None."""
+        sync = req.sync
+        if g.going_down:
+            return None
+        if req.urgent or req.owner.kthread:
+            dp = g.dp
+            if dp.blocked_flag[sync]:
+                return dp.waitq[sync]
+            if dp.blocked[sync] >= dp.io_limit:
+                dp.blocked_flag[sync] = True
+                return dp.waitq[sync]
+            return None
+        if g.blocked_flag[sync]:
+            return g.waitq[sync]
+        policy = g.dp.policy
+        wq = policy.hold_back(g)
+        if wq is not None:
+            return wq
+        if policy.should_block(g, sync):
+            g.blocked_flag[sync] = True
+            return g.waitq[sync]
+        return None
+
+    def _map_admitted(self, g: Group, req: Request) -> bool:
+        dp = g.dp
+        sync = req.sync
+        if g.blocked[sync] == 0 and dp.issued[sync] < dp.io_limit:
+            policy = dp.policy
+            if policy.can_submit(g) != 0:
+                dp.issued[sync] += 1
+                policy.charge(g, req, False)  # a yield here is ignored, as the original
+                g.ios[req.dir] += 1
+                g.sectors[req.dir] += req.sectors
+                req.state = ISSUED
+                req.issue_time = self.now
+                req.device.inflight += 1
+                return True
+            if dp.blocked[0] + dp.blocked[1] == 0 and dp.issued[0] + dp.issued[1] == 0:
+                self._queue_conductor(dp, 1)  # nothing will complete to kick it
+        self._hold(g, req)
+        return False
+
+    def _hold(self, g: Group, req: Request) -> None:
+        dp = g.dp
+        sync = req.sync
+        dp.blocked[sync] += 1
+        req.state = HELD
+        req.delayed = True
+        if req.urgent:
+            dp.policy.charge(g, req, True)  # charged now, may go into debt; never waits
+            dp.urgent.append(req)
+        else:
+            g.blocked[sync] += 1
+            dp.policy.hold(g, req)
+            if g.blocked[0] + g.blocked[1] == 1:
+                dp.policy.backlogged(g)
+
+    def _run_waiter(self, req: Request) -> None:
+        """A woken submitter re-evaluates where it slept."""
+        dev = req.device
+        if dev.name not in self.devices or self.devices[dev.name] is not dev:
+            self._issue_now(req)  # its device was removed while it slept
+            return
+        g = req.group
+        if g is None:
+            if dev.suspended:
+                dev.suspend_waiters.append(req)
+                return
+            g = self._classify(dev, req)
+        wq = self._burst_wait(g, req)
+        if wq is not None:
+            wq.append(req)
+            return
+        if self._map_admitted(g, req):
+            self._issued.append(req)
+        self._admitted.append(req)
+
+    # ======================================================================================
+    # The conductor
+    # ======================================================================================
+    def _queue_conductor(self, dp: DeviceGroup, delay: int) -> None:
+        """``queue_delayed_work``: a no-op while a run is pending, even with a shorter delay."""
+        if dp.conductor_pending:
+            return
+        dp.conductor_pending = True
+        if delay == 0:
+            self._ready.append(dp)
+        else:
+            self.set_timer(self.now + delay, self._ready.append, dp)
+
+    def _settle(self) -> None:
+        ready = self._ready
+        runnable = self._runnable
+        runs = 0
+        while ready or runnable:
+            while ready:
+                runs += 1
+                if runs > _SETTLE_LIMIT:  # never seen; keeps a bug from hanging a front end
+                    for dp in ready:
+                        dp.conductor_pending = False
+                        self._queue_conductor(dp, 1)
+                    ready.clear()
+                    break
+                self._conduct(ready.popleft())
+            while runnable:
+                self._run_waiter(runnable.popleft())
+
+    def _conduct(self, dp: DeviceGroup) -> None:
+        """``ioband_conduct``: release urgent requests, then one group's batch."""
+        dp.conductor_pending = False
+        out = self._issued
+        before = len(out)
+        limit = dp.io_limit
+        issued = dp.issued
+        urgent = dp.urgent
+        while urgent and issued[0] < limit:  # the original checks the async class only
+            req = urgent.popleft()
+            c = req.sync
+            dp.blocked[c] -= 1
+            issued[c] += 1
+            self._mark_issued(req)
+        policy = dp.policy
+        if dp.blocked[0] + dp.blocked[1] > 0:
+            g = policy.choose()
+            if g is not None and self._release(g) == R_YIELD:
+                self._queue_conductor(dp, 0)
+        for c in (0, 1):
+            if dp.blocked_flag[c] and dp.blocked[c] < limit:
+                dp.blocked_flag[c] = False
+                self.wake(dp.waitq[c])
+        if (
+            dp.blocked[0] + dp.blocked[1] > 0
+            and issued[0] < limit
+            and issued[1] < limit
+            and len(out) == before
+            and policy.restart()
+        ):
+            self._queue_conductor(dp, 0)
+
+    def _release(self, g: Group) -> int:
+        """``release_bios``: the prio queue first, then the normal queue, until the batch yields,
+        tokens run out (R_BLOCK) or there is no room (R_OK)."""
+        dp = g.dp
+        policy = dp.policy
+        can_submit = policy.can_submit
+        issued = dp.issued
+        limit = dp.io_limit
+        if g.prio_queue:
+            c = g.prio_sync
+            while g.prio_blocked > 0:
+                if can_submit(g) == 0:
+                    return R_BLOCK
+                if issued[c] >= limit:
+                    return R_OK
+                req = g.prio_queue.popleft()
+                g.prio_blocked -= 1
+                r = self._make_issue(g, req, c)
+                if r != R_OK:
+                    return r
+        while g.blocked[0] + g.blocked[1] - g.prio_blocked > 0:
+            if can_submit(g) == 0:
+                return R_BLOCK
+            if issued[0] >= limit and issued[1] >= limit:
+                return R_OK
+            req = policy.pop(g)
+            if req is None:
+                return R_OK
+            c = req.sync
+            if issued[c] >= limit:
+                if not g.prio_queue:
+                    g.prio_sync = c
+                g.prio_queue.append(req)  # its class is full: it goes first next time
+                g.prio_blocked += 1
+                continue
+            r = self._make_issue(g, req, c)
+            if r != R_OK:
+                return r
+        return R_OK
+
+    def _make_issue(self, g: Group, req: Request, c: int) -> int:
+        dp = g.dp
+        dp.blocked[c] -= 1
+        g.blocked[c] -= 1
+        if g.blocked[c] == 0 and g.blocked_flag[c]:
+            g.blocked_flag[c] = False
+            self.wake(g.waitq[c])
+        g.ios[req.dir] += 1
+        g.sectors[req.dir] += req.sectors
+        g.delayed[req.dir] += 1
+        self._mark_issued(req)
+        dp.issued[c] += 1
+        return dp.policy.charge(g, req, False)
+
+    def _mark_issued(self, req: Request) -> None:
+        req.state = ISSUED
+        req.issue_time = self.now
+        req.device.inflight += 1
+        self._issued.append(req)
+
+    def _issue_now(self, req: Request) -> None:
+        """Issue without scheduling (device removal): counted in flight, not charged."""
+        was_waiting = req.state == WAITING
+        dev = req.device
+        g = req.group
+        if g is None:
+            g = dev.head
+            req.group = g
+            if g.active == 0:
+                g.busy_since = self.now
+            g.active += 1
+        g.dp.issued[req.sync] += 1
+        g.ios[req.dir] += 1
+        g.sectors[req.dir] += req.sectors
+        if req.delayed:
+            g.delayed[req.dir] += 1
+        self._mark_issued(req)
+        if was_waiting:
+            self._admitted.append(req)
+
+    def _unhold_all(self, g: Group) -> list[Request]:
+        """Take every held request out of ``g`` (prio queue first), keeping the counters right."""
+        dp = g.dp
+        reqs = [*g.prio_queue, *g.queue]
+        g.prio_queue.clear()
+        g.queue.clear()
+        g.prio_blocked = 0
+        for req in reqs:
+            dp.blocked[req.sync] -= 1
+        g.blocked[0] = g.blocked[1] = 0
+        g.blocked_flag[0] = g.blocked_flag[1] = False
+        return reqs
+
+    def _sleepers(self, g: Group) -> list[Request]:
+        out = [*g.waitq[0], *g.waitq[1], *g.maxbw_waitq]
+        g.waitq[0].clear()
+        g.waitq[1].clear()
+        g.maxbw_waitq.clear()
+        return out
+
+    # ======================================================================================
+    # Configuration: create, remove, messages, suspend/resume
+    # ======================================================================================
+    def device(self, name: str) -> Device:
+        dev = self.devices.get(name)
+        if dev is None:
+            raise NoSuchDevice(f"No such device: {name!r}")
+        return dev
+
+    def _new_group(self, dev: Device, gid: int) -> Group:
+        self._group_seq += 1
+        g = Group(gid, dev, self._group_seq)
+        dev.dp.groups.append(g)
+        return g
+
+    def create(self, name: str, table: str | Sequence[str], now: int = 0) -> Device:
+        """``dmsetup create``: every check runs before anything changes."""
+        self._tick(now)
+        if not name or "/" in name or any(ch.isspace() for ch in name):
+            raise InvalidArgument(f"Invalid device name {name!r}: no '/', no spaces, not empty")
+        if name in self.devices:
+            raise Busy(f"Device {name!r} already exists")
+        spec = parse_table(table)
+        info = self.resolver(spec.device)
+        if info is None:
+            raise NoSuchDevice(f"Device lookup failed: {spec.device!r} was not found")
+        throttle = spec.io_throttle or DEFAULT_IO_THROTTLE
+        limit = spec.io_limit or default_io_limit(info.nr_requests, repr(spec.device))
+        limit = max(limit, throttle)
+        policy_cls = POLICIES.get(spec.policy)
+        if policy_cls is None:
+            raise InvalidArgument(
+                f"Invalid policy parameter: unknown policy {spec.policy!r}"
+                f" (one of {', '.join(POLICIES)})"
+            )
+        token_base = policy_cls.parse_token_base(spec.token_base)
+        head_value = policy_cls.parse_group_value(
+            spec.default_param, "Cannot create default ioband group"
+        )
+        if spec.type not in GROUP_TYPES:
+            raise InvalidArgument(
+                f"Cannot set ioband group type: unknown type {spec.type!r}"
+                f" (one of {', '.join(GROUP_TYPES)})"
+            )
+        extra: dict[int, object] = {}
+        for gid, value in spec.groups:
+            err = "Cannot create ioband group"
+            if GROUP_TYPES[spec.type] is None:
+                raise InvalidArgument(f"{err}: group {gid}: type 'none' has no groups to attach")
+            if gid < 0:
+                raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..2147483647)")
+            if gid in extra:
+                raise AlreadyExists(f"{err}: id={gid} already exists.")
+            extra[gid] = policy_cls.parse_group_value(value, err)
+
+        dp = self.device_groups.get(spec.group_name)
+        if dp is None:
+            dp = DeviceGroup(spec.group_name, self, throttle, limit, info.nr_requests)
+            dp.policy = policy_cls(dp, token_base)
+            dp.policy_name = spec.policy
+            self._apply_scan_mode(dp)
+            self.device_groups[dp.name] = dp
+        elif dp.policy_name != spec.policy:
+            self._switch_policy(dp, spec.policy, token_base)
+        dev = Device(name, dp, spec.start, spec.length, spec.device, info.display)
+        dev.type_name = spec.type
+        dev.id_of = GROUP_TYPES[spec.type]
+        policy = dp.policy
+        dev.head = self._new_group(dev, ID_ANY)
+        policy.group_added(dev.head, head_value, reshare=False)
+        for gid, value in extra.items():
+            g = dev.groups[gid] = self._new_group(dev, gid)
+            policy.group_added(g, value, reshare=False)
+        policy.reshare()
+        dp.devices.append(dev)
+        self.devices[name] = dev
+        self._settle()
+        return dev
+
+    def remove(self, name: str, now: int = 0) -> None:
+        """``dmsetup remove``: what the device holds is issued at once (flushed downwards);
+        requests in flight complete normally."""
+        self._tick(now)
+        dev = self.device(name)
+        dp = dev.dp
+        del self.devices[name]
+        leftovers: list[Request] = list(dev.suspend_waiters)
+        dev.suspend_waiters.clear()
+        groups = dev.all_groups()
+        for g in groups:
+            leftovers += self._unhold_all(g)
+            leftovers += self._sleepers(g)
+        for c in (0, 1):  # kernel threads of this device asleep on the device-wide queues
+            mine = [r for r in dp.waitq[c] if r.device is dev]
+            dp.waitq[c] = deque(r for r in dp.waitq[c] if r.device is not dev)
+            leftovers += mine
+        urgent = [r for r in dp.urgent if r.device is dev]
+        if urgent:
+            dp.urgent = deque(r for r in dp.urgent if r.device is not dev)
+            for r in urgent:
+                dp.blocked[r.sync] -= 1
+            leftovers += urgent
+        for req in leftovers:
+            self._issue_now(req)
+        for g in reversed(groups):
+            dp.policy.group_removed(g)
+            dp.groups.remove(g)
+            if g.going_down:
+                dp.going_down -= 1
+        dp.devices.remove(dev)
+        if dp.devices:
+            dp.policy.reshare()
+            self._queue_conductor(dp, 0)
+        else:
+            del self.device_groups[dp.name]
+        self._settle()
+
+    def suspend(self, name: str, now: int = 0) -> None:
+        """``dmsetup suspend``: new requests wait; what is held drains at once, ignoring tokens."""
+        self._tick(now)
+        dev = self.device(name)
+        if dev.suspended:
+            return
+        dev.suspended = True
+        dp = dev.dp
+        for g in dev.all_groups():
+            if not g.going_down:
+                g.going_down = True
+                g.need_up = True
+                dp.going_down += 1
+            for wq in (*g.waitq, g.maxbw_waitq):
+                self.wake(wq)
+        for wq in dp.waitq:
+            self.wake(wq)
+        self._queue_conductor(dp, 0)
+        self._settle()
+
+    def resume(self, name: str, now: int = 0) -> None:
+        self._tick(now)
+        dev = self.device(name)
+        if not dev.suspended:
+            return
+        dp = dev.dp
+        for g in dev.all_groups():
+            if g.need_up:
+                g.need_up = g.going_down = False
+                dp.going_down -= 1
+                dp.policy.backlogged(g)
+        dev.suspended = False
+        self.wake(dev.suspend_waiters)
+        self._queue_conductor(dp, 0)
+        self._settle()
+
+    def quiesced(self, name: str) -> bool:
+        """Nothing held, waiting or in flight on this device (a suspend has finished)."""
+        dev = self.device(name)
+        return dev.inflight == 0 and not dev.suspend_waiters and all(
+            g.blocked[0] + g.blocked[1] == 0 and not g.waitq[0] and not g.waitq[1]
+            for g in dev.all_groups()
+        )
+
+    def _apply_scan_mode(self, dp: DeviceGroup) -> None:
+        if self.linear_scan and hasattr(dp.policy, "linear"):
+            dp.policy.linear = True  # type: ignore[attr-defined]
+
+    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: int) -> None:
+        """Switch the device group's policy. Groups keep their held requests, which the new
+        policy releases; parameters reset to defaults, except that weights carry over between
+        the weight policies."""
+        old = dp.policy
+        new_cls = POLICIES[name]
+        carry = old.family == new_cls.family
+        values = {g: old.carried_value(g) if carry else None for g in dp.groups}
+        for g in dp.groups:
+            g.timer_token += 1  # cancel range-bw timers
+            for wq in (*g.waitq, g.maxbw_waitq):
+                self.wake(wq)
+        new = new_cls(dp, token_base)
+        dp.policy = new
+        dp.policy_name = name
+        self._apply_scan_mode(dp)
+        for g in dp.groups:
+            new.group_added(g, values[g], reshare=False)
+        new.reshare()
+        for g in dp.groups:
+            if g.blocked[0] + g.blocked[1]:
+                new.backlogged(g)
+        self._queue_conductor(dp, 0)
+
+    def _detach(self, dev: Device, g: Group) -> None:
+        """Remove group ``g``. Its held requests and sleeping submitters go to the default group
+        (the original flushed them downwards uncharged while suspending the whole device)."""
+        dp = dev.dp
+        head = dev.head
+        held = self._unhold_all(g)
+        sleepers = self._sleepers(g)
+        dp.policy.group_removed(g)
+        dp.groups.remove(g)
+        del dev.groups[g.id]
+        if g.going_down:
+            dp.going_down -= 1
+        moved = len(held) + len(sleepers)
+        if moved:
+            g.active -= moved
+            if head.active == 0:
+                head.busy_since = self.now
+            head.active += moved
+        for req in held:
+            req.group = head
+            self._hold(head, req)
+        for req in sleepers:
+            req.group = head
+            self._runnable.append(req)
+        if held:
+            self._queue_conductor(dp, 0)
+
+    def message(self, name: str, words: str | Sequence[str], now: int = 0) -> None:
+        """``dmsetup message NAME 0 WORDS``. A refused message raises and changes nothing."""
+        self._tick(now)
+        dev = self.device(name)
+        msg = parse_message(words)
+        cmd, arg = msg.command, msg.arg
+        dp = dev.dp
+        if cmd == "reset":
+            for g in dev.all_groups():
+                g.reset_stats()
+        elif cmd == "type":
+            assert arg is not None
+            if arg not in GROUP_TYPES:
+                raise InvalidArgument(
+                    f"type: unknown group type {arg!r} (one of {', '.join(GROUP_TYPES)})"
+                )
+            if dev.groups:
+                raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
+            dev.type_name = arg
+            dev.id_of = GROUP_TYPES[arg]
+        elif cmd in ("attach", "detach"):
+            gid = strict_strtol(arg or "")
+            if gid is None or gid < 0:
+                raise InvalidArgument(f"{cmd}: invalid id:{arg} (ids are 0..2147483647)")
+            if cmd == "attach":
+                if dev.id_of is None:
+                    raise InvalidArgument("attach: no ioband group type is specified")
+                if gid in dev.groups:
+                    raise AlreadyExists(f"attach: id={gid} already exists.")
+                g = dev.groups[gid] = self._new_group(dev, gid)
+                dp.policy.group_added(g, None)
+            else:
+                g = dev.groups.get(gid)  # type: ignore[assignment]
+                if g is None:
+                    raise InvalidArgument(f"detach: id={gid} not found.")
+                self._detach(dev, g)
+        elif cmd == "policy":
+            assert arg is not None
+            if arg not in POLICIES:
+                raise InvalidArgument(f"policy: unknown policy {arg!r} (one of {', '.join(POLICIES)})")
+            if arg != dp.policy_name:
+                self._switch_policy(dp, arg, 0)
+        elif cmd == "io_throttle":
+            v = bounded_int(arg, 0, SHORT_MAX, "io_throttle", "Invalid io_throttle")
+            v = v or DEFAULT_IO_THROTTLE
+            if v > dp.io_limit:
+                raise InvalidArgument(f"Invalid io_throttle: {v} is above io_limit {dp.io_limit}")
+            dp.io_throttle = v
+        elif cmd == "io_limit":
+            v = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
+            v = v or default_io_limit(dp.nr_requests, f"device group {dp.name!r}")
+            if v < dp.io_throttle:
+                raise InvalidArgument(f"Invalid io_limit: {v} is below io_throttle {dp.io_throttle}")
+            dp.io_limit = v
+            dp.policy.io_limit_changed()
+        else:
+            assert arg is not None
+            gid, value = parse_group_param(arg, f"Invalid {cmd}")
+            g = dev.head if gid == ID_ANY else dev.groups.get(gid)  # type: ignore[assignment]
+            if g is None:
+                raise InvalidArgument(f"{cmd}: id={gid} not found.")
+            dp.policy.set_param(g, cmd, value)
+        if dp.blocked[0] + dp.blocked[1] > 0:
+            self._queue_conductor(dp, 0)
+        self._settle()
+
+    # ======================================================================================
+    # Output
+    # ======================================================================================
+    def table(self, name: str) -> str:
+        """``<start> <len> ioband <dev> <id> <io_throttle> <io_limit> <type> <policy> ...``"""
+        dev = self.device(name)
+        dp = dev.dp
+        return format_table(
+            dev.start, dev.length, dev.display, dp.name, dp.io_throttle, dp.io_limit,
+            dev.type_name, dp.policy_name, dp.policy.show_table(dev),
+        )  # fmt: skip
+
+    def status(self, name: str, fmt: str = "legacy") -> str:
+        """``<start> <len> ioband <device-group id>`` then one block per group: the default group
+        (-1) first, then attached groups by id. ``legacy``: 7 columns (id, reads, delayed reads,
+        read sectors, writes, delayed writes, write sectors); ``diskstats``: 12 columns."""
+        dev = self.device(name)
+        parts = [f"{dev.start} {dev.length} ioband {dev.dp.name}"]
+        ms = self.ms
+        for g in dev.all_groups():
+            if fmt == "legacy":
+                parts.append(
+                    f" {g.id} {g.ios[0]} {g.delayed[0]} {g.sectors[0]}"
+                    f" {g.ios[1]} {g.delayed[1]} {g.sectors[1]}"
+                )
+            elif fmt == "diskstats":
+                busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
+                parts.append(
+                    f" {g.id} {g.ios[0]} 0 {g.sectors[0]} {ms(g.ticks[0])}"
+                    f" {g.ios[1]} 0 {g.sectors[1]} {ms(g.ticks[1])}"
+                    f" {g.blocked[0] + g.blocked[1]} {ms(busy)} {ms(g.time_in_queue)}"
+                )
+            else:
+                raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
+        return "".join(parts)

@@ -1,0 +1,141 @@
+"""The objects the engine schedules: device groups (shared pools), devices (targets) and groups.
+
+Names follow the original where it helps cross-checking: a ``DeviceGroup`` is dm-ioband's
+``ioband_device`` (``dp``, the bandwidth pool shared by every target with the same device-group
+id), a ``Device`` is one dm target with its default group (``head``), a ``Group`` is an
+``ioband_group``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ioband.core.classify import IdOf
+
+if TYPE_CHECKING:
+    from ioband.core.engine import Engine
+    from ioband.core.request import Request
+    from ioband.policies.base import Policy
+
+
+class Group:
+    """One bandwidth group. Policy fields live here too (flat slots keep the hot path fast)."""
+
+    __slots__ = (
+        # identity and queues
+        "id", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
+        "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
+        # statistics
+        "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
+        "busy_since",
+        # weight policies
+        "weight", "my_epoch", "token", "token_initial", "limit", "limit_bucket",
+        "consumed", "sched_ver", "dirty",
+        # range-bw
+        "min_bw", "max_bw", "io_mode", "slice_expired", "min_bw_token", "max_bw_token",
+        "bw_consumed", "over_max", "time_slice", "slice_start", "slice_end", "timer_set",
+        "timer_token", "maxbw_waitq",
+    )  # fmt: skip
+
+    def __init__(self, gid: int, device: Device, seq: int) -> None:
+        self.id = gid
+        self.device = device
+        self.dp = device.dp
+        self.seq = seq
+        self.queue: deque[Request] = deque()
+        self.prio_queue: deque[Request] = deque()
+        self.prio_sync = 0
+        self.blocked = [0, 0]
+        self.prio_blocked = 0
+        self.blocked_flag = [False, False]
+        self.waitq: list[deque[Request]] = [deque(), deque()]
+        self.going_down = False
+        self.need_up = False
+        self.reset_stats()
+        self.active = 0
+        self.busy_since = 0
+        self.limit = 1
+        self.weight = 0
+        self.sched_ver = 0
+        self.dirty = False
+        self.timer_token = 0
+        self.maxbw_waitq: deque[Request] = deque()
+
+    def reset_stats(self) -> None:
+        self.ios = [0, 0]
+        self.sectors = [0, 0]
+        self.delayed = [0, 0]
+        self.ticks = [0, 0]
+        self.io_ticks = 0
+        self.time_in_queue = 0
+
+    @property
+    def nr_blocked(self) -> int:
+        return self.blocked[0] + self.blocked[1]
+
+    def __repr__(self) -> str:
+        return f"<Group {self.device.name}:{self.id} held={self.blocked}>"
+
+
+class DeviceGroup:
+    """The shared pool: policy, io_throttle, io_limit, tokens, in-flight and held counters."""
+
+    def __init__(
+        self, name: str, engine: Engine, io_throttle: int, io_limit: int, nr_requests: int | None
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.io_throttle = io_throttle
+        self.io_limit = io_limit
+        self.nr_requests = nr_requests
+        self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
+        self.policy_name = ""
+        self.issued = [0, 0]  # g_issued[ASYNC], g_issued[SYNC]
+        self.blocked = [0, 0]  # g_blocked
+        self.blocked_flag = [False, False]
+        self.waitq: list[deque[Request]] = [deque(), deque()]
+        self.urgent: deque[Request] = deque()
+        self.groups: list[Group] = []  # every group of every member device, creation order
+        self.devices: list[Device] = []
+        self.conductor_pending = False
+        self.going_down = 0  # number of groups being flushed
+
+    @property
+    def nr_issued(self) -> int:
+        return self.issued[0] + self.issued[1]
+
+    @property
+    def nr_blocked(self) -> int:
+        return self.blocked[0] + self.blocked[1]
+
+    def __repr__(self) -> str:
+        return f"<DeviceGroup {self.name} {self.policy_name} issued={self.issued} held={self.blocked}>"
+
+
+class Device:
+    """One ioband device (a dm target): its table, group type, default group and attached groups."""
+
+    def __init__(
+        self, name: str, dp: DeviceGroup, start: int, length: int, backing: str, display: str
+    ) -> None:
+        self.name = name
+        self.dp = dp
+        self.start = start
+        self.length = length
+        self.backing = backing  # the table's <device> field as given
+        self.display = display  # how the table shows it (major:minor for block devices)
+        self.type_name = "none"
+        self.id_of: IdOf | None = None
+        self.head: Group = None  # type: ignore[assignment]
+        self.groups: dict[int, Group] = {}  # attached groups by id
+        self.suspended = False
+        self.suspend_waiters: deque[Request] = deque()
+        self.inflight = 0
+
+    def all_groups(self) -> list[Group]:
+        """The default group, then attached groups in ascending id (status and table order)."""
+        return [self.head, *(self.groups[i] for i in sorted(self.groups))]
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name} type={self.type_name} groups={sorted(self.groups)}>"

@@ -1,0 +1,123 @@
+"""The policy interface: dm-ioband's hook table as one small class.
+
+The engine owns queues, counters and wake-ups; a policy decides who may issue (``can_submit``),
+charges what is issued (``charge``), starts new rounds (``restart``), caps per-group queues
+(``should_block``) and keeps its per-group parameters. Policies never touch the clock: they read
+``engine.now`` (jiffies) that the caller passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, ClassVar
+
+from ioband.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from ioband.core.model import Device, DeviceGroup, Group
+    from ioband.core.request import Request
+
+R_OK = 0
+R_BLOCK = 1
+R_YIELD = 2
+
+
+class Policy:
+    """Base class; subclasses implement the hooks. Parameters arrive unparsed (grammar strings)."""
+
+    name: ClassVar[str]
+    token_unit: ClassVar[int] = 0
+
+    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+        self.dp = dp
+        self.engine = dp.engine
+
+    # -- construction-time validation (nothing may change before all of it passes) ---------
+    @classmethod
+    def parse_token_base(cls, text: str | None) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def parse_group_value(cls, text: str | None, error: str) -> object:
+        """Validate a group's parameter (table ``:VALUE``/``ID:VALUE``, ``attach`` default)."""
+        raise NotImplementedError
+
+    # -- group life cycle -------------------------------------------------------------------
+    def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        raise NotImplementedError
+
+    def group_removed(self, g: Group) -> None:
+        raise NotImplementedError
+
+    def reshare(self) -> None:
+        """Recompute every group's derived share after a batch of ``group_added(reshare=False)``."""
+
+    def carried_value(self, g: Group) -> object:
+        """The group parameter that survives a switch to a policy of the same family."""
+        return None
+
+    family: ClassVar[str] = ""
+
+    # -- scheduling hooks -------------------------------------------------------------------
+    def can_submit(self, g: Group) -> int:
+        raise NotImplementedError
+
+    def charge(self, g: Group, req: Request, urgent: bool) -> int:
+        raise NotImplementedError
+
+    def restart(self) -> bool:
+        raise NotImplementedError
+
+    def should_block(self, g: Group, sync: int) -> bool:
+        return g.blocked[sync] >= g.limit
+
+    def hold_back(self, g: Group) -> deque[Request] | None:
+        """A wait queue the submitter must sleep on before queueing (range-bw: over max)."""
+        return None
+
+    def hold(self, g: Group, req: Request) -> None:
+        g.queue.append(req)
+
+    def pop(self, g: Group) -> Request | None:
+        return g.queue.popleft() if g.queue else None
+
+    def backlogged(self, g: Group) -> None:
+        """``g`` went from no held requests to some, or its held set changed outside a charge."""
+
+    def choose(self) -> Group | None:
+        """``choose_best_group``: the backlogged group with the highest ``can_submit``, the first
+        in creation order on a tie. This reference version scans every group, as the original."""
+        dp = self.dp
+        limit = dp.io_limit
+        issued = dp.issued
+        if issued[0] >= limit and issued[1] >= limit:
+            return None
+        best = None
+        highest = 0
+        can_submit = self.can_submit
+        for g in dp.groups:
+            n = g.blocked[0] + g.blocked[1]
+            if n == 0 or (n == g.prio_blocked and issued[g.prio_sync] >= limit):
+                continue
+            pri = can_submit(g)
+            if pri > highest:
+                highest = pri
+                best = g
+        return best
+
+    # -- parameters ---------------------------------------------------------------------------
+    def set_param(self, g: Group, cmd: str, value: str | None) -> None:
+        raise InvalidArgument(f"{cmd}: not a parameter of the {self.name} policy")
+
+    def io_limit_changed(self) -> None:
+        """The device group's io_limit changed (already validated and stored)."""
+
+    # -- display ------------------------------------------------------------------------------
+    def show_table(self, device: Device) -> str:
+        raise NotImplementedError
+
+    def show_device(self) -> str:
+        return ""
+
+    def show_group(self, g: Group) -> str:
+        raise NotImplementedError

@@ -1,0 +1,285 @@
+"""The ``range-bw`` policy (ETRI, in dm-ioband 1.12-1.14): a min and a max bandwidth per group.
+
+Per one-second period each group is served first up to its min (priority = min tokens still
+missing x 10), then competes in "range" mode up to its max; at its max it stops ("no I/O" mode)
+until the period ends and a timer wakes its submitters. When every group has met its min the
+device enters "leftover" mode with random priorities 1..9. Units are KB/s; 1 KB = 2 sectors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ioband.core.grammar import BW_MAX, bounded_int, parse_range
+from ioband.errors import InvalidArgument
+from ioband.policies.base import R_OK, R_YIELD, Policy
+
+if TYPE_CHECKING:
+    from ioband.core.model import Device, DeviceGroup, Group
+    from ioband.core.request import Request
+
+DEFAULT_BUCKET = 2
+DEFAULT_TOKENPOOL = 2048
+MINBW_IO_MODE = 0
+LEFTOVER_IO_MODE = 1
+RANGE_IO_MODE = 2
+DEFAULT_IO_MODE = 3
+NO_IO_MODE = 4
+MINBW_PRIO_BASE = 10
+OVER_IO_RATE = 4
+TIME_COMPENSATOR = 10
+TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
+
+
+def time_after(a: int, b: int) -> bool:
+    return b - a < 0
+
+
+def bw_to_token(kbps: int) -> int:
+    return kbps * ((1 << TOKEN_UNIT) // 4)
+
+
+class RangeBwPolicy(Policy):
+    name = "range-bw"
+    family = "range-bw"
+    token_unit = TOKEN_UNIT
+
+    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+        super().__init__(dp, token_base)
+        hz = self.engine.hz
+        self.slice_base = hz // 10
+        self.range_slice = hz // 50
+        self.period = hz
+        self.min_bw_total = 0
+        self.max_bw_total = 0
+        self.running: Group | None = None
+        self.total_min_bw_token = 0
+        self.consumed_min_bw_token = 0
+        self.io_mode = MINBW_IO_MODE
+        self.current: Group | None = None
+        self.next_period = 0
+        self.below_min = 0  # groups in MINBW or NO_IO mode (the leftover test, kept in O(1))
+        # Only for display: the table shows token bucket x carryover, as the original.
+        self.token_bucket = (dp.io_limit * 2 * DEFAULT_BUCKET) << TOKEN_UNIT
+        pool = max(token_base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
+        self.carryover = pool // self.token_bucket
+
+    @classmethod
+    def parse_token_base(cls, text: str | None) -> int:
+        if text is None:
+            return 0
+        return bounded_int(text, 0, 2**63 - 1, "token_base", "Invalid policy parameter")
+
+    @classmethod
+    def parse_group_value(cls, text: str | None, error: str) -> tuple[int, int]:
+        return parse_range(text, error)
+
+    # -- modes ---------------------------------------------------------------------------------
+    def _set_mode(self, g: Group, mode: int) -> None:
+        was_below = g.io_mode in (MINBW_IO_MODE, NO_IO_MODE)
+        now_below = mode in (MINBW_IO_MODE, NO_IO_MODE)
+        self.below_min += now_below - was_below
+        g.io_mode = mode
+
+    # -- groups ------------------------------------------------------------------------------
+    def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        g.min_bw = g.max_bw = 0
+        g.io_mode = DEFAULT_IO_MODE
+        g.slice_expired = False
+        g.min_bw_token = g.max_bw_token = 0
+        g.bw_consumed = 0
+        g.over_max = False
+        g.slice_start = g.slice_end = 0
+        g.time_slice = self.slice_base
+        g.timer_set = False
+        lo, hi = value if value is not None else (0, 0)  # type: ignore[misc]
+        self.set_range_bw(g, lo, hi, reshare=reshare)
+
+    def group_removed(self, g: Group) -> None:
+        g.time_slice = 0
+        self.set_range_bw(g, 0, 0)
+        if self.running is g:
+            self.running = None
+        g.timer_token += 1  # cancels its timer
+        g.timer_set = False
+        # The original left over-max sleepers asleep until some other I/O rolled the period.
+        self.engine.wake(g.maxbw_waitq)
+
+    def carried_value(self, g: Group) -> object:
+        return (g.min_bw, g.max_bw)
+
+    def set_range_bw(self, g: Group, lo: int, hi: int, *, reshare: bool = True) -> None:
+        self.min_bw_total += lo - g.min_bw
+        g.min_bw = lo
+        self.max_bw_total += hi - g.max_bw
+        g.max_bw = hi
+        self._set_mode(g, MINBW_IO_MODE if lo else DEFAULT_IO_MODE)
+        g.min_bw_token = bw_to_token(lo)
+        g.max_bw_token = bw_to_token(hi)
+        self.total_min_bw_token = bw_to_token(self.min_bw_total)
+        if reshare:
+            self.reshare()
+
+    def reshare(self) -> None:
+        """``time_slice_init`` and the per-group queue caps, for every group."""
+        total = self.min_bw_total
+        base = self.slice_base
+        io_limit = self.dp.io_limit
+        for p in self.dp.groups:
+            if total == 0:
+                p.time_slice = base
+                p.limit = 1
+            else:
+                p.time_slice = base + (base * ((p.min_bw + p.max_bw) // 2)) // total
+                p.limit = (io_limit * 2 * p.min_bw // total) // OVER_IO_RATE + 1
+
+    def io_limit_changed(self) -> None:
+        self.reshare()  # the original left the caps stale (docs/deviations.md)
+
+    def set_param(self, g: Group, cmd: str, value: str | None) -> None:
+        if cmd == "range-bw":
+            lo, hi = parse_range(value, "Invalid range-bw")
+            self.set_range_bw(g, lo, hi)
+        elif cmd == "min-bw":
+            lo = bounded_int(value, 0, BW_MAX, "min-bw", "Invalid min-bw")
+            if g.max_bw and lo > g.max_bw:
+                raise InvalidArgument(f"Invalid min-bw: {lo} is above max-bw {g.max_bw}")
+            self.set_range_bw(g, lo, g.max_bw)
+        elif cmd == "max-bw":
+            hi = bounded_int(value, 0, BW_MAX, "max-bw", "Invalid max-bw")
+            if hi and hi < g.min_bw:
+                raise InvalidArgument(f"Invalid max-bw: {hi} is below min-bw {g.min_bw}")
+            self.set_range_bw(g, g.min_bw, hi)
+        else:
+            super().set_param(g, cmd, value)
+
+    # -- scheduling --------------------------------------------------------------------------
+    def priority(self, g: Group) -> int:
+        if self.io_mode == LEFTOVER_IO_MODE:
+            return self.engine.rng.getrandbits(32) % 10 or 1
+        mode = g.io_mode
+        if mode == MINBW_IO_MODE:
+            return (g.min_bw_token - g.bw_consumed) * MINBW_PRIO_BASE
+        if mode == DEFAULT_IO_MODE:
+            return MINBW_PRIO_BASE
+        if mode == RANGE_IO_MODE:
+            return MINBW_PRIO_BASE // 2
+        return 0
+
+    def set_time_slice(self, g: Group) -> None:
+        now = self.engine.now
+        g.slice_start = now
+        if self.io_mode == LEFTOVER_IO_MODE:
+            g.slice_end = now + g.time_slice
+            return
+        mode = g.io_mode
+        if mode == MINBW_IO_MODE:
+            g.slice_end = now + g.time_slice
+        elif mode == RANGE_IO_MODE:
+            g.slice_end = now + self.range_slice
+        elif mode == DEFAULT_IO_MODE:
+            g.slice_end = now + self.slice_base
+        else:
+            g.slice_end = 0
+            g.slice_expired = True
+            return
+        g.slice_expired = False
+
+    def can_submit(self, g: Group) -> int:
+        """``has_right_to_issue``: a backlogged group always may (priority >= 1); otherwise the
+        arrival takes over the time slice."""
+        if g.blocked[0] + g.blocked[1] > 0:
+            p = self.priority(g)
+            return p if p > 0 else 1
+        if g is self.running:
+            if g.slice_expired:
+                g.slice_expired = False
+                g.slice_end = 0
+                return 0
+            if g.slice_end == 0:
+                self.set_time_slice(g)
+            return self.priority(g)
+        self.running = g
+        self.set_time_slice(g)
+        return self.priority(g)
+
+    def charge(self, g: Group, req: Request, urgent: bool) -> int:
+        return self.consume(g, req.sectors)
+
+    def consume(self, g: Group, count: int) -> int:
+        now = self.engine.now
+        self.current = g
+        if self.next_period == 0:
+            self.next_period = now + self.period
+        if time_after(now, self.next_period):
+            self.reset_period(now)  # as the original, this request's count is not charged
+        else:
+            g.bw_consumed += count
+            self.consumed_min_bw_token += count
+            if g.max_bw > 0 and g.bw_consumed >= g.max_bw_token:
+                g.over_max = True
+                self._set_mode(g, NO_IO_MODE)
+                return R_YIELD
+            if g.io_mode != RANGE_IO_MODE and g.min_bw_token <= g.bw_consumed:
+                self._set_mode(g, RANGE_IO_MODE)
+                if (
+                    self.total_min_bw_token <= self.consumed_min_bw_token
+                    and self.below_min == 0
+                    and self.io_mode == MINBW_IO_MODE
+                ):
+                    self.io_mode = LEFTOVER_IO_MODE
+        if g.slice_end != 0 and time_after(now, g.slice_end):
+            g.slice_expired = True
+            return R_YIELD
+        return R_OK
+
+    def reset_period(self, now: int) -> None:
+        engine = self.engine
+        for p in self.dp.groups:
+            p.bw_consumed = 0
+            p.over_max = False
+            if p.io_mode != DEFAULT_IO_MODE:
+                self._set_mode(p, MINBW_IO_MODE)
+            engine.wake(p.maxbw_waitq)
+        self.consumed_min_bw_token = 0
+        self.next_period = now + self.period
+        self.io_mode = MINBW_IO_MODE
+
+    def restart(self) -> bool:
+        return True
+
+    def hold_back(self, g: Group) -> deque[Request] | None:
+        """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""
+        if g.io_mode != NO_IO_MODE:
+            return None
+        now = self.engine.now
+        if not time_after(self.next_period, now):
+            return None
+        if not g.timer_set:
+            g.timer_set = True
+            g.timer_token += 1
+            due = now + (self.next_period - now) + TIME_COMPENSATOR
+            self.engine.set_timer(due, self._timeover, g, g.timer_token)
+        return g.maxbw_waitq
+
+    def _timeover(self, g: Group, token: int) -> None:
+        if token != g.timer_token:
+            return
+        g.over_max = False
+        if g.io_mode == NO_IO_MODE:
+            self._set_mode(g, MINBW_IO_MODE)  # even for a group with min 0, as the original
+        g.timer_set = False
+        self.engine.wake(g.maxbw_waitq)
+
+    # -- display -----------------------------------------------------------------------------
+    def show_table(self, device: Device) -> str:
+        head = device.head
+        parts = [f" {self.token_bucket * self.carryover} :{head.min_bw}:{head.max_bw}"]
+        for gid in sorted(device.groups):
+            g = device.groups[gid]
+            parts.append(f" {gid}:{g.min_bw}:{g.max_bw}")
+        return "".join(parts)
+
+    def show_group(self, g: Group) -> str:
+        return f" range-bw={g.min_bw}:{g.max_bw}"
