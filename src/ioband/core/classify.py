@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 
 from ioband.core.request import Submitter
 
@@ -16,13 +17,13 @@ def _zero(owner: Submitter) -> int:
 #: type name -> id function; None means no classifier (everything to the default group).
 GROUP_TYPES: dict[str, IdOf | None] = {
     "none": None,
-    "pgrp": lambda o: o.pgrp,
-    "pid": lambda o: o.pid,
+    "pgrp": attrgetter("pgrp"),
+    "pid": attrgetter("pid"),
     "node": _zero,
     "cpuset": _zero,
-    "cgroup": lambda o: o.cgroup,
-    "user": lambda o: o.uid,
-    "uid": lambda o: o.uid,
-    "gid": lambda o: o.gid,
-    "client": lambda o: o.client,
+    "cgroup": attrgetter("cgroup"),
+    "user": attrgetter("uid"),
+    "uid": attrgetter("uid"),
+    "gid": attrgetter("gid"),
+    "client": attrgetter("client"),
 }

@@ -78,7 +78,7 @@ class Engine:
         self._timer_seq = 0
         self._group_seq = 0
         self._ready: deque[DeviceGroup] = deque()
-        self._runnable: deque[Request] = deque()
+        self._runnable: deque[tuple[list[Request], bool]] = deque()
         self._issued: list[Request] = []
         self._admitted: list[Request] = []
 
@@ -112,10 +112,11 @@ class Engine:
         self._timer_seq += 1
         heappush(self._timers, (due, self._timer_seq, fn, args))
 
-    def wake(self, waitq: deque[Request]) -> None:
-        """``wake_up_all``: every sleeper re-evaluates its condition once this call settles."""
+    def wake(self, waitq: deque[Request], same_group: bool = False) -> None:
+        """``wake_up_all``: every sleeper re-evaluates its condition once this call settles.
+        ``same_group``: all sleepers are one group's, of one class (a group's own wait queue)."""
         if waitq:
-            self._runnable.extend(waitq)
+            self._runnable.append((list(waitq), same_group))
             waitq.clear()
 
     def _tick(self, now: int) -> None:
@@ -140,7 +141,17 @@ class Engine:
             req.state = WAITING
             dev.suspend_waiters.append(req)
             return False
-        g = self._classify(dev, req)
+        # _classify, inlined on this hot path
+        id_of = dev.id_of
+        g = dev.head
+        if id_of is not None:
+            gid = id_of(req.owner)
+            if gid is not None:
+                g = dev.groups.get(gid, g)
+        req.group = g
+        if g.active == 0:
+            g.busy_since = self.now
+        g.active += 1
         wq = self._burst_wait(g, req)
         if wq is not None:
             req.state = WAITING
@@ -204,10 +215,15 @@ class Engine:
         if g.blocked_flag[sync]:
             return g.waitq[sync]
         policy = g.dp.policy
-        wq = policy.hold_back(g)
-        if wq is not None:
-            return wq
-        if policy.should_block(g, sync):
+        if policy.hold_back is not None:
+            wq = policy.hold_back(g)
+            if wq is not None:
+                return wq
+        if policy.should_block is None:
+            full = g.blocked[sync] >= g.limit
+        else:
+            full = policy.should_block(g, sync)
+        if full:
             g.blocked_flag[sync] = True
             return g.waitq[sync]
         return None
@@ -246,25 +262,36 @@ class Engine:
             if g.blocked[0] + g.blocked[1] == 1:
                 dp.policy.backlogged(g)
 
-    def _run_waiter(self, req: Request) -> None:
-        """A woken submitter re-evaluates where it slept."""
+    def _run_waiter(self, req: Request) -> deque[Request] | None:
+        """A woken submitter re-evaluates where it slept; returns where it sleeps again."""
         dev = req.device
-        if dev.name not in self.devices or self.devices[dev.name] is not dev:
+        if dev.removed:
             self._issue_now(req)  # its device was removed while it slept
-            return
+            return None
         g = req.group
         if g is None:
             if dev.suspended:
                 dev.suspend_waiters.append(req)
-                return
-            g = self._classify(dev, req)
+                return dev.suspend_waiters
+            # _classify, inlined on this hot path
+        id_of = dev.id_of
+        g = dev.head
+        if id_of is not None:
+            gid = id_of(req.owner)
+            if gid is not None:
+                g = dev.groups.get(gid, g)
+        req.group = g
+        if g.active == 0:
+            g.busy_since = self.now
+        g.active += 1
         wq = self._burst_wait(g, req)
         if wq is not None:
             wq.append(req)
-            return
+            return wq
         if self._map_admitted(g, req):
             self._issued.append(req)
         self._admitted.append(req)
+        return None
 
     # ======================================================================================
     # The conductor
@@ -294,7 +321,16 @@ class Engine:
                     break
                 self._conduct(ready.popleft())
             while runnable:
-                self._run_waiter(runnable.popleft())
+                batch, same_group = runnable.popleft()
+                run_waiter = self._run_waiter
+                for i, req in enumerate(batch):
+                    wq = run_waiter(req)
+                    if same_group and wq is not None:
+                        g = req.group
+                        if g.blocked_flag[req.sync] and not g.going_down:
+                            # The rest would stop at the same set flag: skip re-evaluating.
+                            wq.extend(batch[i + 1 :])
+                            break
 
     def _conduct(self, dp: DeviceGroup) -> None:
         """``ioband_conduct``: release urgent requests, then one group's batch."""
@@ -315,10 +351,13 @@ class Engine:
             g = policy.choose()
             if g is not None and self._release(g) == R_YIELD:
                 self._queue_conductor(dp, 0)
-        for c in (0, 1):
-            if dp.blocked_flag[c] and dp.blocked[c] < limit:
-                dp.blocked_flag[c] = False
-                self.wake(dp.waitq[c])
+        flags = dp.blocked_flag
+        if flags[0] and dp.blocked[0] < limit:
+            flags[0] = False
+            self.wake(dp.waitq[0])
+        if flags[1] and dp.blocked[1] < limit:
+            flags[1] = False
+            self.wake(dp.waitq[1])
         if (
             dp.blocked[0] + dp.blocked[1] > 0
             and issued[0] < limit
@@ -333,13 +372,13 @@ class Engine:
         tokens run out (R_BLOCK) or there is no room (R_OK)."""
         dp = g.dp
         policy = dp.policy
-        can_submit = policy.can_submit
+        may_issue = policy.may_issue
         issued = dp.issued
         limit = dp.io_limit
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:
-                if can_submit(g) == 0:
+                if not may_issue(g):
                     return R_BLOCK
                 if issued[c] >= limit:
                     return R_OK
@@ -349,7 +388,7 @@ class Engine:
                 if r != R_OK:
                     return r
         while g.blocked[0] + g.blocked[1] - g.prio_blocked > 0:
-            if can_submit(g) == 0:
+            if not may_issue(g):
                 return R_BLOCK
             if issued[0] >= limit and issued[1] >= limit:
                 return R_OK
@@ -374,11 +413,14 @@ class Engine:
         g.blocked[c] -= 1
         if g.blocked[c] == 0 and g.blocked_flag[c]:
             g.blocked_flag[c] = False
-            self.wake(g.waitq[c])
+            self.wake(g.waitq[c], True)
         g.ios[req.dir] += 1
         g.sectors[req.dir] += req.sectors
         g.delayed[req.dir] += 1
-        self._mark_issued(req)
+        req.state = ISSUED
+        req.issue_time = self.now
+        req.device.inflight += 1
+        self._issued.append(req)
         dp.issued[c] += 1
         return dp.policy.charge(g, req, False)
 
@@ -514,6 +556,7 @@ class Engine:
         dev = self.device(name)
         dp = dev.dp
         del self.devices[name]
+        dev.removed = True
         leftovers: list[Request] = list(dev.suspend_waiters)
         dev.suspend_waiters.clear()
         groups = dev.all_groups()
@@ -640,7 +683,8 @@ class Engine:
             self._hold(head, req)
         for req in sleepers:
             req.group = head
-            self._runnable.append(req)
+        if sleepers:
+            self._runnable.append((sleepers, False))
         if held:
             self._queue_conductor(dp, 0)
 

@@ -130,6 +130,7 @@ class Device:
         self.head: Group = None  # type: ignore[assignment]
         self.groups: dict[int, Group] = {}  # attached groups by id
         self.suspended = False
+        self.removed = False
         self.suspend_waiters: deque[Request] = deque()
         self.inflight = 0
 

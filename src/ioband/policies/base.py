@@ -9,6 +9,7 @@ charges what is issued (``charge``), starts new rounds (``restart``), caps per-g
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ioband.errors import InvalidArgument
@@ -68,12 +69,17 @@ class Policy:
     def restart(self) -> bool:
         raise NotImplementedError
 
-    def should_block(self, g: Group, sync: int) -> bool:
-        return g.blocked[sync] >= g.limit
+    def may_issue(self, g: Group) -> bool:
+        """``can_submit(g) != 0`` (release loops need no priority); policies may shortcut it."""
+        return self.can_submit(g) != 0
 
-    def hold_back(self, g: Group) -> deque[Request] | None:
-        """A wait queue the submitter must sleep on before queueing (range-bw: over max)."""
-        return None
+    #: ``should_block(g, sync)``: the per-group queue cap that puts a submitter to sleep.
+    #: None means the usual ``g.blocked[sync] >= g.limit``, which the engine checks inline.
+    should_block: Callable[[Group, int], bool] | None = None
+
+    #: ``hold_back(g)``: a wait queue the submitter must sleep on before queueing at all
+    #: (range-bw: a group over its max), or None. None here: the policy has no such wait.
+    hold_back: Callable[[Group], deque[Request] | None] | None = None
 
     def hold(self, g: Group, req: Request) -> None:
         g.queue.append(req)

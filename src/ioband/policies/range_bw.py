@@ -249,7 +249,7 @@ class RangeBwPolicy(Policy):
     def restart(self) -> bool:
         return True
 
-    def hold_back(self, g: Group) -> deque[Request] | None:
+    def hold_back(self, g: Group) -> deque[Request] | None:  # type: ignore[override]
         """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""
         if g.io_mode != NO_IO_MODE:
             return None

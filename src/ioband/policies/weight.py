@@ -166,7 +166,19 @@ class WeightPolicy(Policy):
         return token
 
     def iopriority(self, g: Group) -> int:
-        return cdiv(self.get_token(g) * IOBAND_IOPRIO_BASE, g.token_initial) + 1
+        token = g.token
+        lag = self.epoch - g.my_epoch
+        if lag:
+            token += g.token_initial * min(lag, self.carryover)
+        if g.going_down:
+            token += g.token_initial * self.carryover * 2
+        if token >= 0:
+            return token * IOBAND_IOPRIO_BASE // g.token_initial + 1
+        return cdiv(token * IOBAND_IOPRIO_BASE, g.token_initial) + 1
+
+    def may_issue(self, g: Group) -> bool:
+        # can_submit's value is only tested against 0 here: with tokens left it is >= 1.
+        return g.token > 0 or self.can_submit(g) != 0
 
     def can_submit(self, g: Group) -> int:
         """``is_token_left``: the group's priority, 0 if it may not issue; refills lazily."""
@@ -272,8 +284,13 @@ class WeightPolicy(Policy):
         g.sched_ver += 1
         if g.blocked[0] + g.blocked[1] == 0:
             return
-        if g.token > 0:
-            heappush(self._heap, (-self.iopriority(g), g.seq, g.sched_ver, g))
+        token = g.token
+        if token > 0:
+            if self.epoch != g.my_epoch or g.going_down:
+                pri = self.iopriority(g)
+            else:
+                pri = token * IOBAND_IOPRIO_BASE // g.token_initial + 1
+            heappush(self._heap, (-pri, g.seq, g.sched_ver, g))
         elif g.my_epoch != self.epoch:
             self._refill.append((g.sched_ver, g))
         else:
@@ -305,7 +322,11 @@ class WeightPolicy(Policy):
             self._flush_dirty()
             return super().choose()
         if self._dirty:
-            self._flush_dirty()
+            dirty = self._dirty
+            self._dirty = []
+            index = self._index
+            for g in dirty:
+                index(g)
         if self._refill:
             pending = self._refill
             self._refill = []
