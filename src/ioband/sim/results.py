@@ -1,0 +1,97 @@
+"""What a simulation run returns. Latencies are in seconds, rates per second of active time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ioband.sim.scenario import Scenario
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile (``p`` in 0..100) of already sorted values; None when empty."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(p / 100.0 * n))
+    return sorted_values[min(rank, n) - 1]
+
+
+@dataclass
+class WorkloadResult:
+    name: str
+    device: str
+    disk: str
+    pattern: str
+    processes: int
+    block_size: int
+    active_time: float  # seconds the workload was allowed to submit (start..stop within duration)
+    submitted: int  # requests submitted
+    ios: int  # requests completed within the simulated time
+    bytes: int
+    reads: int
+    writes: int
+    read_bytes: int
+    write_bytes: int
+    iops: float
+    mbps: float  # 10**6 bytes per second
+    latency_p50: float | None  # submit -> completion
+    latency_p99: float | None
+    latency_mean: float | None
+    latency_max: float | None
+    delay_p50: float | None  # submit -> issued to the disk: the time spent inside ioband
+    delay_p99: float | None
+    timeline_ios: list[int] = field(default_factory=list)  # completions per interval
+    timeline_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def kibps(self) -> float:
+        """KiB/s: the unit of range-bw bands."""
+        return self.bytes / 1024 / self.active_time if self.active_time > 0 else 0.0
+
+
+@dataclass
+class DeviceResult:
+    name: str
+    disk: str
+    table: str  # the dmsetup table line, without the "NAME: " prefix
+    status: str  # the dmsetup status line, without the "NAME: " prefix
+    ios: int  # completed requests of the workloads on this device
+    bytes: int
+
+
+@dataclass
+class DiskResult:
+    name: str
+    model: str
+    ios: int
+    bytes: int
+    iops: float
+    mbps: float
+    utilization: float  # mean fraction of the queue_depth slots that were busy
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    duration: float
+    workloads: list[WorkloadResult]
+    devices: dict[str, DeviceResult]
+    disks: dict[str, DiskResult]
+    events: int  # events processed by the loop
+    requests: int  # requests submitted to the engine
+    wall_time: float = field(default=0.0, compare=False)  # not part of the (deterministic) output
+
+    def workload(self, name: str) -> WorkloadResult:
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (see ``report.to_json``)."""
+        from ioband.sim.report import to_json
+
+        return to_json(self)
