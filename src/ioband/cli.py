@@ -1,0 +1,210 @@
+"""The ``ioband`` command: a thin argparse dispatcher, one small function per subcommand.
+
+Add a subcommand: write ``add_<name>(subparsers)`` that creates its parser and sets
+``func=<function(args) -> exit status>``, and append it to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from ioband import TARGET_VERSION, __version__
+from ioband.errors import IobandError
+
+PROG = "ioband"
+DEMO_SCENARIO = "partitions-40-20-10"
+DEMO_DURATION = 10.0  # virtual seconds
+DEMO_DURATION_ENV = "IOBAND_DEMO_DURATION"  # overrides DEMO_DURATION (tests use a short one)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the environment failed us (cannot write the output file, ...)
+EXIT_USAGE = 2  # bad input: arguments, scenario, a refused table line or message
+
+
+def fail(command: str, message: str, status: int = EXIT_USAGE) -> int:
+    print(f"{PROG} {command}: {message}", file=sys.stderr)
+    return status
+
+
+def error_text(exc: IobandError) -> str:
+    """A scenario error is self-explanatory; an engine refusal carries its errno name."""
+    from ioband.sim import ScenarioError
+
+    return str(exc) if isinstance(exc, ScenarioError) else exc.describe()
+
+
+def seconds(text: str) -> float:
+    """argparse type: a positive duration such as ``10``, ``2.5`` or ``500ms``."""
+    from ioband.sim.units import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text!r})")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# ioband sim
+
+
+def add_sim(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run a scenario in the discrete-event simulator",
+        description="Simulate a scenario (a TOML file or a built-in name) in virtual time and "
+        "print per-workload results and the devices' dmsetup table/status lines.",
+    )
+    p.add_argument(
+        "scenario", nargs="?", metavar="FILE|NAME", help="scenario file or built-in name"
+    )
+    p.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
+    p.add_argument(
+        "--json", metavar="OUT", help="also write the results as JSON to OUT ('-': stdout only)"
+    )
+    p.add_argument("--duration", type=seconds, metavar="S", help="override simulation.duration")
+    p.add_argument("--seed", type=int, metavar="N", help="override simulation.seed")
+    p.add_argument(
+        "--status-format", choices=("legacy", "diskstats"), help="override simulation.status_format"
+    )
+    p.add_argument("--timing", action="store_true", help="report the wall-clock speed on stderr")
+    p.set_defaults(func=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from ioband.sim import catalog, open_scenario, run
+    from ioband.sim.report import make_console, render
+
+    if args.list:
+        entries = catalog.describe()
+        width = max((len(n) for n, _ in entries), default=0)
+        for name, description in entries:
+            print(f"{name:<{width}}  {description}")
+        return EXIT_OK
+    if args.scenario is None:
+        return fail("sim", "give a scenario file or built-in name (see `ioband sim --list`)")
+    if args.seed is not None and args.seed < 0:
+        return fail("sim", f"--seed must not be negative (got {args.seed})")
+    try:
+        scenario = open_scenario(args.scenario).with_overrides(
+            duration=args.duration, seed=args.seed, status_format=args.status_format
+        )
+        result = run(scenario)
+    except IobandError as exc:
+        return fail("sim", error_text(exc))
+    if args.timing:
+        rate = result.requests / result.wall_time if result.wall_time > 0 else 0.0
+        print(
+            f"{PROG} sim: {result.requests:,} requests, {result.events:,} events in "
+            f"{result.wall_time:.2f} s wall ({rate:,.0f} requests/s)",
+            file=sys.stderr,
+        )
+    document = json.dumps(result.to_dict(), indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(document)
+        return EXIT_OK
+    render(result, make_console(sys.stdout))
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(document)
+        except OSError as exc:
+            return fail("sim", f"cannot write {args.json}: {exc.strerror or exc}", EXIT_FAILURE)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# ioband demo
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="show proportional sharing on a simulated disk",
+        description=f"Run the built-in {DEMO_SCENARIO!r} scenario (dm-ioband's benchmark) for "
+        f"{DEMO_DURATION:g} virtual seconds and compare each device's I/O share with its "
+        "weight share.",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def demo_duration() -> float:
+    text = os.environ.get(DEMO_DURATION_ENV)
+    if not text:
+        return DEMO_DURATION
+    try:
+        return seconds(text)
+    except argparse.ArgumentTypeError as exc:
+        raise IobandError(f"{DEMO_DURATION_ENV}: {exc}") from None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        return run_demo(demo_duration())
+    except IobandError as exc:
+        return fail("demo", error_text(exc))
+
+
+def run_demo(duration: float = DEMO_DURATION) -> int:
+    from ioband.sim import load_builtin, run
+    from ioband.sim.report import make_console, render, share_lines
+
+    scenario = load_builtin(DEMO_SCENARIO).with_overrides(duration=duration)
+    console = make_console(sys.stdout)
+    console.print(
+        f"ioband demo: {len(scenario.devices)} ioband devices share one simulated disk "
+        f"({duration:g} virtual seconds)",
+        markup=False,
+    )
+    result = run(scenario)
+    render(result, console, shares=False)
+    console.print("")
+    console.print("achieved I/O share vs weight share (all devices backlogged):", markup=False)
+    for line in share_lines(result):
+        console.print("  " + line, markup=False)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatcher
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Proportional I/O bandwidth control in user space "
+        "(dm-ioband rebuilt in Python).",
+    )
+    target = ".".join(map(str, TARGET_VERSION))
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__} (dm-ioband target v{target})"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`ioband sim x | head`): exit quietly, without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
