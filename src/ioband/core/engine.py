@@ -575,11 +575,12 @@ class Engine:
             leftovers += urgent
         for req in leftovers:
             self._issue_now(req)
-        for g in reversed(groups):
-            dp.policy.group_removed(g)
-            dp.groups.remove(g)
+        for g in groups:
+            dp.policy.group_removed(g, reshare=False)
             if g.going_down:
                 dp.going_down -= 1
+        gone = set(map(id, groups))
+        dp.groups = [g for g in dp.groups if id(g) not in gone]
         dp.devices.remove(dev)
         if dp.devices:
             dp.policy.reshare()

@@ -47,7 +47,7 @@ class Policy:
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
         raise NotImplementedError
 
-    def group_removed(self, g: Group) -> None:
+    def group_removed(self, g: Group, *, reshare: bool = True) -> None:
         raise NotImplementedError
 
     def reshare(self) -> None:

@@ -96,9 +96,9 @@ class RangeBwPolicy(Policy):
         lo, hi = value if value is not None else (0, 0)  # type: ignore[misc]
         self.set_range_bw(g, lo, hi, reshare=reshare)
 
-    def group_removed(self, g: Group) -> None:
+    def group_removed(self, g: Group, *, reshare: bool = True) -> None:
         g.time_slice = 0
-        self.set_range_bw(g, 0, 0)
+        self.set_range_bw(g, 0, 0, reshare=reshare)
         if self.running is g:
             self.running = None
         g.timer_token += 1  # cancels its timer

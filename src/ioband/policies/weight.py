@@ -119,8 +119,10 @@ class WeightPolicy(Policy):
         if reshare:
             self.reshare()
 
-    def group_removed(self, g: Group) -> None:
-        self.set_weight(g, 0)
+    def group_removed(self, g: Group, *, reshare: bool = True) -> None:
+        self._store_weight(g, 0)
+        if reshare:
+            self.reshare()
         self.dominant = None
         self.expired = None
         if self.current is g:
