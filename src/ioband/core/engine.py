@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 
-from ioband.core.classify import GROUP_TYPES
 from ioband.core.cint import SHORT_MAX, strict_strtol
+from ioband.core.classify import GROUP_TYPES
 from ioband.core.grammar import (
     ID_ANY,
     bounded_int,
@@ -273,17 +273,7 @@ class Engine:
             if dev.suspended:
                 dev.suspend_waiters.append(req)
                 return dev.suspend_waiters
-            # _classify, inlined on this hot path
-        id_of = dev.id_of
-        g = dev.head
-        if id_of is not None:
-            gid = id_of(req.owner)
-            if gid is not None:
-                g = dev.groups.get(gid, g)
-        req.group = g
-        if g.active == 0:
-            g.busy_since = self.now
-        g.active += 1
+            g = self._classify(dev, req)
         wq = self._burst_wait(g, req)
         if wq is not None:
             wq.append(req)
@@ -628,9 +618,13 @@ class Engine:
     def quiesced(self, name: str) -> bool:
         """Nothing held, waiting or in flight on this device (a suspend has finished)."""
         dev = self.device(name)
-        return dev.inflight == 0 and not dev.suspend_waiters and all(
-            g.blocked[0] + g.blocked[1] == 0 and not g.waitq[0] and not g.waitq[1]
-            for g in dev.all_groups()
+        return (
+            dev.inflight == 0
+            and not dev.suspend_waiters
+            and all(
+                g.blocked[0] + g.blocked[1] == 0 and not g.waitq[0] and not g.waitq[1]
+                for g in dev.all_groups()
+            )
         )
 
     def _apply_scan_mode(self, dp: DeviceGroup) -> None:
@@ -728,7 +722,9 @@ class Engine:
         elif cmd == "policy":
             assert arg is not None
             if arg not in POLICIES:
-                raise InvalidArgument(f"policy: unknown policy {arg!r} (one of {', '.join(POLICIES)})")
+                raise InvalidArgument(
+                    f"policy: unknown policy {arg!r} (one of {', '.join(POLICIES)})"
+                )
             if arg != dp.policy_name:
                 self._switch_policy(dp, arg, 0)
         elif cmd == "io_throttle":
@@ -741,7 +737,9 @@ class Engine:
             v = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
             v = v or default_io_limit(dp.nr_requests, f"device group {dp.name!r}")
             if v < dp.io_throttle:
-                raise InvalidArgument(f"Invalid io_limit: {v} is below io_throttle {dp.io_throttle}")
+                raise InvalidArgument(
+                    f"Invalid io_limit: {v} is below io_throttle {dp.io_throttle}"
+                )
             dp.io_limit = v
             dp.policy.io_limit_changed()
         else:

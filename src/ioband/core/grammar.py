@@ -48,7 +48,8 @@ def bounded_int(text: str | None, lo: int, hi: int, what: str, error: str) -> in
 
 
 def parse_group_param(text: str, error: str = "Invalid ioband group parameter") -> tuple[int, str]:
-    """``ID<delim>VALUE`` -> (id, value); no ID (``:V``) or ``-1:V`` or no delimiter -> default group."""
+    """``ID<delim>VALUE`` -> (id, value). No ID (``:V``), ``-1:V`` or no delimiter at all: the
+    default group."""
     pos = next((i for i, ch in enumerate(text) if ch in DELIMS), -1)
     if pos < 0:
         return ID_ANY, text
@@ -106,11 +107,14 @@ def parse_table(line: str | Sequence[str]) -> TableSpec:
     words = words_of(line)
     if len(words) < 3:
         raise InvalidArgument(
-            f"Invalid table line: expected '<start> <len> {TARGET} <args...>', got {len(words)} words"
+            f"Invalid table line: expected '<start> <len> {TARGET} <args...>',"
+            f" got {len(words)} words"
         )
     start = strict_strtol(words[0])
     if start is None or start < 0:
-        raise InvalidArgument(f"Invalid table line: start sector {words[0]!r} is not an integer >= 0")
+        raise InvalidArgument(
+            f"Invalid table line: start sector {words[0]!r} is not an integer >= 0"
+        )
     if start != 0:
         raise InvalidArgument(f"Gap in table: the target must start at sector 0, not {start}")
     length = strict_strtol(words[1])
@@ -174,7 +178,8 @@ def format_table(
     gtype: str, policy: str, policy_part: str,
 ) -> str:  # fmt: skip
     """``<start> <len> ioband <dev> <id> <io_throttle> <io_limit> <type> <policy><policy part>``."""
-    return f"{start} {length} {TARGET} {device} {name} {throttle} {limit} {gtype} {policy}{policy_part}"
+    head = f"{start} {length} {TARGET} {device} {name} {throttle} {limit}"
+    return f"{head} {gtype} {policy}{policy_part}"
 
 
 def format_dmsetup(dm_name: str, start: int, length: int, target_string: str) -> str:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class Group:
     """One bandwidth group. Policy fields live here too (flat slots keep the hot path fast)."""
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023  (grouped by purpose, not sorted)
         # identity and queues
         "id", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
         "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
@@ -110,7 +110,9 @@ class DeviceGroup:
         return self.blocked[0] + self.blocked[1]
 
     def __repr__(self) -> str:
-        return f"<DeviceGroup {self.name} {self.policy_name} issued={self.issued} held={self.blocked}>"
+        return (
+            f"<DeviceGroup {self.name} {self.policy_name} issued={self.issued} held={self.blocked}>"
+        )
 
 
 class Device:

@@ -90,4 +90,6 @@ class Request:
 
     def __repr__(self) -> str:
         kind = "W" if self.dir else "R"
-        return f"<Request {kind}{'s' if self.sync else 'a'} {self.offset}+{self.length} {self.state}>"
+        return (
+            f"<Request {kind}{'s' if self.sync else 'a'} {self.offset}+{self.length} {self.state}>"
+        )

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
-from ioband.errors import InvalidArgument
 from ioband.policies.base import R_OK, R_YIELD, Policy
 
 if TYPE_CHECKING:
