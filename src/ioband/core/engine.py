@@ -180,8 +180,9 @@ class Engine:
         g.active -= 1
         if g.active == 0:
             g.io_ticks += self.now - g.busy_since
-        if dp.blocked[0] + dp.blocked[1] > 0:
-            self._queue_conductor(dp, 0)
+        if dp.blocked[0] + dp.blocked[1] > 0 and not dp.conductor_pending:
+            dp.conductor_pending = True  # _queue_conductor(dp, 0), inlined
+            self._ready.append(dp)
         if self._ready or self._runnable:
             self._settle()
 
@@ -258,7 +259,11 @@ class Engine:
             dp.urgent.append(req)
         else:
             g.blocked[sync] += 1
-            dp.policy.hold(g, req)
+            hold = dp.policy.hold
+            if hold is None:
+                g.queue.append(req)
+            else:
+                hold(g, req)
             if g.blocked[0] + g.blocked[1] == 1:
                 dp.policy.backlogged(g)
 
@@ -382,9 +387,14 @@ class Engine:
                 return R_BLOCK
             if issued[0] >= limit and issued[1] >= limit:
                 return R_OK
-            req = policy.pop(g)
-            if req is None:
-                return R_OK
+            if policy.pop is None:
+                if not g.queue:
+                    return R_OK
+                req = g.queue.popleft()
+            else:
+                req = policy.pop(g)
+                if req is None:
+                    return R_OK
             c = req.sync
             if issued[c] >= limit:
                 if not g.prio_queue:

@@ -81,11 +81,10 @@ class Policy:
     #: (range-bw: a group over its max), or None. None here: the policy has no such wait.
     hold_back: Callable[[Group], deque[Request] | None] | None = None
 
-    def hold(self, g: Group, req: Request) -> None:
-        g.queue.append(req)
-
-    def pop(self, g: Group) -> Request | None:
-        return g.queue.popleft() if g.queue else None
+    #: ``hold(g, req)`` / ``pop(g)``: how a group queues what it holds. None: one FIFO
+    #: (``g.queue``), as both original policies; the engine then does it inline.
+    hold: Callable[[Group, Request], None] | None = None
+    pop: Callable[[Group], Request | None] | None = None
 
     def backlogged(self, g: Group) -> None:
         """``g`` went from no held requests to some, or its held set changed outside a charge."""
