@@ -169,6 +169,7 @@ def test_load_from_path_text_and_name(tmp_path):
     by_name = load_scenario("partitions-40-10")
     assert by_path.name == by_str.name == "mine"
     assert by_path == by_str
+    assert by_path.source == str(path) and by_name.source == "built-in scenario 'partitions-40-10'"
     assert by_text.devices == by_name.devices == by_path.devices
     assert open_scenario("partitions-40-10.toml").name == "partitions-40-10"
 

@@ -139,10 +139,16 @@ class Scenario:
         return replace(self, **changes)
 
     def device(self, name: str) -> DeviceSpec:
-        return next(d for d in self.devices if d.name == name)
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
 
     def disk(self, name: str) -> DiskSpec:
-        return next(d for d in self.disks if d.name == name)
+        for d in self.disks:
+            if d.name == name:
+                return d
+        raise KeyError(name)
 
     def resolve(self, backing: str) -> DiskSpec | None:
         """The disk a table's device field names: a disk (``sda``, ``/dev/sda``) or one of its
@@ -260,7 +266,7 @@ def parse_scenario(
 ) -> Scenario:
     """Validate an already-parsed TOML document."""
     try:
-        return _parse(data, name)
+        return replace(_parse(data, name), source=source)
     except ScenarioError as exc:
         raise exc.with_source(source) from None
 
