@@ -103,6 +103,10 @@ def check_counters(engine: Engine, driver: Driver, before: list[int]) -> list[in
             assert g.prio_blocked == len(g.prio_queue)
             assert all(r.state == "held" for r in queued)
     dp = next(iter(engine.device_groups.values()))
+    assert engine.stalls == 0
+    policy = dp.policy
+    if hasattr(policy, "_dirty"):  # the weight index: a dirty flag means a pending re-key
+        assert {id(g) for g in dp.groups if g.dirty} <= {id(g) for g in policy._dirty}
     for c in (ASYNC, SYNC):
         mine = [r for r in driver.inflight if r.sync == c]
         assert dp.issued[c] == len(mine)

@@ -276,9 +276,11 @@ class WeightPolicy(Policy):
         self._heap = []
         self._exhausted = []
         self._refill = []
-        for g in self.dp.groups:
+        groups = self.dp.groups
+        for g in groups:
             g.sched_ver += 1
-            self._touch(g)
+            g.dirty = True  # also clears a flag left by a previous policy instance
+        self._dirty = list(groups)
 
     def _index(self, g: Group) -> None:
         g.dirty = False
