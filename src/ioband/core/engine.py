@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 
-from ioband.core.cint import SHORT_MAX, strict_strtol
+from ioband.core.cint import INT_MAX, SHORT_MAX
 from ioband.core.classify import GROUP_TYPES
 from ioband.core.grammar import (
     ID_ANY,
     bounded_int,
     format_table,
+    parse_group_id,
     parse_group_param,
     parse_message,
     parse_table,
@@ -520,12 +521,13 @@ class Engine:
                 f" (one of {', '.join(GROUP_TYPES)})"
             )
         extra: dict[int, object] = {}
-        for gid, value in spec.groups:
+        for word in spec.groups:
+            gid, value = parse_group_param(word)
             err = "Cannot create ioband group"
             if GROUP_TYPES[spec.type] is None:
                 raise InvalidArgument(f"{err}: group {gid}: type 'none' has no groups to attach")
-            if gid < 0:
-                raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..2147483647)")
+            if not 0 <= gid <= INT_MAX:
+                raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..{INT_MAX})")
             if gid in extra:
                 raise AlreadyExists(f"{err}: id={gid} already exists.")
             extra[gid] = policy_cls.parse_group_value(value, err)
@@ -712,16 +714,14 @@ class Engine:
             assert arg is not None
             if arg not in GROUP_TYPES:
                 raise InvalidArgument(
-                    f"type: unknown group type {arg!r} (one of {', '.join(GROUP_TYPES)})"
+                    f"type: {arg} isn't supported. (one of {', '.join(GROUP_TYPES)})"
                 )
             if dev.groups:
                 raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
             dev.type_name = arg
             dev.id_of = GROUP_TYPES[arg]
         elif cmd in ("attach", "detach"):
-            gid = strict_strtol(arg or "")
-            if gid is None or gid < 0:
-                raise InvalidArgument(f"{cmd}: invalid id:{arg} (ids are 0..2147483647)")
+            gid = parse_group_id(arg, cmd)
             if cmd == "attach":
                 if dev.id_of is None:
                     raise InvalidArgument("attach: no ioband group type is specified")

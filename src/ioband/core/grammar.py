@@ -86,6 +86,19 @@ def parse_range(text: str | None, error: str = "Invalid range-bw") -> tuple[int,
     return lo, hi
 
 
+def _delimited(word: str) -> bool:
+    """The default-group argument is the first word that starts with a delimiter."""
+    return word[:1] != "" and word[0] in DELIMS
+
+
+def parse_group_id(text: str | None, what: str) -> int:
+    """A group id for ``attach``/``detach``: an integer in 0..INT_MAX."""
+    gid = strict_strtol(text) if text is not None else None
+    if gid is None or not 0 <= gid <= INT_MAX:
+        raise InvalidArgument(f"{what}: invalid id:{text} (ids are 0..{INT_MAX})")
+    return gid
+
+
 @dataclass
 class TableSpec:
     """A parsed table line (syntax only; the engine and the policy check the meaning)."""
@@ -100,7 +113,7 @@ class TableSpec:
     policy: str
     token_base: str | None  # the policy's first argument, unparsed
     default_param: str | None  # the value of the ':<param>' argument, unparsed
-    groups: list[tuple[int, str]] = field(default_factory=list)  # (id, unparsed value)
+    groups: list[str] = field(default_factory=list)  # the ``ID:VALUE`` words, checked last
 
 
 def parse_table(line: str | Sequence[str]) -> TableSpec:
@@ -138,8 +151,8 @@ def parse_table(line: str | Sequence[str]) -> TableSpec:
     limit = bounded_int(argv[3], 0, SHORT_MAX, "io_limit", "Invalid io_limit")
     gtype, policy = argv[4], argv[5]
     rest = argv[POLICY_PARAM_START:]
-    token_base = rest[0] if rest and rest[0][0] not in DELIMS else None
-    default_at = next((i for i, w in enumerate(rest) if w[0] in DELIMS), None)
+    token_base = rest[0] if rest and not _delimited(rest[0]) else None
+    default_at = next((i for i, w in enumerate(rest) if _delimited(w)), None)
     stray = rest[(1 if token_base is not None else 0) : default_at]
     if stray:
         raise InvalidArgument(
@@ -147,9 +160,7 @@ def parse_table(line: str | Sequence[str]) -> TableSpec:
             " write '<token_base> :<default> <id>:<value> ...'"
         )
     default_param = rest[default_at][1:] if default_at is not None else None
-    groups = []
-    for word in rest[default_at + 1 :] if default_at is not None else ():
-        groups.append(parse_group_param(word))
+    groups = rest[default_at + 1 :] if default_at is not None else []
     return TableSpec(start, length, device, name, throttle, limit, gtype, policy,
                      token_base, default_param, groups)  # fmt: skip
 
@@ -165,7 +176,7 @@ def parse_message(words: str | Sequence[str]) -> Message:
     argv = words_of(words)
     if argv == ["reset"]:
         return Message("reset", None)
-    if len(argv) != 2:
+    if len(argv) != 2 or argv[0] == "reset":
         got = " ".join(argv) or "(nothing)"
         raise InvalidArgument(f"{UNRECOGNISED} ('{got}': a message is 'reset' or '<word> <value>')")
     if argv[0] not in MESSAGES:

@@ -106,6 +106,9 @@ class WeightPolicy(Policy):
         # set; we recompute only the defaulted ones (docs/deviations.md).
         self.init_token_bucket(self.token_set, self.carryover_set)
         self.reshare()
+        # Leftover credit was counted in the old bucket's tokens; against a smaller bucket it
+        # could make the refill divisor (bucket - extra/2) zero or negative.
+        self.token_extra = 0
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
