@@ -352,7 +352,8 @@ def test_target_type_must_be_ioband():
 )
 def test_policy_argument_split(args, token_base, default, groups):
     spec = parse_table(table(f"sda1 1 0 0 user {args}"))
-    assert (spec.token_base, spec.default_param, spec.groups) == (token_base, default, groups)
+    parsed = [parse_group_param(word) for word in spec.groups]
+    assert (spec.token_base, spec.default_param, parsed) == (token_base, default, groups)
 
 
 @pytest.mark.parametrize(
@@ -368,21 +369,16 @@ def test_id_value_groups_without_default_argument_are_rejected(args):
 
 
 def test_group_spec_with_bad_id_after_default():
-    raises("EINVAL", "Invalid ioband group parameter", parse_table,
+    raises("EINVAL", "Invalid ioband group parameter", Engine().create, "x",
            table("sda1 1 0 0 user weight 0 :40 abc:80"))  # fmt: skip
 
 
-@pytest.mark.xfail(
-    reason="core: parse_table indexes word[0] of every policy word; an empty word in a word list "
-    "raises IndexError instead of IobandError",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "extra", [[""], ["0", ""], ["", ":40"]], ids=["token-empty", "after-token", "before-default"]
 )
 def test_empty_word_in_word_list_is_an_iobanderror(extra):
     with pytest.raises(IobandError):
-        parse_table([*HEAD.split(), "sda1", "1", "0", "0", "none", "weight", *extra])
+        Engine().create("x", [*HEAD.split(), "sda1", "1", "0", "0", "none", "weight", *extra])
 
 
 # =============================================================================================
@@ -576,11 +572,6 @@ def test_create_errors(e, args, errno_name, prefix):
     assert not e.devices and not e.device_groups
 
 
-@pytest.mark.xfail(
-    reason="core: extra group id above INT_MAX (2147483648) is accepted; ids are C ints, "
-    "0..2147483647 (interface §5 'Valid attachable IDs: 0..INT_MAX')",
-    strict=True,
-)
 def test_extra_group_id_above_int_max_is_rejected(e):
     raises("EINVAL", "Cannot create ioband group", e.create, "ioband1",
            table("sda1 1 0 0 user weight 0 :40 2147483648:50"))  # fmt: skip
@@ -627,12 +618,6 @@ def test_error_precedence_follows_constructor_order(args, prefix):
     assert str(info.value).startswith(prefix), str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="core: group specs are parsed in parse_table, before the device lookup and the "
-    "policy/type checks; algorithms §8.1 checks them last (step 13), so with several errors the "
-    "original reports an earlier one",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("args", "prefix"),
     [

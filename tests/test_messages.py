@@ -121,12 +121,6 @@ def test_unrecognised_messages(words):
     assert len(str(err)) > len(UNRECOGNISED)  # followed by detail
 
 
-@pytest.mark.xfail(
-    reason="core: 'reset' with an argument is accepted and resets the counters; interface §3 "
-    "says reset is the only 1-word message and every other form needs exactly 2 words whose "
-    "first is a known command, so 'reset X' must be EINVAL 'Unrecognised band message received.'",
-    strict=True,
-)
 @pytest.mark.parametrize("words", ["reset 1", "reset all", ["reset", ""]])
 def test_reset_with_an_argument_is_unrecognised(words):
     e = Engine()
@@ -163,12 +157,6 @@ def test_type_unknown_name_is_einval(e, value):
     assert repr(value) in str(err)
 
 
-@pytest.mark.xfail(
-    reason="core: unknown 'type' name says \"type: unknown group type 'foo' ...\"; Appendix B's "
-    "warning for it is '<fn>: <name> isn't supported.' (every sibling warning - id=<n> already "
-    "exists., id=<n> not found., invalid id:<n>, no ioband group type is specified - is mirrored)",
-    strict=True,
-)
 def test_type_unknown_name_uses_the_originals_wording(e):
     err = raises("EINVAL", "type", e.message, "ioband1", "type foo")
     assert "foo isn't supported." in str(err)
@@ -249,11 +237,6 @@ def test_attach_under_type_none_is_einval(e):
     assert snapshot(e) == before
 
 
-@pytest.mark.xfail(
-    reason="core: 'attach 2147483648' (above INT_MAX) is accepted; group ids are C ints and the "
-    "core's own error text says ids are 0..2147483647 (interface §5)",
-    strict=True,
-)
 def test_attach_id_above_int_max_is_einval(e):
     e.message("ioband1", "type user")
     before = snapshot(e)
@@ -472,13 +455,6 @@ def test_io_limit_under_range_bw_keeps_displayed_token_and_recomputes_caps(rb):
     assert caps == [96 * 2 * 5000 // 5900 // 4 + 1, 96 * 2 * 900 // 5900 // 4 + 1]
 
 
-@pytest.mark.xfail(
-    reason="core: an io_limit message that shrinks the token bucket keeps token_extra from the "
-    "old bucket; the next refill divides by (token_bucket - token_extra // 2) == 0 and raises "
-    "ZeroDivisionError (weight.py can_submit); token/carryover messages clear token_extra, "
-    "io_limit must too (or clamp it)",
-    strict=True,
-)
 def test_io_limit_shrinking_the_bucket_keeps_the_engine_working():
     e = Engine()
     dev = e.create("x", table("sda 1 1 2 user weight 0 :40 1000:30"))

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ioband.core.engine import BackingInfo, Engine
-from ioband.core.grammar import format_dmsetup, format_table, parse_table
+from ioband.core.grammar import format_dmsetup, format_table, parse_group_param, parse_table
 from ioband.core.request import Request, Submitter
 from ioband.errors import IobandError
 
@@ -406,7 +406,7 @@ def test_status_and_table_shapes(policy, ids, ios):
         name, _ = groups_of(status, width)
         assert name == "dg" and ids_in_order(status, width) == expected_ids
     spec = parse_table(e.table("ioband1"))
-    assert [gid for gid, _ in spec.groups] == sorted(ids)
+    assert [parse_group_param(word)[0] for word in spec.groups] == sorted(ids)
     _, legacy = groups_of(e.status("ioband1"), LEGACY)
     _, disk = groups_of(e.status("ioband1", "diskstats"), DISKSTATS)
     for gid in expected_ids:

@@ -714,7 +714,8 @@ class Engine:
             assert arg is not None
             if arg not in GROUP_TYPES:
                 raise InvalidArgument(
-                    f"type: {arg} isn't supported. (one of {', '.join(GROUP_TYPES)})"
+                    f"type: {arg} isn't supported. (unknown group type {arg!r};"
+                    f" one of {', '.join(GROUP_TYPES)})"
                 )
             if dev.groups:
                 raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
