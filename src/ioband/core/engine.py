@@ -146,17 +146,7 @@ class Engine:
             req.state = WAITING
             dev.suspend_waiters.append(req)
             return False
-        # _classify, inlined on this hot path
-        id_of = dev.id_of
-        g = dev.head
-        if id_of is not None:
-            gid = id_of(req.owner)
-            if gid is not None:
-                g = dev.groups.get(gid, g)
-        req.group = g
-        if g.active == 0:
-            g.busy_since = self.now
-        g.active += 1
+        g = self._classify(dev, req)
         wq = self._burst_wait(g, req)
         if wq is not None:
             req.state = WAITING

@@ -170,12 +170,7 @@ class WeightPolicy(Policy):
         return token
 
     def iopriority(self, g: Group) -> int:
-        token = g.token
-        lag = self.epoch - g.my_epoch
-        if lag:
-            token += g.token_initial * min(lag, self.carryover)
-        if g.going_down:
-            token += g.token_initial * self.carryover * 2
+        token = self.get_token(g)
         if token >= 0:
             return token * IOBAND_IOPRIO_BASE // g.token_initial + 1
         return cdiv(token * IOBAND_IOPRIO_BASE, g.token_initial) + 1
