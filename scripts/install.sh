@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
-# Everything the project needs on a fresh machine: a virtual environment with ioband and its
-# test tools. Later data paths add their Debian packages here (never installed by hand).
+# Everything the project needs on a fresh machine: the Debian packages of the real data paths'
+# peers and test clients, and a virtual environment with ioband and its test tools.
+# Nothing is ever installed by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+
+# NBD clients and peers used by the tests, the demo and the benchmarks.
+DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio)
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "install.sh: missing Debian packages (need root to install): ${missing[*]}" >&2
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
