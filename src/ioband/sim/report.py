@@ -20,7 +20,7 @@ REPORT_WIDTH = 120  # when not writing to a terminal: fixed, so that output file
 def to_json(result: Result) -> dict[str, Any]:
     """The JSON document of a run. Latencies are in seconds; ``mbps`` is 10**6 bytes/s."""
     sc = result.scenario
-    return {
+    doc = {
         "scenario": {
             "name": sc.name,
             "description": sc.description,
@@ -29,6 +29,8 @@ def to_json(result: Result) -> dict[str, Any]:
             "hz": sc.hz,
             "interval": sc.interval,
             "status_format": sc.status_format,
+            "scheduler": sc.scheduler,
+            **({"sfq_depth": sc.sfq_depth} if sc.sfq_depth is not None else {}),
         },
         "duration": result.duration,
         "events": result.events,
@@ -54,10 +56,12 @@ def to_json(result: Result) -> dict[str, Any]:
                 "kibps": w.kibps,
                 "latency_p50": w.latency_p50,
                 "latency_p99": w.latency_p99,
+                "latency_p999": w.latency_p999,
                 "latency_mean": w.latency_mean,
                 "latency_max": w.latency_max,
                 "delay_p50": w.delay_p50,
                 "delay_p99": w.delay_p99,
+                "delay_p999": w.delay_p999,
                 "timeline": {
                     "interval": sc.interval,
                     "ios": w.timeline_ios,
@@ -88,6 +92,9 @@ def to_json(result: Result) -> dict[str, Any]:
             for d in result.disks.values()
         },
     }
+    if result.metrics is not None:
+        doc["metrics"] = result.metrics
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------

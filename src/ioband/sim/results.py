@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +40,12 @@ class WorkloadResult:
     mbps: float  # 10**6 bytes per second
     latency_p50: float | None  # submit -> completion
     latency_p99: float | None
+    latency_p999: float | None
     latency_mean: float | None
     latency_max: float | None
     delay_p50: float | None  # submit -> issued to the disk: the time spent inside ioband
     delay_p99: float | None
+    delay_p999: float | None
     timeline_ios: list[int] = field(default_factory=list)  # completions per interval
     timeline_bytes: list[int] = field(default_factory=list)
 
@@ -74,6 +77,30 @@ class DiskResult:
 
 
 @dataclass
+class GroupResult:
+    """One scheduler group (``device``, group ``id``; -1 is the device's default group) and the
+    completion times of every workload whose requests it served (not part of the JSON)."""
+
+    device: str
+    id: int
+    times: dict[str, array] = field(default_factory=dict)  # workload -> completion times
+    block_size: dict[str, int] = field(default_factory=dict)  # workload -> bytes per request
+
+    @property
+    def key(self) -> str:
+        """``ioband1`` for a default group, ``ioband1:1000`` for an attached one."""
+        return self.device if self.id == -1 else f"{self.device}:{self.id}"
+
+    @property
+    def ios(self) -> int:
+        return sum(len(t) for t in self.times.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(t) * self.block_size[w] for w, t in self.times.items())
+
+
+@dataclass
 class Result:
     scenario: Scenario
     duration: float
@@ -83,6 +110,14 @@ class Result:
     events: int  # events processed by the loop
     requests: int  # requests submitted to the engine
     wall_time: float = field(default=0.0, compare=False)  # not part of the (deterministic) output
+    groups: list[GroupResult] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None  # set by ioband.sim.metrics.analyse
+
+    def group(self, key: str) -> GroupResult:
+        for g in self.groups:
+            if g.key == key:
+                return g
+        raise KeyError(key)
 
     def workload(self, name: str) -> WorkloadResult:
         for w in self.workloads:

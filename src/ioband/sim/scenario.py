@@ -22,6 +22,8 @@ from ioband.sim.disk import MODELS, ModelParamError, Param
 from ioband.sim.units import parse_duration, parse_size
 
 PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
+SCHEDULERS = ("ioband", "none", "sfq")  # the faithful core, FIFO pass-through, SFQ(D)
+DEFAULT_WINDOWS = (1.0, 10.0)
 MIXED = ("rw", "randrw")
 STATUS_FORMATS = ("legacy", "diskstats")
 SECTOR = 512
@@ -101,10 +103,31 @@ class WorkloadSpec:
     start: float = 0.0
     stop: float | None = None  # None: until the end of the simulation
     think_time: float = 0.0
+    rate: float | None = None  # bytes per second per process (a cap), None: no cap
+    rate_iops: float | None = None  # requests per second per process (a cap)
+    offset: int = 0  # the workload's region of its device: [offset, offset + size)
+    size: int | None = None  # None: to the end of the device
+    # On/off phases (start, stop) in seconds, sorted and disjoint; () means one phase start..stop.
+    phases: tuple[tuple[float, float | None], ...] = ()
 
     @property
     def random(self) -> bool:
         return self.pattern.startswith("rand")
+
+    @property
+    def on_phases(self) -> tuple[tuple[float, float | None], ...]:
+        """The phases during which the workload submits (``start``..``stop`` if none given)."""
+        return self.phases or ((self.start, self.stop),)
+
+    @property
+    def interval(self) -> float:
+        """Least seconds between two submissions of one process (its ``rate`` caps), or 0."""
+        gap = 0.0
+        if self.rate:
+            gap = self.block_size / self.rate
+        if self.rate_iops:
+            gap = max(gap, 1.0 / self.rate_iops)
+        return gap
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,10 @@ class Scenario:
     hz: int = 1000
     interval: float = 1.0  # width of the timeline buckets in the result
     status_format: str = "legacy"
+    scheduler: str = "ioband"  # ioband | none | sfq
+    sfq_depth: int | None = None  # SFQ(D)'s D; None: the disk's queue depth
+    windows: tuple[float, ...] = DEFAULT_WINDOWS  # metric windows, seconds
+    efficiency: bool = True  # metrics: also run with scheduler "none" to compute efficiency
     source: str = field(default="<scenario>", compare=False)
 
     def with_overrides(
@@ -127,6 +154,8 @@ class Scenario:
         duration: float | None = None,
         seed: int | None = None,
         status_format: str | None = None,
+        scheduler: str | None = None,
+        sfq_depth: int | None = None,
     ) -> Scenario:
         """A copy with some [simulation] values replaced (validated like the file's)."""
         changes: dict[str, Any] = {}
@@ -136,6 +165,10 @@ class Scenario:
             changes["seed"] = _integer(seed, "seed", minimum=0)
         if status_format is not None:
             changes["status_format"] = _choice(status_format, "status_format", STATUS_FORMATS)
+        if scheduler is not None:
+            changes["scheduler"] = _choice(scheduler, "scheduler", SCHEDULERS)
+        if sfq_depth is not None:
+            changes["sfq_depth"] = _integer(sfq_depth, "sfq_depth", minimum=1, maximum=65536)
         return replace(self, **changes)
 
     def device(self, name: str) -> DeviceSpec:
@@ -275,13 +308,16 @@ def parse_scenario(
 # Validation
 
 
-TOP_KEYS = ("name", "description", "simulation", "disk", "device", "workload")
-SIM_KEYS = ("duration", "seed", "hz", "interval", "status_format")
+TOP_KEYS = ("name", "description", "simulation", "metrics", "disk", "device", "workload")
+SIM_KEYS = ("duration", "seed", "hz", "interval", "status_format", "scheduler", "sfq_depth")
+METRICS_KEYS = ("windows", "efficiency")
+PHASE_KEYS = ("start", "stop")
 DEVICE_KEYS = ("name", "disk", "table", "messages")
 MESSAGE_KEYS = ("at", "message")
 WORKLOAD_KEYS = (
     "name", "device", "pattern", "processes", "iodepth", "block_size", "read_fraction", "direct",
     "writeback", "uid", "gid", "cgroup", "pid", "pgrp", "client", "start", "stop", "think_time",
+    "rate", "rate_iops", "offset", "size", "phase",
 )  # fmt: skip
 
 
@@ -303,6 +339,17 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
     status_format = _choice(
         sim.get("status_format", "legacy"), "simulation.status_format", STATUS_FORMATS
     )
+    scheduler = _choice(sim.get("scheduler", "ioband"), "simulation.scheduler", SCHEDULERS)
+    sfq_depth = (
+        _integer(sim["sfq_depth"], "simulation.sfq_depth", minimum=1, maximum=65536)
+        if "sfq_depth" in sim
+        else None
+    )
+    if sfq_depth is not None and scheduler != "sfq":
+        raise ScenarioError(
+            f'only with scheduler = "sfq" (scheduler is {scheduler!r})', key="simulation.sfq_depth"
+        )
+    windows, efficiency = _parse_metrics(_table(data, "metrics"), duration)
 
     disks = tuple(_parse_disk(item, f"disk[{i}]") for i, item in enumerate(_array(data, "disk")))
     _unique([d.name for d in disks], "disk")
@@ -327,10 +374,29 @@ def _parse(data: Mapping[str, Any], default_name: str) -> Scenario:
         hz=hz,
         interval=interval,
         status_format=status_format,
+        scheduler=scheduler,
+        sfq_depth=sfq_depth,
+        windows=windows,
+        efficiency=efficiency,
         disks=disks,
         devices=devices,
         workloads=workloads,
     )
+
+
+def _parse_metrics(item: Mapping[str, Any], duration: float) -> tuple[tuple[float, ...], bool]:
+    _check_keys(item, METRICS_KEYS, "metrics.")
+    raw = item.get("windows", list(DEFAULT_WINDOWS))
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError(
+            "must be a non-empty array of window lengths in seconds, e.g. [1, 10]",
+            key="metrics.windows",
+        )
+    windows = tuple(_positive_duration(w, f"metrics.windows[{i}]") for i, w in enumerate(raw))
+    if len(set(windows)) != len(windows):
+        raise ScenarioError("window lengths must be distinct", key="metrics.windows")
+    efficiency = _boolean(item.get("efficiency", True), "metrics.efficiency")
+    return windows, efficiency
 
 
 def _parse_disk(item: Any, where: str) -> DiskSpec:
@@ -370,6 +436,8 @@ def _model_param(value: Any, spec: Param, key: str) -> Any:
         out = _duration(value, key)
     elif spec.kind == "number":
         out = _number(value, key)
+    elif spec.kind == "choice":
+        return _choice(value, key, spec.choices)
     else:  # pragma: no cover - a model declared an unknown kind
         raise AssertionError(f"unknown parameter kind {spec.kind!r}")
     if spec.positive and out <= 0:
@@ -520,11 +588,46 @@ def _parse_workload(item: Any, where: str, devices: tuple[DeviceSpec, ...]) -> W
             else None
         )
 
-    start = _duration(item.get("start", 0.0), f"{where}.start")
-    stop = _duration(item["stop"], f"{where}.stop") if "stop" in item else None
-    if stop is not None and stop <= start:
-        raise ScenarioError(f"must be after start ({start} s)", key=f"{where}.stop")
+    phases: tuple[tuple[float, float | None], ...] = ()
+    if "phase" in item:
+        for key in ("start", "stop"):
+            if key in item:
+                raise ScenarioError(
+                    "give either start/stop or [[workload.phase]] tables, not both",
+                    key=f"{where}.{key}",
+                )
+        phases = _parse_phases(item["phase"], f"{where}.phase")
+        start, stop = phases[0][0], phases[-1][1]
+    else:
+        start = _duration(item.get("start", 0.0), f"{where}.start")
+        stop = _duration(item["stop"], f"{where}.stop") if "stop" in item else None
+        if stop is not None and stop <= start:
+            raise ScenarioError(f"must be after start ({start} s)", key=f"{where}.stop")
     think_time = _duration(item.get("think_time", 0.0), f"{where}.think_time")
+    rate = _optional_rate(item, "rate", where, size=True)
+    rate_iops = _optional_rate(item, "rate_iops", where, size=False)
+
+    device_bytes = length * SECTOR if length is not None else None
+    offset = _sectors(item.get("offset", 0), f"{where}.offset")
+    if device_bytes is not None and offset + block_size > device_bytes:
+        raise ScenarioError(
+            f"the region must hold one block: offset {offset} + block_size {block_size} is "
+            f"beyond device {device!r} ({device_bytes} bytes)",
+            key=f"{where}.offset",
+        )
+    size = None
+    if "size" in item:
+        size = _sectors(item["size"], f"{where}.size")
+        if size < block_size:
+            raise ScenarioError(
+                f"must be at least block_size ({block_size} bytes; got {size})", key=f"{where}.size"
+            )
+        if device_bytes is not None and offset + size > device_bytes:
+            raise ScenarioError(
+                f"offset + size = {offset + size} is beyond device {device!r} "
+                f"({device_bytes} bytes)",
+                key=f"{where}.size",
+            )
 
     return WorkloadSpec(
         name=name,
@@ -539,8 +642,73 @@ def _parse_workload(item: Any, where: str, devices: tuple[DeviceSpec, ...]) -> W
         start=start,
         stop=stop,
         think_time=think_time,
+        rate=rate,
+        rate_iops=rate_iops,
+        offset=offset,
+        size=size,
+        phases=phases,
         **ids,
     )
+
+
+def _parse_phases(raw: Any, where: str) -> tuple[tuple[float, float | None], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError(
+            "must be one or more [[workload.phase]] tables with start and stop (seconds)",
+            key=where,
+        )
+    phases: list[tuple[float, float | None]] = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        item = _as_table(item, at)
+        _check_keys(item, PHASE_KEYS, f"{at}.")
+        if "start" not in item:
+            raise ScenarioError("missing required key (seconds)", key=f"{at}.start")
+        start = _duration(item["start"], f"{at}.start")
+        stop = _duration(item["stop"], f"{at}.stop") if "stop" in item else None
+        if stop is not None and stop <= start:
+            raise ScenarioError(f"must be after start ({start} s)", key=f"{at}.stop")
+        if phases:
+            prev = phases[-1][1]
+            if prev is None:
+                raise ScenarioError(
+                    "only the last phase may leave out stop (it runs to the end)",
+                    key=f"{where}[{i - 1}].stop",
+                )
+            if start < prev:
+                raise ScenarioError(
+                    f"phases must be in time order and not overlap (the previous one stops at "
+                    f"{prev} s)",
+                    key=f"{at}.start",
+                )
+        phases.append((start, stop))
+    return tuple(phases)
+
+
+def _optional_rate(item: Mapping[str, Any], key: str, where: str, *, size: bool) -> float | None:
+    if key not in item:
+        return None
+    value = item[key]
+    if size:
+        try:
+            out = float(parse_size(value))
+        except ValueError as exc:
+            raise ScenarioError(f"{exc} per second", key=f"{where}.{key}") from None
+    else:
+        out = _number(value, f"{where}.{key}")
+    if out <= 0:
+        raise ScenarioError(f"must be greater than 0 (got {value!r})", key=f"{where}.{key}")
+    return out
+
+
+def _sectors(value: Any, key: str) -> int:
+    try:
+        out = parse_size(value)
+    except ValueError as exc:
+        raise ScenarioError(str(exc), key=key) from None
+    if out % SECTOR:
+        raise ScenarioError(f"must be a multiple of {SECTOR} bytes (got {out})", key=key)
+    return out
 
 
 def _check_pids(workloads: tuple[WorkloadSpec, ...]) -> None:

@@ -5,12 +5,17 @@ is advanced at its ``next_deadline()``. After every engine call the loop drains 
 (dispatching those requests to their disk) and ``take_admitted()`` (waking their submitters).
 Events at the same time run in the order they were scheduled, so a run is a pure function of the
 scenario (including its seed).
+
+``simulation.scheduler`` picks what sits between the workloads and the disks: ``ioband`` (the
+core's ``Engine``), or a baseline with the same API (``ioband.sim.baselines``): ``none`` (FIFO
+pass-through) or ``sfq`` (start-time fair queueing with depth D).
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +24,14 @@ from ioband.core.engine import BackingInfo, Engine
 from ioband.core.request import WAITING
 from ioband.errors import IobandError
 from ioband.sim.disk import DiskModel, create_disk
-from ioband.sim.results import DeviceResult, DiskResult, Result, WorkloadResult, percentile
+from ioband.sim.results import (
+    DeviceResult,
+    DiskResult,
+    GroupResult,
+    Result,
+    WorkloadResult,
+    percentile,
+)
 from ioband.sim.scenario import (
     SECTOR,
     DeviceSpec,
@@ -60,8 +72,27 @@ def run(scenario: Scenario, *, engine_factory: EngineFactory | None = None) -> R
     return Simulator(scenario, engine_factory=engine_factory).run()
 
 
+def scheduler_factory(scenario: Scenario, disks: dict[str, DiskModel]) -> EngineFactory:
+    """The engine class for ``scenario.scheduler`` (baselines get their options bound)."""
+    if scenario.scheduler == "ioband":
+        return Engine
+    from ioband.sim import baselines
+
+    if scenario.scheduler == "none":
+        return baselines.FifoEngine
+    depth = scenario.sfq_depth
+    if depth is None:  # the device's internal concurrency, as the paper's D
+        depth = max((d.queue_depth for d in disks.values()), default=1)
+
+    def sfq(**kwargs: Any) -> baselines.SFQDEngine:
+        return baselines.SFQDEngine(depth=depth, **kwargs)
+
+    return sfq
+
+
 class Simulator:
-    """One run of one scenario. ``engine_factory(hz=, resolver=, seed=)`` defaults to ``Engine``."""
+    """One run of one scenario. ``engine_factory(hz=, resolver=, seed=)`` defaults to the
+    scenario's ``scheduler`` (``Engine`` for ``ioband``)."""
 
     def __init__(self, scenario: Scenario, *, engine_factory: EngineFactory | None = None) -> None:
         self.scenario = scenario
@@ -70,11 +101,12 @@ class Simulator:
         self.disks: dict[str, DiskModel] = {
             d.name: create_disk(d.name, d.model, dict(d.params)) for d in scenario.disks
         }
-        factory = engine_factory or Engine
+        factory = engine_factory or scheduler_factory(scenario, self.disks)
         self.engine = factory(hz=scenario.hz, resolver=self._resolve, seed=scenario.seed)
         self.devices: dict[str, Any] = {}  # name -> the engine's Device
         self.device_disk: dict[str, str] = {}  # name -> disk name
         self.device_size: dict[str, int] = {}  # name -> bytes
+        self.device_base: dict[str, int] = {}  # name -> byte offset on its disk
         self.workloads: list[Workload] = []
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
@@ -110,6 +142,12 @@ class Simulator:
                     key=f"device[{i}].table",
                 )
             self.device_size[spec.name] = length * SECTOR
+        # Devices are laid out one after the other on their disk, in declaration order.
+        used: dict[str, int] = {}
+        for spec in self.scenario.devices:
+            disk = self.device_disk[spec.name]
+            self.device_base[spec.name] = used.get(disk, 0)
+            used[disk] = used.get(disk, 0) + self.device_size[spec.name]
 
     def _disk_of(self, spec: DeviceSpec, where: str) -> str:
         backing = spec.backing
@@ -144,6 +182,7 @@ class Simulator:
                 seed=sc.seed,
                 duration=sc.duration,
                 interval=sc.interval,
+                disk_base=self.device_base[spec.device],
             )
             dev = self.devices[spec.device]
             disk = self.disks[self.device_disk[spec.device]]
@@ -165,10 +204,11 @@ class Simulator:
                     self._push(msg.at, MESSAGE, (spec, msg))
         self._setup_workloads()
         for wl in self.workloads:
-            if wl.start <= 0:
-                self.runnable.extend(wl.processes)
-            else:
-                self._push(wl.start, START, wl)
+            for start, _ in wl.phases:
+                if start <= 0:
+                    self.runnable.extend(wl.processes)
+                else:
+                    self._push(start, START, wl)
         self._run_ready()
         self._loop()
         result = self._result()
@@ -237,7 +277,9 @@ class Simulator:
                 runnable.extend(entry[3].processes)
                 run_ready()
             elif kind == WAKE:
-                runnable.append(entry[3])
+                proc = entry[3]
+                proc.wake_pending = False
+                runnable.append(proc)
                 run_ready()
             else:  # MESSAGE
                 spec, msg = entry[3]
@@ -255,14 +297,22 @@ class Simulator:
         """Let ``proc`` submit until it has ``iodepth`` requests out, sleeps, or must stop."""
         wl = proc.workload
         t = self.now
-        if proc.asleep or t >= wl.stop or t < wl.start:
+        if proc.asleep or not wl.is_on(t):
             return
         eng = self.engine
         depth = wl.iodepth
         new_request = wl.new_request
         dev = proc.device
         drain = self._drain
+        gap = wl.gap
         while proc.outstanding < depth:
+            if gap:
+                if t < proc.next_ok:
+                    if not proc.wake_pending:
+                        proc.wake_pending = True
+                        self._push(proc.next_ok, WAKE, proc)
+                    return
+                proc.next_ok = t + gap
             req = new_request(proc, t)
             proc.outstanding += 1
             self.requests += 1
@@ -353,10 +403,12 @@ class Simulator:
                     mbps=wl.bytes / 1e6 / active if active > 0 else 0.0,
                     latency_p50=percentile(lat, 50),
                     latency_p99=percentile(lat, 99),
+                    latency_p999=percentile(lat, 99.9),
                     latency_mean=sum(lat) / len(lat) if lat else None,
                     latency_max=lat[-1] if lat else None,
                     delay_p50=percentile(delay, 50),
                     delay_p99=percentile(delay, 99),
+                    delay_p999=percentile(delay, 99.9),
                     timeline_ios=list(wl.timeline_ios),
                     timeline_bytes=list(wl.timeline_bytes),
                 )
@@ -397,7 +449,67 @@ class Simulator:
             disks=disks,
             events=self.events,
             requests=self.requests,
+            groups=self._groups(),
         )
+
+    def _groups(self) -> list[GroupResult]:
+        """Scheduler groups, with the completion times of each workload in them.
+
+        A group is keyed by (device, group id): the group a request was charged to, as the engine
+        recorded it (``req.group``), plus the group each workload's processes classify to now, so
+        that a group which got nothing still shows up.
+        """
+        found: dict[tuple[str, int], GroupResult] = {}
+
+        def entry(g: Any) -> GroupResult | None:
+            dev = getattr(g, "device", None)
+            name = getattr(dev, "name", None)
+            gid = getattr(g, "id", None)
+            if name is None or gid is None:
+                return None
+            key = (name, gid)
+            if key not in found:
+                found[key] = GroupResult(device=name, id=gid)
+            return found[key]
+
+        for wl in self.workloads:
+            for g in self._classify(wl):
+                e = entry(g)
+                if e is not None and wl.name not in e.times:
+                    e.times[wl.name] = array("d")
+                    e.block_size[wl.name] = wl.block_size
+            for g, times in wl.group_times.items():
+                e = entry(g)
+                if e is None:
+                    continue
+                if e.times.get(wl.name):
+                    merged = sorted([*e.times[wl.name], *times])
+                    e.times[wl.name] = array("d", merged)
+                else:
+                    e.times[wl.name] = times
+                e.block_size[wl.name] = wl.block_size
+        order = {name: i for i, name in enumerate(self.devices)}
+        return sorted(found.values(), key=lambda e: (order.get(e.device, len(order)), e.id))
+
+    def _classify(self, wl: Workload) -> list[Any]:
+        """The groups ``wl``'s processes map to on its device now (engines with Device objects)."""
+        out: list[Any] = []
+        for proc in wl.processes:
+            dev = proc.device
+            head = getattr(dev, "head", None)
+            if head is None:
+                return []
+            id_of = getattr(dev, "id_of", None)
+            owners = {proc.owner, proc.write_owner} if wl.read_fraction < 1 else {proc.owner}
+            for owner in owners:
+                g = head
+                if id_of is not None:
+                    gid = id_of(owner)
+                    if gid is not None:
+                        g = dev.groups.get(gid, head)
+                if all(g is not o for o in out):
+                    out.append(g)
+        return out
 
 
 def full_line(target: str, table: str) -> str:

@@ -113,3 +113,20 @@ def format_bytes(n: float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_size(n: int) -> str:
+    """Exact size in the largest binary unit that divides it: 4KiB, 500MiB, 512."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a scenario file would spell it: 60, 2.5, "16ms", "250us"."""
+    if seconds == 0 or seconds >= 1:
+        return f"{seconds:g}"
+    if seconds >= 1e-4:
+        return f"{seconds * 1e3:g}ms"
+    return f"{seconds * 1e6:g}us"

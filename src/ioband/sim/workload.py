@@ -5,6 +5,11 @@ A workload is ``processes`` identical processes. Each keeps up to ``iodepth`` re
 request is admitted. Reads are sync; writes are sync with ``direct = true``, else async (buffered),
 and with ``writeback = true`` they are submitted by a flusher kernel thread that carries only the
 page owner's cgroup, as blkio-cgroup sees delayed writes.
+
+A workload submits only inside its on-phases (``start``/``stop`` or ``[[workload.phase]]``);
+``rate``/``rate_iops`` space one process's submissions at least ``interval`` seconds apart
+(no credit builds up while a process waits for completions). Completions are recorded per
+scheduler group (``group_times``), which the metrics turn into windowed shares.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ FIRST_AUTO_PID = 1000
 class SimRequest(Request):
     """A request plus what the simulator needs to know about it."""
 
-    __slots__ = ("proc", "t_issue", "t_submit")
+    __slots__ = ("lba", "proc", "t_issue", "t_submit")
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class SimRequest(Request):
         self.proc = proc
         self.t_submit = now
         self.t_issue = -1.0
+        self.lba = offset  # the byte offset on the whole disk; the workload adds its base
 
 
 class Process:
@@ -50,11 +56,13 @@ class Process:
         "device",
         "disk",
         "index",
+        "next_ok",
         "outstanding",
         "owner",
         "stream_end",
         "stream_start",
         "waiting_for",
+        "wake_pending",
         "workload",
         "write_owner",
     )
@@ -71,6 +79,8 @@ class Process:
         self.waiting_for: Request | None = None
         self.device: object = None  # the engine's Device, set by the simulator
         self.disk: object = None  # the DiskModel its device sits on
+        self.next_ok = 0.0  # rate cap: earliest time of its next submission
+        self.wake_pending = False  # a WAKE for the rate cap is queued
         # Sequential stream: each process reads its own slice of the device.
         self.stream_start = 0
         self.stream_end = 0
@@ -94,12 +104,16 @@ class Workload:
         seed: int,
         duration: float,
         interval: float,
+        disk_base: int = 0,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.rng = random.Random(f"{seed}/{spec.name}")
         self.block_size = spec.block_size
-        self.nblocks = max(1, device_size // spec.block_size)
+        region = spec.size if spec.size is not None else device_size - spec.offset
+        self.region_start = spec.offset  # byte offset of the region in the device
+        self.disk_base = disk_base + spec.offset  # byte offset of the region on the disk
+        self.nblocks = max(1, region // spec.block_size)
         self.random = spec.random
         self.read_fraction = spec.read_fraction
         self.mixed = 0.0 < spec.read_fraction < 1.0
@@ -107,8 +121,15 @@ class Workload:
         self.sync_writes = spec.direct
         self.iodepth = spec.iodepth
         self.think_time = spec.think_time
+        self.gap = spec.interval  # rate cap: seconds between one process's submissions
+        self.phases = [
+            (start, min(stop, duration) if stop is not None else duration)
+            for start, stop in spec.on_phases
+            if start < duration
+        ]
+        self.phase_i = 0  # the current or next phase
         self.start = spec.start
-        self.stop = min(spec.stop, duration) if spec.stop is not None else duration
+        self.stop = self.phases[-1][1] if self.phases else spec.start
         self.processes: list[Process] = []
         n = spec.processes
         for i, pid in enumerate(pids):
@@ -142,6 +163,19 @@ class Workload:
         self.buckets = max(1, math.ceil(duration / interval - 1e-9))
         self.timeline_ios = [0] * self.buckets
         self.timeline_bytes = [0] * self.buckets
+        # Completion times per scheduler group (the engine's ``req.group``; None for engines
+        # that do not set it): the metrics' windows are counted from these.
+        self.group_times: dict[object, array] = {}
+
+    def is_on(self, t: float) -> bool:
+        """True while ``t`` is inside an on-phase (time only moves forward)."""
+        phases = self.phases
+        i = self.phase_i
+        n = len(phases)
+        while i < n and t >= phases[i][1]:
+            i += 1
+        self.phase_i = i
+        return i < n and t >= phases[i][0]
 
     def new_request(self, proc: Process, now: float) -> SimRequest:
         """The next request of ``proc``, submitted at ``now``."""
@@ -158,8 +192,13 @@ class Workload:
             proc.cursor = nxt if nxt + bs <= proc.stream_end else proc.stream_start
         self.submitted += 1
         if write:
-            return SimRequest(True, offset, bs, proc.write_owner, self.sync_writes, proc, now)
-        return SimRequest(False, offset, bs, proc.owner, True, proc, now)
+            req = SimRequest(
+                True, offset + self.region_start, bs, proc.write_owner, self.sync_writes, proc, now
+            )
+        else:
+            req = SimRequest(False, offset + self.region_start, bs, proc.owner, True, proc, now)
+        req.lba = offset + self.disk_base
+        return req
 
     def completed(self, req: SimRequest, now: float) -> None:
         """Account a request that completed at ``now``."""
@@ -174,6 +213,10 @@ class Workload:
             self.read_bytes += n
         self.latencies.append(now - req.t_submit)
         self.delays.append(req.t_issue - req.t_submit)
+        times = self.group_times.get(req.group)
+        if times is None:
+            times = self.group_times[req.group] = array("d")
+        times.append(now)
         b = int(now / self.interval)
         if b >= self.buckets:
             b = self.buckets - 1
@@ -182,8 +225,8 @@ class Workload:
 
     @property
     def active_time(self) -> float:
-        """Seconds during which the workload was allowed to submit."""
-        return max(0.0, self.stop - self.start)
+        """Seconds during which the workload was allowed to submit (the sum of its phases)."""
+        return sum(max(0.0, stop - start) for start, stop in self.phases)
 
 
 def allocate_pids(specs: Iterable[WorkloadSpec]) -> tuple[list[list[int]], int]:
