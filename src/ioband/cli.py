@@ -11,8 +11,10 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 
 from ioband import TARGET_VERSION, __version__
+from ioband.control.cli import add_daemon
 from ioband.errors import IobandError
 
 PROG = "ioband"
@@ -66,10 +68,21 @@ def add_sim(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
     p.add_argument(
+        "--describe-models", action="store_true", help="list the disk models and their keys"
+    )
+    p.add_argument(
         "--json", metavar="OUT", help="also write the results as JSON to OUT ('-': stdout only)"
     )
     p.add_argument("--duration", type=seconds, metavar="S", help="override simulation.duration")
     p.add_argument("--seed", type=int, metavar="N", help="override simulation.seed")
+    p.add_argument(
+        "--scheduler", choices=("ioband", "none", "sfq"), help="override simulation.scheduler"
+    )
+    p.add_argument(
+        "--no-efficiency",
+        action="store_true",
+        help="skip the second run without control (no efficiency in the metrics)",
+    )
     p.add_argument(
         "--status-format", choices=("legacy", "diskstats"), help="override simulation.status_format"
     )
@@ -78,9 +91,14 @@ def add_sim(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from ioband.sim import catalog, open_scenario, run
+    from ioband.sim import catalog, open_scenario
+    from ioband.sim.disk import describe_models
+    from ioband.sim.metrics import analyse
     from ioband.sim.report import make_console, render
 
+    if args.describe_models:
+        print("\n".join(describe_models()))
+        return EXIT_OK
     if args.list:
         entries = catalog.describe()
         width = max((len(n) for n, _ in entries), default=0)
@@ -93,9 +111,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return fail("sim", f"--seed must not be negative (got {args.seed})")
     try:
         scenario = open_scenario(args.scenario).with_overrides(
-            duration=args.duration, seed=args.seed, status_format=args.status_format
+            duration=args.duration,
+            seed=args.seed,
+            status_format=args.status_format,
+            scheduler=args.scheduler,
         )
-        result = run(scenario)
+        if args.no_efficiency:
+            scenario = replace(scenario, efficiency=False)
+        result = analyse(scenario)
     except IobandError as exc:
         return fail("sim", error_text(exc))
     if args.timing:
@@ -174,7 +197,7 @@ def run_demo(duration: float = DEMO_DURATION) -> int:
 # ---------------------------------------------------------------------------------------------
 # Dispatcher
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo, add_daemon]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -206,6 +206,7 @@ def workload_table(result: Result) -> Table:
         ("IO %", "right"),
         ("p50 ms", "right"),
         ("p99 ms", "right"),
+        ("p99.9 ms", "right"),
     ):
         table.add_column(col, justify=justify, no_wrap=True)
     disk_ios: dict[str, int] = {}
@@ -224,6 +225,7 @@ def workload_table(result: Result) -> Table:
             f"{share:.1f}",
             _ms(w.latency_p50),
             _ms(w.latency_p99),
+            _ms(w.latency_p999),
         )
     return table
 
@@ -250,6 +252,15 @@ def render(result: Result, console: Console, *, shares: bool = True) -> None:
         if lines:
             out("")
             out("shares (per device group):", markup=False)
+            for line in lines:
+                out("  " + line, markup=False)
+    if result.metrics is not None:
+        from ioband.sim.metrics import text_lines
+
+        lines = text_lines(result.metrics)
+        if lines:
+            out("")
+            out("metrics (see --json for every window):", markup=False)
             for line in lines:
                 out("  " + line, markup=False)
     out("")
