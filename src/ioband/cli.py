@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ioband import TARGET_VERSION, __version__
-from ioband.control.cli import add_daemon
 from ioband.errors import IobandError
 
 PROG = "ioband"
@@ -197,7 +196,7 @@ def run_demo(duration: float = DEMO_DURATION) -> int:
 # ---------------------------------------------------------------------------------------------
 # Dispatcher
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo, add_daemon]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
