@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ioband import TARGET_VERSION, __version__
+from ioband.control.cli import add_daemon
 from ioband.errors import IobandError
 
 PROG = "ioband"
@@ -194,9 +195,41 @@ def run_demo(duration: float = DEMO_DURATION) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# ioband experiment
+
+
+def add_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="run the experiment suite (JSON, PNG plots, tables)",
+        description="Run a named experiment or 'all' in the simulator; write NAME.json, "
+        "NAME.timing.json and PNG plots to --out, and for 'all' the results page <OUT>.md "
+        "(--out docs/results writes docs/results.md). Exit status 1 if a check fails.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME|all", help="experiment name, or all")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--out", default="ioband-results", metavar="DIR", help="output directory")
+    p.add_argument("--quick", action="store_true", help="shortened runs (a smoke test)")
+    p.add_argument("--seed", type=int, default=1, metavar="N", help="seed of every scenario")
+    p.add_argument("--markdown", metavar="FILE", help="write the results page to FILE")
+    p.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from ioband.experiments.runner import cli
+
+    return cli(args)
+
+
+# ---------------------------------------------------------------------------------------------
 # Dispatcher
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sim, add_demo]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_sim,
+    add_demo,
+    add_experiment,
+    add_daemon,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

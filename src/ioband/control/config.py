@@ -1,0 +1,161 @@
+"""The daemon's TOML configuration: loaded, validated, errors naming the key and the rule.
+
+```toml
+[daemon]
+hz = 1000                     # jiffies per second
+cgroup_hierarchy = "auto"     # auto | v1 | v2 | a mount point
+io_threads = 16               # worker threads doing backing-store I/O
+[nbd]
+unix_socket = "/run/ioband/nbd.sock"
+tcp = "127.0.0.1:10809"       # optional
+[[device]]
+name = "ioband1"
+table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
+messages = ["attach 1234", "weight 1234:40"]
+direct = false                # O_DIRECT on the backing store
+read_only = false
+```
+Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ioband.errors import InvalidArgument
+
+DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
+
+
+class ConfigError(InvalidArgument):
+    """A configuration file was refused; ``key`` names the offending entry."""
+
+    def __init__(self, source: str, key: str, rule: str) -> None:
+        super().__init__(f"{source}: {key}: {rule}")
+        self.source = source
+        self.key = key
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    table: str
+    messages: tuple[str, ...] = ()
+    direct: bool = False
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    hz: int = 1000
+    cgroup_hierarchy: str = "auto"
+    io_threads: int = 16
+    unix_socket: str | None = DEFAULT_UNIX_SOCKET
+    tcp: tuple[str, int] | None = None
+    devices: tuple[DeviceConfig, ...] = field(default_factory=tuple)
+    source: str = "<config>"
+
+
+_SECTIONS = {"daemon": ("hz", "cgroup_hierarchy", "io_threads"), "nbd": ("unix_socket", "tcp")}
+_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only")
+
+
+def load_config(source: str | Path | Mapping[str, Any]) -> Config:
+    """A path to a TOML file, TOML text, or an already parsed mapping."""
+    if isinstance(source, Mapping):
+        return _parse(source, "<config>")
+    text_is_path = isinstance(source, Path) or ("\n" not in source and source.endswith(".toml"))
+    if text_is_path:
+        name = str(source)
+        try:
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ConfigError(name, "(file)", f"cannot read: {err.strerror}") from None
+    else:
+        name, text = "<config>", str(source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(name, "(syntax)", f"not valid TOML: {err}") from None
+    return _parse(data, name)
+
+
+def _unknown(src: str, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
+    near = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(allowed)})"
+    return ConfigError(src, f"{where}{key}", f"unknown key{hint}")
+
+
+def _typed(src: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(src, key, f"must be {what}, got {value!r}")
+    return value
+
+
+def _parse(data: Mapping[str, Any], src: str) -> Config:
+    for key in data:
+        if key not in (*_SECTIONS, "device"):
+            raise _unknown(src, "", key, (*_SECTIONS, "device"))
+    values: dict[str, Any] = {}
+    for section, keys in _SECTIONS.items():
+        table = data.get(section, {})
+        _typed(src, section, table, dict, "a table")
+        for key, value in table.items():
+            if key not in keys:
+                raise _unknown(src, f"{section}.", key, keys)
+            values[key] = value
+    hz = _typed(src, "daemon.hz", values.get("hz", 1000), int, "an integer")
+    if not 50 <= hz <= 100_000:
+        raise ConfigError(src, "daemon.hz", f"must be in 50..100000, got {hz}")
+    threads = _typed(src, "daemon.io_threads", values.get("io_threads", 16), int, "an integer")
+    if not 1 <= threads <= 1024:
+        raise ConfigError(src, "daemon.io_threads", f"must be in 1..1024, got {threads}")
+    hierarchy = _typed(src, "daemon.cgroup_hierarchy", values.get("cgroup_hierarchy", "auto"),
+                       str, "a string")  # fmt: skip
+    sock = values.get("unix_socket", DEFAULT_UNIX_SOCKET)
+    if sock is not None:
+        _typed(src, "nbd.unix_socket", sock, str, "a path")
+        if not sock:
+            sock = None
+    tcp = None
+    if "tcp" in values:
+        text = _typed(src, "nbd.tcp", values["tcp"], str, "'HOST:PORT'")
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                src, "nbd.tcp", f"must be 'HOST:PORT' with a port 0..65535, got {text!r}"
+            )
+        tcp = (host.strip("[]") or "127.0.0.1", int(port))
+    if sock is None and tcp is None:
+        raise ConfigError(src, "nbd", "needs unix_socket or tcp (or both)")
+    raw = data.get("device", [])
+    _typed(src, "device", raw, list, "an array of tables ([[device]])")
+    devices = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"device[{i}]"
+        _typed(src, where, item, dict, "a table")
+        for key in item:
+            if key not in _DEVICE_KEYS:
+                raise _unknown(src, f"{where}.", key, _DEVICE_KEYS)
+        for key in ("name", "table"):
+            if key not in item:
+                raise ConfigError(src, f"{where}.{key}", "is required")
+        name = _typed(src, f"{where}.name", item["name"], str, "a string")
+        if name in names:
+            raise ConfigError(src, f"{where}.name", f"{name!r} is used twice")
+        names.add(name)
+        table = _typed(src, f"{where}.table", item["table"], str, "a table line")
+        messages = _typed(src, f"{where}.messages", item.get("messages", []), list, "an array")
+        for j, msg in enumerate(messages):
+            _typed(src, f"{where}.messages[{j}]", msg, str, "a message string")
+        direct = _typed(src, f"{where}.direct", item.get("direct", False), bool, "true or false")
+        ro = _typed(src, f"{where}.read_only", item.get("read_only", False), bool, "true or false")
+        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro))
+    return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src)

@@ -1,0 +1,297 @@
+"""The NBD front end: every ioband device is an export; every request passes through the core.
+
+A thin adapter (PRODUCT.md §2): the sans-I/O codec (``protocol``) parses the wire, each command
+becomes a core ``Request`` carrying the identity of the connection's peer, the core decides when
+it runs, worker threads do the backing-store I/O, and the reply goes back when it completes.
+A request the core makes wait (its "submitter" would sleep in the kernel) pauses reading from
+that connection until the core admits it: backpressure, as dm-ioband put the process to sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errnos
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ioband.cgroup.proc import Hierarchy, identity
+from ioband.core.request import WAITING, Request, Submitter
+from ioband.nbd import protocol as nbd
+from ioband.nbd.backing import Backing
+from ioband.nbd.replies import nbd_error
+
+if TYPE_CHECKING:
+    from ioband.control.daemon import Daemon
+    from ioband.core.model import Device
+
+log = logging.getLogger("ioband.nbd")
+
+MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass
+class Export:
+    """An ioband device seen by NBD clients."""
+
+    name: str
+    device: Device
+    backing: Backing
+    size: int
+    info: nbd.ExportInfo
+    connections: set[Connection] = field(default_factory=set)
+
+
+def client_id_of(address: str) -> int:
+    """The ``client`` group id of a TCP peer: its IPv4 address as an integer, top bit cleared
+    so that it fits the 0..INT_MAX range of group ids (IPv6: the low 31 bits)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        packed = socket.inet_pton(socket.AF_INET6, address)[-4:]
+    return int.from_bytes(packed, "big") & 0x7FFFFFFF
+
+
+def peer_identity(sock: socket.socket, hierarchy: Hierarchy | None) -> Submitter:
+    """Who is at the other end: SO_PEERCRED and /proc on a unix socket; the address on TCP."""
+    if sock.family == socket.AF_UNIX:
+        pid, uid, gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        return identity(pid, uid, gid, hierarchy, client=pid)
+    host = sock.getpeername()[0]
+    return Submitter(client=client_id_of(host))
+
+
+class Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.codec: nbd.ServerConnection | None = None
+        self.owner: Submitter = Submitter()
+        self.export: Export | None = None
+        self.inflight = 0  # commands received and not yet answered
+        self.waiting: Request | None = None  # the core made this request's submitter sleep
+        self.reading = True
+        self.write_paused = False
+        self.closing = False  # DISC received or protocol error: close once drained
+        self.closed = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        try:
+            self.owner = peer_identity(sock, self.daemon.hierarchy)
+        except OSError as err:
+            log.warning("cannot identify NBD peer: %s", err)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.codec = nbd.ServerConnection(self.daemon.nbd_export_info, self.daemon.nbd_export_names)
+        self._send(self.codec.data_to_send())
+        self.daemon.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.codec.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self.closing = True
+        self._maybe_close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.daemon.connections.discard(self)
+        if self.export is not None:
+            self.export.connections.discard(self)
+        # Requests already handed to the core still run to completion: nothing is lost, the
+        # replies just have nowhere to go.
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    # -- flow control --------------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        want = (
+            not self.closing
+            and self.waiting is None
+            and not self.write_paused
+            and self.inflight < MAX_INFLIGHT_PER_CONNECTION
+        )
+        if want != self.reading and self.transport is not None and not self.closed:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+                self._process()
+            else:
+                self.transport.pause_reading()
+
+    def admitted(self, req: Request) -> None:
+        """The core admitted a request whose submitter was asleep: read on."""
+        if req is self.waiting:
+            self.waiting = None
+            self._update_reading()
+
+    def _send(self, data: bytes) -> None:
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def _maybe_close(self) -> None:
+        if self.closing and self.inflight == 0 and not self.closed and self.transport:
+            self._send(self.codec.data_to_send())
+            self.transport.close()
+
+    # -- the protocol --------------------------------------------------------------------------
+    def _process(self) -> None:
+        codec = self.codec
+        while self.waiting is None and not self.closing:
+            event = codec.next_event()
+            out = codec.data_to_send()
+            if out:
+                self._send(out)
+            if event is nbd.NEED_DATA:
+                break
+            if isinstance(event, nbd.Command):
+                self._command(event)
+            elif isinstance(event, nbd.Invalid):
+                self._send(codec.error_reply(event.cookie, event.error, event.message))
+            elif isinstance(event, nbd.ExportChosen):
+                self.export = self.daemon.exports[event.name]
+                self.export.connections.add(self)
+            elif isinstance(event, nbd.Disconnect):
+                self.closing = True
+            elif isinstance(event, nbd.ProtocolError):
+                log.info("NBD protocol error from %s: %s", self.owner, event.reason)
+                self.closing = True
+        self._update_reading()
+        self._maybe_close()
+
+    def _command(self, cmd: nbd.Command) -> None:
+        export = self.export
+        kind = cmd.kind
+        length = cmd.length
+        fua = bool(cmd.flags & nbd.CMD_FLAG_FUA)
+        if kind == nbd.CMD_READ or kind == nbd.CMD_CACHE:
+            req = Request(False, cmd.offset, length, self.owner, tag=(self, cmd))
+        elif kind == nbd.CMD_WRITE or (
+            kind == nbd.CMD_WRITE_ZEROES and cmd.flags & nbd.CMD_FLAG_NO_HOLE
+        ):
+            req = Request(True, cmd.offset, length, self.owner, sync=fua, tag=(self, cmd))
+        else:  # FLUSH, TRIM, hole-punching WRITE_ZEROES: metadata, charged as one empty request
+            req = Request(True, cmd.offset, 0, self.owner, sync=True, tag=(self, cmd))
+        self.inflight += 1
+        daemon = self.daemon
+        if daemon.engine.submit(export.device, req, daemon.now()):
+            self.start_io(req)
+        if req.state == WAITING:
+            self.waiting = req
+        daemon.pump()
+
+    def start_io(self, req: Request) -> None:
+        """The core released ``req``: do its I/O."""
+        cmd: nbd.Command = req.tag[1]
+        backing = self.export.backing if self.export else None
+        if backing is None:  # cannot happen: commands only arrive after an export is chosen
+            self.daemon.io_done(req, None, OSError(errnos.EIO, "no export"))
+            return
+        kind = cmd.kind
+        fua = bool(cmd.flags & nbd.CMD_FLAG_FUA)
+        done: Callable = lambda result, error: self.daemon.io_done(req, result, error)  # noqa: E731
+        pool = self.daemon.pool
+        if kind == nbd.CMD_READ:
+            pool.submit(backing.read, (cmd.offset, cmd.length), done)
+        elif kind == nbd.CMD_WRITE:
+            pool.submit(backing.write, (cmd.offset, cmd.data, fua), done)
+        elif kind == nbd.CMD_FLUSH:
+            pool.submit(backing.flush, (), done)
+        elif kind == nbd.CMD_TRIM:
+            pool.submit(backing.trim, (cmd.offset, cmd.length, fua), done)
+        elif kind == nbd.CMD_WRITE_ZEROES:
+            may_trim = not cmd.flags & nbd.CMD_FLAG_NO_HOLE
+            pool.submit(lambda: backing.write_zeroes(cmd.offset, cmd.length, may_trim=may_trim,
+                                                     fua=fua), (), done)  # fmt: skip
+        elif kind == nbd.CMD_CACHE:
+            pool.submit(backing.cache, (cmd.offset, cmd.length), done)
+        else:
+            done(None, OSError(errnos.EINVAL, "unsupported command"))
+
+    def finish(self, req: Request, result: object, error: BaseException | None) -> None:
+        """The I/O of ``req`` is done (the core already knows): reply."""
+        cmd: nbd.Command = req.tag[1]
+        self.inflight -= 1
+        if not self.closed:
+            if error is not None:
+                if not isinstance(error, OSError):
+                    log.error("I/O failed: %r", error)
+                self._send(self.codec.error_reply(cmd.cookie, nbd_error(error), str(error)))
+            elif cmd.kind == nbd.CMD_READ:
+                self.transport.writelines(self.codec.read_reply(cmd.cookie, cmd.offset, result))
+            else:
+                self._send(self.codec.ok_reply(cmd.cookie))
+        self._update_reading()
+        self._maybe_close()
+
+
+class NbdServer:
+    """Listens on a unix socket and optionally TCP; one ``Connection`` per client."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.servers: list[asyncio.AbstractServer] = []
+        self.unix_path: str | None = None
+
+    async def start(self, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
+        loop = asyncio.get_running_loop()
+        if unix_path:
+            os.makedirs(os.path.dirname(unix_path) or ".", exist_ok=True)
+            if os.path.exists(unix_path):
+                _remove_stale_socket(unix_path)
+            server = await loop.create_unix_server(lambda: Connection(self.daemon), unix_path)
+            os.chmod(unix_path, 0o666)
+            self.unix_path = unix_path
+            self.servers.append(server)
+        if tcp:
+            server = await loop.create_server(lambda: Connection(self.daemon), tcp[0], tcp[1])
+            self.servers.append(server)
+
+    @property
+    def tcp_port(self) -> int | None:
+        for server in self.servers:
+            for sock in server.sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    return sock.getsockname()[1]
+        return None
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        if self.unix_path and os.path.exists(self.unix_path):
+            os.unlink(self.unix_path)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a crashed daemon is removed; a live one is an error."""
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(errnos.EADDRINUSE, f"{path}: another server is listening there")
