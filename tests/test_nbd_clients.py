@@ -93,7 +93,8 @@ def test_qemu_io_patterns_discard_and_zero(daemon):
     cmds = [
         "write -P 0xab 0 1M", "read -P 0xab 0 1M",
         "write -P 0x5c 1M 4k", "read -P 0x5c 1M 4k", "read -P 0xab 4k 1020k",
-        "write -z 64k 64k", "read -P 0 64k 64k", "write -z -u 256k 64k", "read -P 0 256k 64k", "read -P 0xab 128k 64k",
+        "write -z 64k 64k", "read -P 0 64k 64k", "read -P 0xab 128k 64k",
+        "write -z -u 256k 64k", "read -P 0 256k 64k",
         "discard 512k 256k",
         "write -f -P 0x11 2M 64k", "flush", "read -P 0x11 2M 64k",
         "aio_write -P 0x21 4M 64k", "aio_write -P 0x22 5M 64k", "aio_flush",
