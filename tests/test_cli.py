@@ -145,7 +145,7 @@ def test_unwritable_json_exits_1(tmp_path, capsys):
 
 def test_demo(monkeypatch, capsys):
     monkeypatch.setenv(DEMO_DURATION_ENV, "0.3")
-    assert main(["demo"]) == 0
+    assert main(["demo", "--sim"]) == 0
     out = capsys.readouterr().out
     assert "0.3 virtual s" in out
     lines = [line for line in out.splitlines() if line.startswith("  ioband")]
@@ -155,7 +155,7 @@ def test_demo(monkeypatch, capsys):
 
 def test_demo_bad_env(monkeypatch, capsys):
     monkeypatch.setenv(DEMO_DURATION_ENV, "forever")
-    assert main(["demo"]) == 2
+    assert main(["demo", "--sim"]) == 2
     assert DEMO_DURATION_ENV in capsys.readouterr().err
 
 

@@ -149,11 +149,17 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="show proportional sharing on a simulated disk",
-        description=f"Run the built-in {DEMO_SCENARIO!r} scenario (dm-ioband's benchmark) for "
-        f"{DEMO_DURATION:g} virtual seconds and compare each device's I/O share with its "
-        "weight share.",
+        help="three real NBD clients share a device by weight 40/20/10 (about 30 s)",
+        description="Start the daemon on a temporary backing file, drive its NBD export with "
+        "three client processes whose weights are 40/20/10, show the shares converge, print "
+        "them against the weights, write a plot, and clean up. With --sim, run dm-ioband's "
+        f"published benchmark ({DEMO_SCENARIO!r}) in the simulator instead.",
     )
+    p.add_argument("--seconds", type=seconds, default=20.0, metavar="S",
+                   help="how long the clients run (default 20)")  # fmt: skip
+    p.add_argument("--plot", default="ioband-demo.png", metavar="PNG",
+                   help="the plot's path (default ./ioband-demo.png; '' for none)")  # fmt: skip
+    p.add_argument("--sim", action="store_true", help="the simulated benchmark instead")
     p.set_defaults(func=cmd_demo)
 
 
@@ -169,7 +175,13 @@ def demo_duration() -> float:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        return run_demo(demo_duration())
+        if args.sim:
+            return run_demo(demo_duration())
+        from pathlib import Path
+
+        from ioband.demo import run_demo as run_nbd_demo
+
+        return run_nbd_demo(args.seconds, Path(args.plot) if args.plot else None)
     except IobandError as exc:
         return fail("demo", error_text(exc))
 
