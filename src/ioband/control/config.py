@@ -14,6 +14,7 @@ table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
 messages = ["attach 1234", "weight 1234:40"]
 direct = false                # O_DIRECT on the backing store
 read_only = false
+control = true                # false: bypass the scheduler (overhead measurements)
 ```
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
 """
@@ -49,6 +50,7 @@ class DeviceConfig:
     messages: tuple[str, ...] = ()
     direct: bool = False
     read_only: bool = False
+    control: bool = True  # False: requests bypass the scheduler (to measure its overhead)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Config:
 
 
 _SECTIONS = {"daemon": ("hz", "cgroup_hierarchy", "io_threads"), "nbd": ("unix_socket", "tcp")}
-_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only")
+_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control")
 
 
 def load_config(source: str | Path | Mapping[str, Any]) -> Config:
@@ -157,5 +159,6 @@ def _parse(data: Mapping[str, Any], src: str) -> Config:
             _typed(src, f"{where}.messages[{j}]", msg, str, "a message string")
         direct = _typed(src, f"{where}.direct", item.get("direct", False), bool, "true or false")
         ro = _typed(src, f"{where}.read_only", item.get("read_only", False), bool, "true or false")
-        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro))
+        control = _typed(src, f"{where}.control", item.get("control", True), bool, "true or false")
+        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control))
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src)

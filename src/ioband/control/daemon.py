@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
@@ -66,7 +67,8 @@ class Daemon:
         self.pump()
 
     def io_done(self, req: Request, result: object, error: BaseException | None) -> None:
-        self.engine.complete(req, self.now())
+        if req.state is not None:  # None: it bypassed the scheduler (control = false)
+            self.engine.complete(req, self.now())
         req.tag[0].finish(req, result, error)
         self.pump()
 
@@ -86,6 +88,7 @@ class Daemon:
         *,
         direct: bool = False,
         read_only: bool = False,
+        control: bool = True,
         where: str = "",
     ) -> Export:
         """Create an ioband device and export it. Nothing is left behind when it fails."""
@@ -122,7 +125,7 @@ class Daemon:
             min_block=4096 if direct else 1,
             description=f"ioband device {name} on {device.backing}",
         )
-        export = self.exports[name] = Export(name, device, backing, size, info)
+        export = self.exports[name] = Export(name, device, backing, size, info, control)
         return export
 
     # -- life cycle --------------------------------------------------------------------------
@@ -140,7 +143,8 @@ class Daemon:
                 where = f"device[{i}]."
                 try:
                     self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
-                                    read_only=dev.read_only, where=where)  # fmt: skip
+                                    read_only=dev.read_only, control=dev.control,
+                                    where=where)  # fmt: skip
                 except ConfigError:
                     raise
                 except IobandError as err:
@@ -198,12 +202,15 @@ class Daemon:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed: it measured ~20x the stock loop's NBD request rate here."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    """uvloop when installed (IOBAND_EVENT_LOOP=asyncio forces the stock loop, to compare)."""
+    if os.environ.get("IOBAND_EVENT_LOOP") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def run_daemon(config: Config) -> None:

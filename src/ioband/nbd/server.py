@@ -44,6 +44,7 @@ class Export:
     backing: Backing
     size: int
     info: nbd.ExportInfo
+    control: bool = True  # False: bypass the scheduler
     connections: set[Connection] = field(default_factory=set)
 
 
@@ -194,7 +195,7 @@ class Connection(asyncio.Protocol):
             req = Request(True, cmd.offset, 0, self.owner, sync=True, tag=(self, cmd))
         self.inflight += 1
         daemon = self.daemon
-        if daemon.engine.submit(export.device, req, daemon.now()):
+        if not export.control or daemon.engine.submit(export.device, req, daemon.now()):
             self.start_io(req)
         if req.state == WAITING:
             self.waiting = req
