@@ -323,9 +323,12 @@ class ExportChosen(Event):
 
 @dataclass(slots=True)
 class Command(Event):
-    """A validated request to perform. ``data`` is the WRITE payload (exactly ``length``
-    bytes, a read-only view into the receive buffer: copy it if you keep it long), else None.
-    DISC never appears here (it is :class:`Disconnect`)."""
+    """A validated request to perform. DISC never appears here (it is :class:`Disconnect`).
+
+    ``data`` is the WRITE payload, else None: exactly ``length`` bytes, a read-only view of
+    the received bytes, or of a buffer of its own when the payload came in pieces. The codec
+    never writes to memory it has lent out, so the view may go to another thread; it keeps
+    the whole received chunk alive, so copy it if you hold on to it for long."""
 
     cookie: int
     kind: Cmd
@@ -649,7 +652,7 @@ class ServerConnection:
             payload = self._payload
             fill = self._payload_fill
             k = min(avail, len(payload) - fill)
-            if k:
+            if k:  # not reached today (receive_data fills the payload directly); kept for safety
                 payload[fill : fill + k] = memoryview(buf)[pos : pos + k]
                 self._pos = pos + k
                 fill += k
@@ -920,8 +923,6 @@ class ServerConnection:
             _EPERM if ro else (0 if export.can_zero else _EINVAL),
             0 if self.base_allocation else _EINVAL,
         ]
-        if self._shutting_down:
-            self.start_shutdown()
         return ExportChosen(
             name=export.name,
             export=export,
