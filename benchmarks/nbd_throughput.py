@@ -1,0 +1,156 @@
+"""NBD data path, side by side in one run: nbdkit's file plugin, ioband with control off
+(requests bypass the scheduler) and ioband with control on (one group, nothing limited), same
+backing file, same clients.
+
+Clients: ``nbdcopy`` to ``null:`` (1 MiB requests, sequential), ``fio --ioengine=nbd`` 4 KiB
+random reads at queue depth 1 and 32. Prints MiB/s, IOPS, p50/p99 latency and ratios to nbdkit,
+and writes them to benchmarks/results/nbd_throughput.json.
+
+Usage: python benchmarks/nbd_throughput.py [--seconds 5] [--size-mib 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start ({proc.args})")
+        time.sleep(0.05)
+
+
+def start_nbdkit(image: Path, sock: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["nbdkit", "--foreground", "--unix", str(sock), "--exportname",
+                             "disk", "file", str(image)])  # fmt: skip
+    wait_for(sock, proc)
+    return proc
+
+
+def start_ioband(image: Path, sock: Path, control: bool, loop: str) -> subprocess.Popen:
+    config = sock.with_suffix(".toml")
+    sectors = image.stat().st_size // 512
+    config.write_text(
+        f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "disk"\n'
+        f'table = "0 {sectors} ioband {image} bench 0 0 none weight 0 :100"\n'
+        f"control = {'true' if control else 'false'}\n"
+    )
+    env = dict(os.environ, IOBAND_EVENT_LOOP=loop)
+    proc = subprocess.Popen([sys.executable, "-m", "ioband", "daemon", "--config", str(config)],
+                            env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for(sock, proc)
+    return proc
+
+
+def nbdcopy_mibps(uri: str, size: int) -> dict:
+    start = time.perf_counter()
+    subprocess.run(["nbdcopy", "--request-size=1048576", uri, "null:"], check=True)
+    elapsed = time.perf_counter() - start
+    return {"mib_per_s": size / elapsed / (1 << 20)}
+
+
+def fio_randread(uri: str, depth: int, seconds: float) -> dict:
+    out = subprocess.run(
+        ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", "--rw=randread", "--bs=4k",
+         f"--iodepth={depth}", "--time_based", f"--runtime={seconds}", "--ramp_time=1",
+         "--output-format=json"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    read = json.loads(out[out.index("{") :])["jobs"][0]["read"]
+    pct = read["clat_ns"]["percentile"]
+    return {
+        "iops": read["iops"],
+        "p50_us": pct["50.000000"] / 1000,
+        "p99_us": pct["99.000000"] / 1000,
+    }
+
+
+def measure(uri: str, size: int, seconds: float) -> dict:
+    return {
+        "seq_1m": nbdcopy_mibps(uri, size),
+        "rand_4k_qd1": fio_randread(uri, 1, seconds),
+        "rand_4k_qd32": fio_randread(uri, 32, seconds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="per fio run")
+    ap.add_argument("--size-mib", type=int, default=512, help="backing file size")
+    ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("--out", default="benchmarks/results/nbd_throughput.json")
+    args = ap.parse_args(argv)
+    for tool in ("nbdkit", "nbdcopy", "fio"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (scripts/install.sh installs it)", file=sys.stderr)
+            return 1
+    size = args.size_mib << 20
+    with tempfile.TemporaryDirectory(prefix="ioband-bench-") as tmp:
+        image = Path(tmp) / "disk.img"
+        with open(image, "wb") as f:  # real data, all in the page cache
+            for _ in range(args.size_mib):
+                f.write(os.urandom(1 << 20))
+        servers = {
+            "nbdkit": lambda s: start_nbdkit(image, s),
+            "ioband, control off": lambda s: start_ioband(image, s, False, args.loop),
+            "ioband, control on": lambda s: start_ioband(image, s, True, args.loop),
+        }
+        results = {}
+        for name, start in servers.items():
+            sock = Path(tmp) / f"{len(results)}.sock"
+            proc = start(sock)
+            try:
+                results[name] = measure(f"nbd+unix:///disk?socket={sock}", size, args.seconds)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    base = results["nbdkit"]
+    print(f"NBD throughput, one run ({args.loop}; Python {platform.python_version()})")
+    print(f"{'server':<22} {'1M seq MiB/s':>13} {'4k QD1 IOPS':>12} {'p50 µs':>7} {'p99 µs':>7}"
+          f" {'4k QD32 IOPS':>13} {'p50 µs':>7} {'p99 µs':>7}")  # fmt: skip
+    for name, r in results.items():
+        q1, q32 = r["rand_4k_qd1"], r["rand_4k_qd32"]
+        print(f"{name:<22} {r['seq_1m']['mib_per_s']:>13,.0f} {q1['iops']:>12,.0f}"
+              f" {q1['p50_us']:>7.0f} {q1['p99_us']:>7.0f} {q32['iops']:>13,.0f}"
+              f" {q32['p50_us']:>7.0f} {q32['p99_us']:>7.0f}")  # fmt: skip
+    ratios = {}
+    for name, r in results.items():
+        ratios[name] = {
+            "seq_1m": r["seq_1m"]["mib_per_s"] / base["seq_1m"]["mib_per_s"],
+            "rand_4k_qd1": r["rand_4k_qd1"]["iops"] / base["rand_4k_qd1"]["iops"],
+            "rand_4k_qd32": r["rand_4k_qd32"]["iops"] / base["rand_4k_qd32"]["iops"],
+        }
+    on, off = results["ioband, control on"], results["ioband, control off"]
+    ratios["control on / off"] = {
+        k: on[k].get("iops", on[k].get("mib_per_s")) / off[k].get("iops", off[k].get("mib_per_s"))
+        for k in on
+    }
+    added_p50 = on["rand_4k_qd1"]["p50_us"] - off["rand_4k_qd1"]["p50_us"]
+    print("\nratios (to nbdkit; last row: control on / control off)")
+    for name, r in ratios.items():
+        print(f"{name:<22} 1M seq {r['seq_1m']:5.2f}x   4k QD1 {r['rand_4k_qd1']:5.2f}x"
+              f"   4k QD32 {r['rand_4k_qd32']:5.2f}x")  # fmt: skip
+    print(f"latency the scheduler adds at QD1 (p50): {added_p50:.0f} µs")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": sys.version.split()[0], "loop": args.loop, "seconds": args.seconds,
+            "size_mib": args.size_mib}  # fmt: skip
+    out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios,
+                               "added_p50_us": added_p50}, indent=2) + "\n")  # fmt: skip
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
