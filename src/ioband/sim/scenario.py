@@ -194,7 +194,7 @@ class Scenario:
 
 
 def table_length(table: str) -> int | None:
-    words = table.split()
+    words = table.split(maxsplit=2)
     if len(words) < 2:
         return None
     try:
@@ -204,7 +204,7 @@ def table_length(table: str) -> int | None:
 
 
 def table_backing(table: str) -> str | None:
-    words = table.split()
+    words = table.split(maxsplit=4)
     return words[3] if len(words) >= 4 else None
 
 
