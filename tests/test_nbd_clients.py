@@ -124,6 +124,7 @@ def test_fio_nbd_engine_verifies(daemon):
     result = run(
         "fio", "--name=verify", "--ioengine=nbd", f"--uri={uri(daemon)}", "--rw=randwrite",
         "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1",
+        "--verify_state_save=0",
         "--output-format=json", timeout=300,
     )  # fmt: skip
     job = json.loads(result.stdout[result.stdout.index("{") :])["jobs"][0]
