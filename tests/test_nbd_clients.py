@@ -18,6 +18,7 @@ import pytest
 
 from ioband.control.config import load_config
 from ioband.control.embedded import EmbeddedDaemon
+from ioband.nbd.server import client_id_of
 from tests.conftest import require_real
 
 SIZE = 64 << 20  # 64 MiB exports
@@ -162,3 +163,46 @@ def test_status_counts_what_the_clients_did(daemon):
     # '0 <len> ioband 1 -1 <reads> <delayed> <read sectors> <writes> <delayed> <write sectors>'
     assert fields[4] == "-1"
     assert int(fields[7]) >= 2048 and int(fields[10]) >= 2048
+
+
+@pytest.fixture
+def tcp_daemon(tmp_path: Path):
+    """Exports over TCP: one of type client, one of type user (not resolvable on TCP)."""
+    for name in ("disk1", "disk2"):
+        with open(tmp_path / f"{name}.img", "wb") as f:
+            f.truncate(SIZE)
+    config = load_config(
+        {
+            "nbd": {"unix_socket": "", "tcp": "127.0.0.1:0"},
+            "device": [
+                {"name": "byclient", "table":
+                 f"0 {SIZE // 512} ioband {tmp_path}/disk1.img 1 0 0 client weight 0 :10 "
+                 f"{client_id_of('127.0.0.1')}:40"},
+                {"name": "byuser",
+                 "table": f"0 {SIZE // 512} ioband {tmp_path}/disk2.img 1 0 0 user weight 0 :10"},
+            ],
+        }
+    )  # fmt: skip
+    with EmbeddedDaemon(config) as d:
+        d.port = d.daemon.nbd.tcp_port
+        yield d
+
+
+def test_tcp_clients_are_classified_by_address(tcp_daemon):
+    need("qemu-io")
+    url = f"nbd://127.0.0.1:{tcp_daemon.port}/byclient"
+    run("qemu-io", "-f", "raw", "-c", "write 0 64k", "-c", "read 0 64k", url)
+    status = tcp_daemon.call(lambda: tcp_daemon.daemon.engine.status("byclient")).split()
+    # default group first, then the client group 127.0.0.1 = 2130706433
+    assert status[4] == "-1" and status[5] == "0"
+    assert status[11] == "2130706433" and int(status[12]) >= 1 and int(status[15]) >= 1
+
+
+def test_tcp_client_refused_where_its_identity_cannot_be_resolved(tcp_daemon):
+    need("qemu-io")
+    url = f"nbd://127.0.0.1:{tcp_daemon.port}/byuser"
+    result = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 4k", url],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode != 0
+    assert "Denied by server" in result.stderr
+    assert "'user', which is unknown for a TCP client" in result.stderr

@@ -21,7 +21,7 @@ from ioband.errors import IobandError
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing, resolve
 from ioband.nbd.iopool import IoPool
-from ioband.nbd.server import Connection, Export, NbdServer
+from ioband.nbd.server import PROCESS_TYPES, Connection, Export, NbdServer
 
 log = logging.getLogger("ioband.daemon")
 
@@ -73,9 +73,19 @@ class Daemon:
         self.pump()
 
     # -- NBD exports -------------------------------------------------------------------------
-    def nbd_export_info(self, name: str) -> nbd.ExportInfo | None:
+    def nbd_export_info(self, name: str, conn: Connection | None = None) -> nbd.ExportInfo | None:
+        """The export for a connection; refused when its device's group type cannot be
+        resolved for that connection (never silently classified to the default group)."""
         export = self.exports.get(name)
-        return export.info if export is not None else None
+        if export is None:
+            return None
+        gtype = export.device.type_name
+        if conn is not None and conn.tcp and gtype in PROCESS_TYPES:
+            raise nbd.ExportRefused(
+                f"device {name!r} classifies requests by {gtype!r}, which is unknown for a TCP"
+                " client: connect over the unix socket, or use type 'client' or 'none'"
+            )
+        return export.info
 
     def nbd_export_names(self) -> list[str]:
         return list(self.exports)

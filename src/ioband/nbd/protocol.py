@@ -293,6 +293,11 @@ class ExportInfo:
         return int(flags)
 
 
+class ExportRefused(Exception):
+    """Raised by the ``exports`` callable to refuse this client an export: the client gets
+    NBD_REP_ERR_POLICY with the message (NBD_OPT_EXPORT_NAME: the session ends)."""
+
+
 # -- events --------------------------------------------------------------------------------------
 
 
@@ -760,6 +765,7 @@ class ServerConnection:
         self._skip_then(length, reply, None)
 
     def _lookup(self, name: str) -> ExportInfo | None:
+        """The export, or None if unknown; ExportRefused passes through with its reason."""
         if not name and self.default_export is not None:
             name = self.default_export
         return self._exports(name)
@@ -786,7 +792,10 @@ class ServerConnection:
         name = _decode_string(data)
         if name is None:
             return self._fail("NBD_OPT_EXPORT_NAME: export name is not a valid string")
-        export = self._lookup(name)
+        try:
+            export = self._lookup(name)
+        except ExportRefused as err:
+            return self._fail(f"NBD_OPT_EXPORT_NAME: export {name!r} refused: {err}")
         if export is None:
             # No error reply exists for EXPORT_NAME: the spec says terminate the session.
             return self._fail(f"NBD_OPT_EXPORT_NAME: unknown export {name!r}")
@@ -815,7 +824,11 @@ class ServerConnection:
             self._out += _error_reply(option, Rep.ERR_INVALID, f"{name_text}: bad export name")
             return None
         requests = struct.unpack_from(f">{count}H", data, 6 + name_length)
-        export = self._lookup(name)
+        try:
+            export = self._lookup(name)
+        except ExportRefused as err:
+            self._out += _error_reply(option, Rep.ERR_POLICY, str(err))
+            return None
         if export is None:
             self._out += _error_reply(option, Rep.ERR_UNKNOWN, f"unknown export {name!r}")
             return None
@@ -868,7 +881,11 @@ class ServerConnection:
         if name is None:
             self._out += _error_reply(option, Rep.ERR_INVALID, f"{name_text}: bad export name")
             return
-        export = self._lookup(name)
+        try:
+            export = self._lookup(name)
+        except ExportRefused as err:
+            self._out += _error_reply(option, Rep.ERR_POLICY, str(err))
+            return
         if export is None:
             self._out += _error_reply(option, Rep.ERR_UNKNOWN, f"unknown export {name!r}")
             return

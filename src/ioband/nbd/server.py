@@ -48,6 +48,10 @@ class Export:
     connections: set[Connection] = field(default_factory=set)
 
 
+#: Group types that need the peer process: a TCP connection cannot be resolved to them.
+PROCESS_TYPES = frozenset({"pid", "pgrp", "user", "uid", "gid", "cgroup"})
+
+
 def client_id_of(address: str) -> int:
     """The ``client`` group id of a TCP peer: its IPv4 address as an integer, top bit cleared
     so that it fits the 0..INT_MAX range of group ids (IPv6: the low 31 bits)."""
@@ -84,6 +88,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False  # DISC received or protocol error: close once drained
         self.closed = False
+        self.tcp = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,7 +100,10 @@ class Connection(asyncio.Protocol):
             log.warning("cannot identify NBD peer: %s", err)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.codec = nbd.ServerConnection(self.daemon.nbd_export_info, self.daemon.nbd_export_names)
+        self.tcp = sock.family != socket.AF_UNIX
+        self.codec = nbd.ServerConnection(
+            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names
+        )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
 
