@@ -10,6 +10,7 @@ that connection until the core admits it: backpressure, as dm-ioband put the pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno as errnos
 import logging
 import os
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ioband.nbd")
 
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
+SEND_BUFFER = 4 << 20
 _PEERCRED = struct.Struct("3i")
 
 
@@ -100,6 +102,10 @@ class Connection(asyncio.Protocol):
             log.warning("cannot identify NBD peer: %s", err)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Room for a whole large read reply: the kernel takes it in one write, without the
+        # event loop buffering (copying) what did not fit.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.tcp = sock.family != socket.AF_UNIX
         self.codec = nbd.ServerConnection(
             lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names
@@ -248,6 +254,8 @@ class Connection(asyncio.Protocol):
                 self._send(self.codec.error_reply(cmd.cookie, nbd_error(error), str(error)))
             elif cmd.kind == nbd.CMD_READ:
                 self.transport.writelines(self.codec.read_reply(cmd.cookie, cmd.offset, result))
+                if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
+                    self.export.backing.recycle(result)
             else:
                 self._send(self.codec.ok_reply(cmd.cookie))
         self._update_reading()
