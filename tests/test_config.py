@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from hypothesis import given
@@ -128,7 +129,5 @@ toml_values = st.recursive(
 @given(st.dictionaries(st.sampled_from(["daemon", "nbd", "device", "x"]), toml_values,
                        max_size=3))  # fmt: skip
 def test_fuzzed_configurations_parse_or_raise_config_error(data):
-    try:
+    with contextlib.suppress(ConfigError):  # anything else fails the test
         load_config(data)
-    except ConfigError:
-        pass
