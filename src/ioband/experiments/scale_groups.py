@@ -231,7 +231,7 @@ def run(ctx: Context) -> Outcome:
         f"per epoch) the per-group share is floor(768 x w / sum(w)) tokens, so accuracy falls "
         f"as groups multiply: the weight-class error is "
         f"{' / '.join(pct(data[n]['ioband']['class_max_rel_error']) for n in ns)}, and from "
-        f"about 300 groups on every group gets the minimum of one token per epoch, whatever its "
+        f"about 600 groups on every group gets the minimum of one token per epoch, whatever its "
         f"weight (error 150 %: every class gets a quarter). That is the original's arithmetic "
         f"(peers-and-metrics.md M6 predicted the cliff); a token bucket of 4 x sum(w) removes "
         f"it ({exact_errors}). "

@@ -227,8 +227,11 @@ def run(ctx: Context) -> Outcome:
             f"{label}: " + ", ".join(f"n={n} {a}/{b}" for n, (a, b) in rows.items())
             for label, rows in GOYAL.items()
         )
-        + ". Tsuruta 2009 (peers-and-metrics.md (b); random / sequential readers, KiB/s): "
-        "dm-ioband 314 / 631, io-controller 161 / 9556. Goyal's group A read sequentially; "
+        + ". The groups' weights are not in the stored copy; the series compares groups of "
+        "equal weight, as here. Tsuruta 2009 (containers list, 2009-09-28, quoted in "
+        "peers-and-metrics.md (b) and marked unverified in dm-ioband-interface.md 7.3; random / "
+        "sequential readers, KiB/s): dm-ioband 314 / 631, io-controller 161 / 9556; the reader "
+        "counts of that test are not known. Goyal's group A read sequentially; "
         "here A reads randomly, as the issue asks (on a FIFO disk without idling both behave "
         "the same: every request of an interleaved stream seeks)."
     )

@@ -56,9 +56,10 @@ def run(ctx: Context) -> Outcome:
     )
     order = list(io["share"])
     out.summary = (
-        f"Weights are compared across the whole device group, so the four groups (two user "
-        f"groups and the default group of ioband1, and ioband2) are owed 30 / 20 / 40 / 10 % of "
-        f"the I/Os. ioband delivers {' / '.join(pct(io['share'][k]) for k in order)} (largest "
+        f"Weights are compared across the whole device group, so the four groups (ioband1's "
+        f"default group, uid 1000 and uid 2000 on ioband1, and ioband2) are owed "
+        f"40 / 30 / 20 / 10 % of the I/Os. ioband delivers "
+        f"{' / '.join(pct(io['share'][k]) for k in order)} (largest "
         f"relative error {pct(io['max_rel_error'], 2)}; worst 1 s window "
         f"{pct(io['windows']['1']['max_rel_error_worst'])}), SFQ(D) "
         f"{' / '.join(pct(sfq['share'][k]) for k in order)}, no control 25 % each. The price "
