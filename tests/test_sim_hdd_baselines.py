@@ -361,3 +361,22 @@ def test_windows_key_is_validated():
     with pytest.raises(ScenarioError, match=r"metrics\.efficiency: must be true or false"):
         load_scenario({**base, "metrics": {"efficiency": 1}})
     assert not math.isnan(load_scenario(base).windows[0])
+
+
+def test_sim_json_has_the_metrics(capsys):
+    import json
+
+    assert main(["sim", "partitions-40-10", "--duration", "0.3", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    m = doc["metrics"]
+    assert m["windows"] == [1.0, 10.0]
+    assert m["pools"][0]["overall"]["weight_share"] == {"ioband1": 0.8, "ioband2": 0.2}
+    assert m["efficiency"]["baseline"] == "none" and m["efficiency"]["eta"] > 0.9
+    assert set(m["latency"]) == {"sda1-io", "sda2-io"}
+    args = ["sim", "partitions-40-10", "--duration", "0.3", "--scheduler", "sfq"]
+    assert main([*args, "--no-efficiency", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["scenario"]["scheduler"] == "sfq" and doc["metrics"]["efficiency"] is None
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "metrics (see --json for every window):" in out and "p99.9 ms" in out

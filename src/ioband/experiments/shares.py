@@ -192,5 +192,5 @@ def draw_share_timeline(
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel(f"share of {unit} per {width:g} s window (%)")
     ax.set_title(title + " (dashed: weight share)")
-    ax.set_ylim(0, 100 * top * 1.3)
-    ax.legend(loc="upper center", ncol=min(4, len(series)))
+    ax.set_ylim(0, 100 * top * 1.45)
+    ax.legend(loc="upper center", ncol=2)
