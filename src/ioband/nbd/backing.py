@@ -23,6 +23,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 O_DIRECT_ALIGN = 4096
 POOLED_READ = 64 << 10  # reads this large go into recycled buffers
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -127,6 +128,18 @@ class Backing:
         if len(data) < length:  # past the end of a file that shrank under us
             data += bytes(length - len(data))
         return data
+
+    def read_cached(self, offset: int, length: int) -> bytes | None:
+        """The data if the page cache has all of it (``RWF_NOWAIT``: never blocks), else None:
+        the event loop serves cached reads itself and sends only misses to the threads."""
+        if self.direct or length >= POOLED_READ or not _NOWAIT:
+            return None
+        buf = bytearray(length)
+        try:
+            n = os.preadv(self.fd, [buf], offset, _NOWAIT)
+        except OSError:  # EAGAIN (not cached) or EOPNOTSUPP: let a thread do it
+            return None
+        return bytes(buf) if n == length else None
 
     def _buffer(self, length: int) -> bytearray:
         """A reusable read buffer: fresh 1 MiB allocations cost more in page faults than the

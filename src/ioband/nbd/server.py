@@ -91,6 +91,7 @@ class Connection(asyncio.Protocol):
         self.closing = False  # DISC received or protocol error: close once drained
         self.closed = False
         self.tcp = False
+        self._corked: list[bytes | memoryview] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,15 +163,42 @@ class Connection(asyncio.Protocol):
 
     def _send(self, data: bytes) -> None:
         if data and not self.closed:
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
+
+    def _cork(self) -> bool:
+        """Collect replies made while parsing one batch of input; send them in one write."""
+        if self._corked is not None:
+            return False
+        self._corked = []
+        return True
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and not self.closed:
+            self.transport.writelines(corked)
 
     def _maybe_close(self) -> None:
         if self.closing and self.inflight == 0 and not self.closed and self.transport:
             self._send(self.codec.data_to_send())
+            if self._corked is not None:
+                self._uncork()
             self.transport.close()
 
     # -- the protocol --------------------------------------------------------------------------
     def _process(self) -> None:
+        corked = self._cork()
+        try:
+            self._process_events()
+        finally:
+            if corked:
+                self._uncork()
+        self._update_reading()
+        self._maybe_close()
+
+    def _process_events(self) -> None:
         codec = self.codec
         while self.waiting is None and not self.closing:
             event = codec.next_event()
@@ -191,8 +219,6 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, nbd.ProtocolError):
                 log.info("NBD protocol error from %s: %s", self.owner, event.reason)
                 self.closing = True
-        self._update_reading()
-        self._maybe_close()
 
     def _command(self, cmd: nbd.Command) -> None:
         export = self.export
@@ -227,7 +253,11 @@ class Connection(asyncio.Protocol):
         done: Callable = lambda result, error: self.daemon.io_done(req, result, error)  # noqa: E731
         pool = self.daemon.pool
         if kind == nbd.CMD_READ:
-            pool.submit(backing.read, (cmd.offset, cmd.length), done)
+            data = backing.read_cached(cmd.offset, cmd.length)
+            if data is not None:
+                done(data, None)
+            else:
+                pool.submit(backing.read, (cmd.offset, cmd.length), done)
         elif kind == nbd.CMD_WRITE:
             pool.submit(backing.write, (cmd.offset, cmd.data, fua), done)
         elif kind == nbd.CMD_FLUSH:
@@ -253,9 +283,13 @@ class Connection(asyncio.Protocol):
                     log.error("I/O failed: %r", error)
                 self._send(self.codec.error_reply(cmd.cookie, nbd_error(error), str(error)))
             elif cmd.kind == nbd.CMD_READ:
-                self.transport.writelines(self.codec.read_reply(cmd.cookie, cmd.offset, result))
-                if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
-                    self.export.backing.recycle(result)
+                reply = self.codec.read_reply(cmd.cookie, cmd.offset, result)
+                if self._corked is not None:
+                    self._corked.extend(reply)
+                else:
+                    self.transport.writelines(reply)
+                    if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
+                        self.export.backing.recycle(result)
             else:
                 self._send(self.codec.ok_reply(cmd.cookie))
         self._update_reading()
