@@ -117,3 +117,27 @@ def test_no_acknowledged_write_is_lost(tmp_path, victim):
         stop.set()
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_sigterm_drains_then_exits(tmp_path):
+    """SIGTERM: the daemon stops listening, finishes what was sent, answers it, exits 0."""
+    daemon, sock_path = start_daemon(tmp_path)
+    sock, _ = connect(sock_path, "d")
+    for n in range(64):  # a burst in flight when the signal comes
+        sock.sendall(HEADER.pack(REQUEST_MAGIC, 0, Cmd.WRITE, n, n * BLOCK, BLOCK) + pattern(n))
+    daemon.send_signal(signal.SIGTERM)
+    replies = set()
+    data = b""
+    while len(replies) < 64:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= REPLY.size:
+            magic, error, cookie = REPLY.unpack(data[: REPLY.size])
+            data = data[REPLY.size :]
+            assert magic == SIMPLE_REPLY_MAGIC and error == 0
+            replies.add(cookie)
+    assert replies == set(range(64))
+    assert daemon.wait(timeout=30) == 0
+    assert not os.path.exists(sock_path)
