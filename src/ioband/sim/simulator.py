@@ -297,7 +297,7 @@ class Simulator:
         """Let ``proc`` submit until it has ``iodepth`` requests out, sleeps, or must stop."""
         wl = proc.workload
         t = self.now
-        if proc.asleep or not wl.is_on(t):
+        if proc.asleep or (not wl.on_from <= t < wl.on_until and not wl.is_on(t)):
             return
         eng = self.engine
         depth = wl.iodepth

@@ -128,6 +128,8 @@ class Workload:
             if start < duration
         ]
         self.phase_i = 0  # the current or next phase
+        # The current phase's bounds, for the simulator's inline test (is_on updates them).
+        self.on_from, self.on_until = self.phases[0] if self.phases else (0.0, 0.0)
         self.start = spec.start
         self.stop = self.phases[-1][1] if self.phases else spec.start
         self.processes: list[Process] = []
@@ -166,6 +168,8 @@ class Workload:
         # Completion times per scheduler group (the engine's ``req.group``; None for engines
         # that do not set it): the metrics' windows are counted from these.
         self.group_times: dict[object, array] = {}
+        self._last_group: object = self  # never a group: the first completion looks it up
+        self._last_times = array("d")
 
     def is_on(self, t: float) -> bool:
         """True while ``t`` is inside an on-phase (time only moves forward)."""
@@ -175,7 +179,11 @@ class Workload:
         while i < n and t >= phases[i][1]:
             i += 1
         self.phase_i = i
-        return i < n and t >= phases[i][0]
+        if i < n:
+            self.on_from, self.on_until = phases[i]
+            return t >= phases[i][0]
+        self.on_from = self.on_until = float("inf")
+        return False
 
     def new_request(self, proc: Process, now: float) -> SimRequest:
         """The next request of ``proc``, submitted at ``now``."""
@@ -213,15 +221,21 @@ class Workload:
             self.read_bytes += n
         self.latencies.append(now - req.t_submit)
         self.delays.append(req.t_issue - req.t_submit)
-        times = self.group_times.get(req.group)
-        if times is None:
-            times = self.group_times[req.group] = array("d")
-        times.append(now)
         b = int(now / self.interval)
         if b >= self.buckets:
             b = self.buckets - 1
         self.timeline_ios[b] += 1
         self.timeline_bytes[b] += n
+        g = req.group
+        if g is self._last_group:
+            self._last_times.append(now)
+            return
+        times = self.group_times.get(g)
+        if times is None:
+            times = self.group_times[g] = array("d")
+        times.append(now)
+        self._last_group = g
+        self._last_times = times
 
     @property
     def active_time(self) -> float:
