@@ -49,10 +49,11 @@ class Daemon:
     def pump(self) -> None:
         """Do what the engine released; wake connections it admitted; arm its next timer."""
         engine = self.engine
-        for req in engine.take_issued():
-            req.tag[0].start_io(req)
-        for req in engine.take_admitted():
-            req.tag[0].admitted(req)
+        while engine.has_output():  # starting I/O may complete at once and release more
+            for req in engine.take_issued():
+                req.tag[0].start_io(req)
+            for req in engine.take_admitted():
+                req.tag[0].admitted(req)
         due = engine.next_deadline()
         if due is not None and (self._timer_due is None or due < self._timer_due):
             if self._timer is not None:

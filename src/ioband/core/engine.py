@@ -102,6 +102,10 @@ class Engine:
         self._admitted = []
         return out
 
+    def has_output(self) -> bool:
+        """Whether ``take_issued`` or ``take_admitted`` would return anything (cheap)."""
+        return bool(self._issued or self._admitted)
+
     def next_deadline(self) -> int | None:
         return self._timers[0][0] if self._timers else None
 

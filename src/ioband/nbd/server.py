@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ioband.nbd")
 
+READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES = (
+    int(nbd.CMD_READ), int(nbd.CMD_WRITE), int(nbd.CMD_FLUSH), int(nbd.CMD_TRIM),
+    int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES),
+)  # fmt: skip
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
 SEND_BUFFER = 4 << 20
 _PEERCRED = struct.Struct("3i")
@@ -224,12 +228,10 @@ class Connection(asyncio.Protocol):
         export = self.export
         kind = cmd.kind
         length = cmd.length
-        fua = bool(cmd.flags & nbd.CMD_FLAG_FUA)
-        if kind == nbd.CMD_READ or kind == nbd.CMD_CACHE:
+        fua = cmd.fua
+        if kind == READ or kind == CACHE:
             req = Request(False, cmd.offset, length, self.owner, tag=(self, cmd))
-        elif kind == nbd.CMD_WRITE or (
-            kind == nbd.CMD_WRITE_ZEROES and cmd.flags & nbd.CMD_FLAG_NO_HOLE
-        ):
+        elif kind == WRITE or (kind == WRITE_ZEROES and cmd.no_hole):
             req = Request(True, cmd.offset, length, self.owner, sync=fua, tag=(self, cmd))
         else:  # FLUSH, TRIM, hole-punching WRITE_ZEROES: metadata, charged as one empty request
             req = Request(True, cmd.offset, 0, self.owner, sync=True, tag=(self, cmd))
@@ -249,26 +251,26 @@ class Connection(asyncio.Protocol):
             self.daemon.io_done(req, None, OSError(errnos.EIO, "no export"))
             return
         kind = cmd.kind
-        fua = bool(cmd.flags & nbd.CMD_FLAG_FUA)
+        fua = cmd.fua
         done: Callable = lambda result, error: self.daemon.io_done(req, result, error)  # noqa: E731
         pool = self.daemon.pool
-        if kind == nbd.CMD_READ:
+        if kind == READ:
             data = backing.read_cached(cmd.offset, cmd.length)
             if data is not None:
                 done(data, None)
             else:
                 pool.submit(backing.read, (cmd.offset, cmd.length), done)
-        elif kind == nbd.CMD_WRITE:
+        elif kind == WRITE:
             pool.submit(backing.write, (cmd.offset, cmd.data, fua), done)
-        elif kind == nbd.CMD_FLUSH:
+        elif kind == FLUSH:
             pool.submit(backing.flush, (), done)
-        elif kind == nbd.CMD_TRIM:
+        elif kind == TRIM:
             pool.submit(backing.trim, (cmd.offset, cmd.length, fua), done)
-        elif kind == nbd.CMD_WRITE_ZEROES:
-            may_trim = not cmd.flags & nbd.CMD_FLAG_NO_HOLE
+        elif kind == WRITE_ZEROES:
+            may_trim = not cmd.no_hole
             pool.submit(lambda: backing.write_zeroes(cmd.offset, cmd.length, may_trim=may_trim,
                                                      fua=fua), (), done)  # fmt: skip
-        elif kind == nbd.CMD_CACHE:
+        elif kind == CACHE:
             pool.submit(backing.cache, (cmd.offset, cmd.length), done)
         else:
             done(None, OSError(errnos.EINVAL, "unsupported command"))
@@ -282,7 +284,7 @@ class Connection(asyncio.Protocol):
                 if not isinstance(error, OSError):
                     log.error("I/O failed: %r", error)
                 self._send(self.codec.error_reply(cmd.cookie, nbd_error(error), str(error)))
-            elif cmd.kind == nbd.CMD_READ:
+            elif cmd.kind == READ:
                 reply = self.codec.read_reply(cmd.cookie, cmd.offset, result)
                 if self._corked is not None:
                     self._corked.extend(reply)
