@@ -229,7 +229,7 @@ class Connection(asyncio.Protocol):
         kind = cmd.kind
         length = cmd.length
         fua = cmd.fua
-        if kind == READ or kind == CACHE:
+        if kind in (READ, CACHE):
             req = Request(False, cmd.offset, length, self.owner, tag=(self, cmd))
         elif kind == WRITE or (kind == WRITE_ZEROES and cmd.no_hole):
             req = Request(True, cmd.offset, length, self.owner, sync=fua, tag=(self, cmd))
