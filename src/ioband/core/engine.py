@@ -26,6 +26,7 @@ from ioband.core.grammar import (
     parse_group_param,
     parse_message,
     parse_table,
+    status_block,
 )
 from ioband.core.model import Device, DeviceGroup, Group
 from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
@@ -783,18 +784,18 @@ class Engine:
         parts = [f"{dev.start} {dev.length} ioband {dev.dp.name}"]
         ms = self.ms
         for g in dev.all_groups():
-            if fmt == "legacy":
-                parts.append(
-                    f" {g.id} {g.ios[0]} {g.delayed[0]} {g.sectors[0]}"
-                    f" {g.ios[1]} {g.delayed[1]} {g.sectors[1]}"
+            busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
+            parts.append(
+                status_block(
+                    fmt,
+                    g.id,
+                    g.ios,
+                    g.delayed,
+                    g.sectors,
+                    (ms(g.ticks[0]), ms(g.ticks[1])),
+                    g.blocked[0] + g.blocked[1],
+                    ms(busy),
+                    ms(g.time_in_queue),
                 )
-            elif fmt == "diskstats":
-                busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
-                parts.append(
-                    f" {g.id} {g.ios[0]} 0 {g.sectors[0]} {ms(g.ticks[0])}"
-                    f" {g.ios[1]} 0 {g.sectors[1]} {ms(g.ticks[1])}"
-                    f" {g.blocked[0] + g.blocked[1]} {ms(busy)} {ms(g.time_in_queue)}"
-                )
-            else:
-                raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
+            )
         return "".join(parts)

@@ -196,3 +196,30 @@ def format_table(
 def format_dmsetup(dm_name: str, start: int, length: int, target_string: str) -> str:
     """The whole ``dmsetup table``/``status`` line: ``NAME: <start> <len> ioband <string>``."""
     return f"{dm_name}: {start} {length} {TARGET} {target_string}"
+
+
+STATUS_FORMATS = ("legacy", "diskstats")
+
+
+def status_block(
+    fmt: str,
+    gid: int,
+    ios: Sequence[int],
+    delayed: Sequence[int],
+    sectors: Sequence[int],
+    ticks_ms: Sequence[int] = (0, 0),
+    held: int = 0,
+    io_ticks_ms: int = 0,
+    time_in_queue_ms: int = 0,
+) -> str:
+    """One group's part of a ``status`` line. ``legacy``: id, reads, delayed reads, read
+    sectors, writes, delayed writes, write sectors. ``diskstats``: the 12 columns of
+    /proc/diskstats (merges are always 0: ioband never merges)."""
+    if fmt == "legacy":
+        return f" {gid} {ios[0]} {delayed[0]} {sectors[0]} {ios[1]} {delayed[1]} {sectors[1]}"
+    if fmt == "diskstats":
+        return (
+            f" {gid} {ios[0]} 0 {sectors[0]} {ticks_ms[0]} {ios[1]} 0 {sectors[1]} {ticks_ms[1]}"
+            f" {held} {io_ticks_ms} {time_in_queue_ms}"
+        )
+    raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")

@@ -37,6 +37,7 @@ from ioband.core.grammar import (
     parse_range,
     parse_table,
     parse_weight,
+    status_block,
 )
 from ioband.core.request import DONE, HELD, ISSUED, Request
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoSuchDevice
@@ -311,17 +312,7 @@ class BaselineEngine:
         dev = self.device(name)
         parts = [f"{dev.start} {dev.length} ioband {dev.dp.name}"]
         for g in dev.all_groups():
-            if fmt == "legacy":
-                parts.append(
-                    f" {g.id} {g.ios[0]} {g.delayed[0]} {g.sectors[0]}"
-                    f" {g.ios[1]} {g.delayed[1]} {g.sectors[1]}"
-                )
-            elif fmt == "diskstats":
-                parts.append(
-                    f" {g.id} {g.ios[0]} 0 {g.sectors[0]} 0 {g.ios[1]} 0 {g.sectors[1]} 0 0 0 0"
-                )
-            else:
-                raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
+            parts.append(status_block(fmt, g.id, g.ios, g.delayed, g.sectors))
         return "".join(parts)
 
 
