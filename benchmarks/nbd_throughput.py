@@ -42,6 +42,7 @@ def start_ioband(image: Path, sock: Path, control: bool, loop: str) -> subproces
     config = sock.with_suffix(".toml")
     sectors = image.stat().st_size // 512
     config.write_text(
+        '[daemon]\ncontrol_socket = ""\nstate_file = ""\n'  # no control plane
         f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "disk"\n'
         f'table = "0 {sectors} ioband {image} bench 0 0 none weight 0 :100"\n'
         f"control = {'true' if control else 'false'}\n"

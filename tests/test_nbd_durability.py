@@ -42,6 +42,7 @@ def start_daemon(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     sock = tmp_path / "nbd.sock"
     config = tmp_path / "ioband.toml"
     config.write_text(
+        '[daemon]\ncontrol_socket = ""\nstate_file = ""\n'  # no control plane
         f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "d"\n'
         f'table = "0 {BLOCK * BLOCKS // 512} ioband {image} 1 0 0 none weight 0 :100"\n'
     )

@@ -90,6 +90,7 @@ def start_daemon(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subproces
     sock = str(sock_dir / "nbd.sock")
     config = tmp_path / "ioband.toml"
     config.write_text(
+        '[daemon]\ncontrol_socket = ""\nstate_file = ""\n'  # no control plane
         f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "ioband1"\n'
         f'table = "{table}"\ndirect = true\n'
     )

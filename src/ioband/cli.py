@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ioband import TARGET_VERSION, __version__
 from ioband.control.cli import add_daemon
+from ioband.control.commands import add_control_commands
 from ioband.errors import IobandError
 
 PROG = "ioband"
@@ -241,6 +242,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_demo,
     add_experiment,
     add_daemon,
+    add_control_commands,
 ]
 
 

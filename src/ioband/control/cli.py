@@ -31,7 +31,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s: %(message)s",
     )
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, service_defaults=True)
         run_daemon(config)
     except IobandError as err:
         print(f"ioband daemon: {err.describe()}", file=sys.stderr)

@@ -5,6 +5,9 @@
 hz = 1000                     # jiffies per second
 cgroup_hierarchy = "auto"     # auto | v1 | v2 | a mount point
 io_threads = 16               # worker threads doing backing-store I/O
+control_socket = "/run/ioband/control.sock"   # "" : none
+state_file = "/var/lib/ioband/state.json"     # "" : nothing persisted
+admin_group = "ioband"        # members may change the configuration; root always may
 [nbd]
 unix_socket = "/run/ioband/nbd.sock"
 tcp = "127.0.0.1:10809"       # optional
@@ -17,6 +20,10 @@ read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
 ```
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
+
+``control_socket`` and ``state_file`` take the defaults above when the configuration is loaded
+with ``service_defaults=True`` (``ioband daemon``); otherwise (tests, embedded daemons) a key
+that is not given means none.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from typing import Any
 from ioband.errors import InvalidArgument
 
 DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
+DEFAULT_CONTROL_SOCKET = "/run/ioband/control.sock"
+DEFAULT_STATE_FILE = "/var/lib/ioband/state.json"
+DEFAULT_ADMIN_GROUP = "ioband"
 
 
 class ConfigError(InvalidArgument):
@@ -62,16 +72,32 @@ class Config:
     tcp: tuple[str, int] | None = None
     devices: tuple[DeviceConfig, ...] = field(default_factory=tuple)
     source: str = "<config>"
+    control_socket: str | None = None
+    state_file: str | None = None
+    admin_group: str | None = DEFAULT_ADMIN_GROUP
 
 
-_SECTIONS = {"daemon": ("hz", "cgroup_hierarchy", "io_threads"), "nbd": ("unix_socket", "tcp")}
+_SECTIONS = {
+    "daemon": (
+        "hz",
+        "cgroup_hierarchy",
+        "io_threads",
+        "control_socket",
+        "state_file",
+        "admin_group",
+    ),
+    "nbd": ("unix_socket", "tcp"),
+}
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control")
 
 
-def load_config(source: str | Path | Mapping[str, Any]) -> Config:
-    """A path to a TOML file, TOML text, or an already parsed mapping."""
+def load_config(
+    source: str | Path | Mapping[str, Any], *, service_defaults: bool = False
+) -> Config:
+    """A path to a TOML file, TOML text, or an already parsed mapping. ``service_defaults``:
+    a missing ``control_socket`` or ``state_file`` takes its default path (``ioband daemon``)."""
     if isinstance(source, Mapping):
-        return _parse(source, "<config>")
+        return _parse(source, "<config>", service_defaults)
     text_is_path = isinstance(source, Path) or ("\n" not in source and source.endswith(".toml"))
     if text_is_path:
         name = str(source)
@@ -85,7 +111,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(name, "(syntax)", f"not valid TOML: {err}") from None
-    return _parse(data, name)
+    return _parse(data, name, service_defaults)
 
 
 def _unknown(src: str, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
@@ -100,7 +126,15 @@ def _typed(src: str, key: str, value: Any, kind: type | tuple[type, ...], what: 
     return value
 
 
-def _parse(data: Mapping[str, Any], src: str) -> Config:
+def _optional_path(src: str, key: str, values: dict, default: str | None) -> str | None:
+    value = values.get(key.partition(".")[2], default)
+    if value is None:
+        return None
+    _typed(src, key, value, str, "a path ('' for none)")
+    return value or None
+
+
+def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) -> Config:
     for key in data:
         if key not in (*_SECTIONS, "device"):
             raise _unknown(src, "", key, (*_SECTIONS, "device"))
@@ -161,4 +195,11 @@ def _parse(data: Mapping[str, Any], src: str) -> Config:
         ro = _typed(src, f"{where}.read_only", item.get("read_only", False), bool, "true or false")
         control = _typed(src, f"{where}.control", item.get("control", True), bool, "true or false")
         devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control))
-    return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src)
+    control_sock = _optional_path(src, "daemon.control_socket", values,
+                             DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
+    state = _optional_path(src, "daemon.state_file", values,
+                           DEFAULT_STATE_FILE if service_defaults else None)  # fmt: skip
+    admin = values.get("admin_group", DEFAULT_ADMIN_GROUP)
+    _typed(src, "daemon.admin_group", admin, str, "a group name ('' for root only)")
+    return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
+                  admin or None)  # fmt: skip

@@ -14,7 +14,9 @@ import os
 import signal
 
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
+from ioband.control import state as persist
 from ioband.control.config import Config, ConfigError
+from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
 from ioband.core.request import Request
 from ioband.errors import IobandError
@@ -37,6 +39,10 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
         self.nbd = NbdServer(self)
+        self.control = ControlServer(self)
+        self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
+        self.removed: set[str] = set()  # configured devices removed at run time
+        self.unrestored: dict[str, persist.DeviceState] = {}  # saved devices that failed to start
         self._t0 = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: int | None = None
@@ -137,7 +143,97 @@ class Daemon:
             description=f"ioband device {name} on {device.backing}",
         )
         export = self.exports[name] = Export(name, device, backing, size, info, control)
+        self.flags[name] = (direct, read_only, control)
         return export
+
+    def device_created(self, name: str) -> None:
+        """A device was created at run time: persist it."""
+        self.removed.discard(name)
+        self.unrestored.pop(name, None)
+        self.save_state()
+
+    def remove_device(self, name: str) -> None:
+        """``ioband remove``: the engine flushes what it holds; the export goes away once the
+        requests in flight have completed; the state file forgets the device."""
+        self.engine.remove(name, self.now())
+        self.pump()
+        export = self.exports.pop(name, None)
+        self.flags.pop(name, None)
+        if any(dev.name == name for dev in self.config.devices):
+            self.removed.add(name)
+        self.save_state()
+        if export is not None:
+            self.loop.create_task(self._close_export(export))
+
+    async def _close_export(self, export: Export, timeout: float = 30.0) -> None:
+        deadline = self.loop.time() + timeout
+        while any(c.inflight for c in export.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(export.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        export.backing.close()
+
+    # -- persistence -------------------------------------------------------------------------
+    def current_state(self) -> persist.State:
+        devices = []
+        for name, dev in self.engine.devices.items():
+            words = self.engine.table(name).split(" ")
+            words[3] = dev.backing  # the path it was created with, not its display form
+            direct, read_only, control = self.flags.get(name, (False, False, True))
+            devices.append(persist.DeviceState(name, " ".join(words), direct, read_only, control))
+        names = {d.name for d in devices}
+        devices += [d for n, d in self.unrestored.items() if n not in names]
+        return persist.State(devices, sorted(self.removed))
+
+    def save_state(self) -> None:
+        path = self.config.state_file
+        if not path:
+            return
+        try:
+            persist.save(path, self.current_state())
+        except OSError as err:
+            log.error("cannot save the state file %s: %s", path, err)
+            raise IobandError(
+                f"The change was made but cannot be saved to {path}: {err.strerror or err}",
+                errno_name="EIO",
+            ) from None
+
+    def _restore(self) -> None:
+        """The configured devices, then the saved state over them (the state file wins)."""
+        config = self.config
+        saved = None
+        if config.state_file:
+            try:
+                saved, problems = persist.load(config.state_file)
+            except persist.StateError as err:
+                raise ConfigError(config.source, "daemon.state_file", str(err)) from None
+            for problem in problems:
+                log.error("%s", problem)
+        saved_names = {d.name for d in saved.devices} if saved else set()
+        self.removed = set(saved.removed) if saved else set()
+        for i, dev in enumerate(config.devices):
+            if dev.name in saved_names or dev.name in self.removed:
+                continue
+            where = f"device[{i}]."
+            try:
+                self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
+                                read_only=dev.read_only, control=dev.control,
+                                where=where)  # fmt: skip
+            except ConfigError:
+                raise
+            except IobandError as err:
+                raise ConfigError(config.source, f"{where}table", err.describe()) from None
+        for dev in saved.devices if saved else ():
+            try:
+                self.add_device(dev.name, dev.table, direct=dev.direct,
+                                read_only=dev.read_only, control=dev.control)  # fmt: skip
+            except IobandError as err:
+                text = err.rule if isinstance(err, ConfigError) else err.describe()
+                log.error("%s: device %r not restored: %s", config.state_file, dev.name, text)
+                self.unrestored[dev.name] = dev
+        if config.state_file:
+            self.save_state()
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,23 +246,17 @@ class Daemon:
             raise ConfigError(config.source, "daemon.cgroup_hierarchy", str(err)) from None
         self.pool = IoPool(self.loop, config.io_threads)
         try:
-            for i, dev in enumerate(config.devices):
-                where = f"device[{i}]."
-                try:
-                    self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
-                                    read_only=dev.read_only, control=dev.control,
-                                    where=where)  # fmt: skip
-                except ConfigError:
-                    raise
-                except IobandError as err:
-                    raise ConfigError(config.source, f"{where}table", err.describe()) from None
+            self._restore()
             await self.nbd.start(config.unix_socket, config.tcp)
+            if config.control_socket:
+                await self.control.start(config.control_socket)
         except BaseException:
             await self.close()
             raise
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop taking requests, release everything held, wait for what is in flight."""
+        await self.control.stop()
         await self.nbd.stop()
         for name in list(self.exports):
             self.engine.remove(name, self.now())  # held and waiting requests are issued now
@@ -180,6 +270,8 @@ class Daemon:
                 conn.transport.close()
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.control.stop()
         with contextlib.suppress(Exception):
             await self.nbd.stop()
         if self._timer is not None:

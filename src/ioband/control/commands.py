@@ -1,0 +1,185 @@
+"""dmsetup-compatible commands: ``ioband create|remove|message|table|status|ls|suspend|resume|
+targets``, each one request to the daemon's control socket.
+
+Output lines are dmsetup's, ``NAME: <start> <len> ioband ...``; ``--json`` prints the daemon's
+answer for scripts. A refused request prints its message and exits with the status of its errno
+(``ioband.errors.EXIT_STATUS``); an unreachable daemon exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ioband.control.client import SOCKET_ENV, Unreachable, call, socket_path
+from ioband.core.grammar import TARGET
+from ioband.errors import EXIT_STATUS, IobandError
+
+PROG = "ioband"
+EXIT_UNREACHABLE = 1
+
+
+def _common(p: argparse.ArgumentParser, *, reads: bool) -> None:
+    p.add_argument("--socket", metavar="PATH",
+                   help=f"the daemon's control socket (default ${SOCKET_ENV}, else "
+                   "/run/ioband/control.sock)")  # fmt: skip
+    if reads:
+        p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+
+def _run(command: str, args: argparse.Namespace, op: str, show: Callable[[Any], None] | None,
+         **fields: Any) -> int:  # fmt: skip
+    try:
+        result = call(socket_path(args.socket), op, **fields)
+    except Unreachable as err:
+        print(f"{PROG} {command}: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except IobandError as err:
+        print(f"{PROG} {command}: {err.describe()}", file=sys.stderr)
+        return EXIT_STATUS.get(err.errno_name, 1)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+    elif show is not None:
+        show(result)
+    return 0
+
+
+def _lines(key: str, target: str | None) -> Callable[[list[dict[str, str]]], None]:
+    def show(result: list[dict[str, str]]) -> None:
+        if target is not None and target != TARGET:
+            return  # no device has that target
+        if not result:
+            print("No devices found")
+        for item in result:
+            print(f"{item['name']}: {item[key]}")
+
+    return show
+
+
+def _usage(command: str, message: str) -> int:
+    print(f"{PROG} {command}: {message} (EINVAL)", file=sys.stderr)
+    return EXIT_STATUS["EINVAL"]
+
+
+# -- the commands --------------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace) -> int:
+    table = args.table
+    if table is None:
+        if sys.stdin.isatty():
+            print("Reading the table from stdin (end with Ctrl-D)", file=sys.stderr)
+        lines = [ln.strip() for ln in sys.stdin.read().splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if len(lines) != 1:
+            return _usage("create", f"expected one table line, got {len(lines)}")
+        table = lines[0]
+    return _run("create", args, "create", None, name=args.name, table=table,
+                direct=args.direct or None, read_only=args.read_only or None)  # fmt: skip
+
+
+def cmd_message(args: argparse.Namespace) -> int:
+    try:
+        sector = int(args.sector, 0)
+    except ValueError:
+        sector = -1
+    if sector != 0:
+        return _usage("message", f"Invalid sector {args.sector!r}: ioband takes messages at 0")
+    return _run("message", args, "message", None, name=args.name, words=args.words)
+
+
+def cmd_simple(op: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return _run(op, args, op, None, name=args.name)
+
+    return run
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    return _run("table", args, "table", _lines("table", args.target), name=args.name)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _run("status", args, "status", _lines("status", args.target), name=args.name,
+                format=args.format)  # fmt: skip
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    def show(result: list[dict[str, Any]]) -> None:
+        if not result:
+            print("No devices found")
+        for item in result:
+            print(f"{item['name']}\t(nbd export {item['name']})")
+
+    return _run("ls", args, "ls", show)
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    def show(result: list[dict[str, str]]) -> None:
+        for item in result:
+            print(f"{item['name']:<16} v{item['version']}")
+
+    return _run("targets", args, "targets", show)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    def show(result: dict[str, Any]) -> None:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+    return _run("info", args, "info", show)
+
+
+# -- parsers -------------------------------------------------------------------------------------
+def add_control_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("create", help="create an ioband device and its NBD export (dmsetup create)",
+                       description="Create the device NAME from one table line (--table, or "
+                       "stdin as with dmsetup) and export it over NBD.")  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--table", metavar="LINE", help="the table line (default: read from stdin)")
+    p.add_argument("--direct", action="store_true", help="O_DIRECT on the backing store")
+    p.add_argument("--read-only", action="store_true", help="a read-only export")
+    _common(p, reads=False)
+    p.set_defaults(func=cmd_create)
+
+    for op, text in (("remove", "remove a device (dmsetup remove)"),
+                     ("suspend", "suspend a device: held requests flushed, new ones wait"),
+                     ("resume", "resume a suspended device")):  # fmt: skip
+        p = sub.add_parser(op, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("name", metavar="NAME")
+        _common(p, reads=False)
+        p.set_defaults(func=cmd_simple(op))
+
+    p = sub.add_parser("message", help="send a message to a device (dmsetup message)",
+                       description="ioband message [--] NAME SECTOR WORDS...: SECTOR is 0; put "
+                       "-- first when a word begins with '-' (range-bw -1:5000:6000).")  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("sector", metavar="SECTOR")
+    p.add_argument("words", metavar="WORDS", nargs="+")
+    _common(p, reads=False)
+    p.set_defaults(func=cmd_message)
+
+    reads = (("table", "print table lines (dmsetup table)", cmd_table),
+             ("status", "print status lines (dmsetup status)", cmd_status))  # fmt: skip
+    for op, text, fn in reads:
+        p = sub.add_parser(op, help=text, description=text[0].upper() + text[1:] +
+                           "; without NAME, every device.")  # fmt: skip
+        p.add_argument("name", metavar="NAME", nargs="?")
+        p.add_argument("--target", metavar="TYPE", help="only devices of this target (ioband)")
+        if op == "status":
+            p.add_argument(
+                "--format",
+                choices=("legacy", "diskstats"),
+                help="7 columns per group (legacy, default) or 12 (diskstats)",
+            )
+        _common(p, reads=True)
+        p.set_defaults(func=fn)
+
+    for op, text, fn in (("ls", "list the devices (dmsetup ls)", cmd_ls),
+                         ("targets", "print the target and its version (dmsetup targets)",
+                          cmd_targets),
+                         ("info", "print what the daemon runs with", cmd_info)):  # fmt: skip
+        p = sub.add_parser(op, help=text, description=text[0].upper() + text[1:] + ".")
+        _common(p, reads=True)
+        p.set_defaults(func=fn)

@@ -1,0 +1,230 @@
+"""The control socket: requests from ``ioband`` commands, answered on the daemon's loop.
+
+Reads (table, status, ls, targets, info) are open to every local user; changes (create, remove,
+message, suspend, resume) to root and members of the admin group, decided from the caller's
+``SO_PEERCRED``. A malformed request gets an error reply; it never disturbs the daemon or other
+clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from ioband import TARGET_VERSION, __version__
+from ioband.control import protocol
+from ioband.control.config import ConfigError
+from ioband.errors import AccessDenied, InvalidArgument, IobandError
+
+if TYPE_CHECKING:
+    from ioband.control.daemon import Daemon
+
+log = logging.getLogger("ioband.control")
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket."""
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+def process_groups(pid: int) -> set[int]:
+    """The supplementary groups of a live process (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+def may_change(pid: int, uid: int, gid: int, admin_group: str | None) -> bool:
+    """Root always; members of ``admin_group`` (primary or supplementary group of the caller)."""
+    if uid == 0:
+        return True
+    if not admin_group:
+        return False
+    try:
+        admin_gid = grp.getgrnam(admin_group).gr_gid
+    except KeyError:  # no such group: root only
+        return False
+    return gid == admin_gid or admin_gid in process_groups(pid)
+
+
+class ControlServer:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.path: str | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+
+    async def start(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # a stale socket left by a daemon that died
+            else:
+                raise ConfigError(self.daemon.config.source, "daemon.control_socket",
+                                  f"{path!r} is in use: another daemon is running")  # fmt: skip
+            finally:
+                probe.close()
+        self._server = await asyncio.start_unix_server(
+            self._client, path, limit=protocol.MAX_LINE + 1
+        )
+        os.chmod(path, 0o666)  # reads are open to everyone; changes are checked per request
+        self.path = path
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._clients):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        try:
+            try:
+                cred = peer_credentials(writer.get_extra_info("socket"))
+            except OSError:
+                cred = (0, -1, -1)  # unknown caller: reads only
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as err:
+                    if err.partial.strip():  # a last request without its newline
+                        writer.write(self.handle(err.partial, cred))
+                        await writer.drain()
+                    break
+                except asyncio.LimitOverrunError:
+                    err = protocol.ProtocolError(
+                        f"Request too long: more than {protocol.MAX_LINE} bytes"
+                    )
+                    writer.write(protocol.error(err))
+                    await writer.drain()
+                    break  # the rest of the line cannot be told from a new request
+                writer.write(self.handle(line, cred))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    # -- requests ------------------------------------------------------------------------------
+    def handle(self, line: bytes, cred: tuple[int, int, int]) -> bytes:
+        """One request line → one reply line. Never raises."""
+        try:
+            req = protocol.decode_request(line)
+            op = req["op"]
+            if op in protocol.CHANGES:
+                pid, uid, gid = cred
+                admin = self.daemon.config.admin_group
+                if not may_change(pid, uid, gid, admin):
+                    log.warning("refused %s from pid %d uid %d gid %d: not root or in the"
+                                " admin group %r", op, pid, uid, gid, admin)  # fmt: skip
+                    raise AccessDenied(
+                        f"Permission denied: {op} needs root or membership of the admin group"
+                        f" {admin!r}"
+                    )
+            result = getattr(self, f"op_{op}")(req)
+        except IobandError as err:
+            return protocol.error(err)
+        except Exception as err:  # a bug must not take the daemon down
+            log.exception("control request failed")
+            return protocol.error(IobandError(f"Internal error: {err}", errno_name="EINVAL"))
+        return protocol.ok(result)
+
+    def _names(self, name: str | None) -> list[str]:
+        engine = self.daemon.engine
+        if name is None:
+            return sorted(engine.devices)
+        engine.device(name)  # ENODEV
+        return [name]
+
+    def op_create(self, req: dict[str, Any]) -> None:
+        d = self.daemon
+        try:
+            d.add_device(req["name"], req["table"], direct=req.get("direct", False),
+                         read_only=req.get("read_only", False))  # fmt: skip
+        except ConfigError as err:
+            raise InvalidArgument(err.rule) from None
+        d.pump()
+        d.device_created(req["name"])
+        log.info("created %s: %s", req["name"], req["table"])
+
+    def op_remove(self, req: dict[str, Any]) -> None:
+        self.daemon.remove_device(req["name"])
+        log.info("removed %s", req["name"])
+
+    def op_message(self, req: dict[str, Any]) -> None:
+        d = self.daemon
+        words = req["words"]
+        d.engine.message(req["name"], words, d.now())
+        d.pump()
+        d.save_state()
+        log.info("message %s: %s", req["name"], " ".join(words))
+
+    def op_suspend(self, req: dict[str, Any]) -> None:
+        d = self.daemon
+        d.engine.suspend(req["name"], d.now())
+        d.pump()
+
+    def op_resume(self, req: dict[str, Any]) -> None:
+        d = self.daemon
+        d.engine.resume(req["name"], d.now())
+        d.pump()
+
+    def op_table(self, req: dict[str, Any]) -> list[dict[str, str]]:
+        engine = self.daemon.engine
+        return [{"name": n, "table": engine.table(n)} for n in self._names(req.get("name"))]
+
+    def op_status(self, req: dict[str, Any]) -> list[dict[str, str]]:
+        fmt = req.get("format", "legacy")
+        if fmt not in ("legacy", "diskstats"):
+            raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
+        engine = self.daemon.engine
+        return [{"name": n, "status": engine.status(n, fmt)} for n in self._names(req.get("name"))]
+
+    def op_ls(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        d = self.daemon
+        out = []
+        for name in sorted(d.engine.devices):
+            dev = d.engine.devices[name]
+            out.append({"name": name, "device_group": dev.dp.name, "backing": dev.backing,
+                        "suspended": bool(dev.suspended), "export": name in d.exports})  # fmt: skip
+        return out
+
+    def op_targets(self, req: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"name": "ioband", "version": ".".join(map(str, TARGET_VERSION))}]
+
+    def op_info(self, req: dict[str, Any]) -> dict[str, Any]:
+        d = self.daemon
+        return {
+            "version": __version__,
+            "target_version": ".".join(map(str, TARGET_VERSION)),
+            "pid": os.getpid(),
+            "devices": len(d.engine.devices),
+            "control_socket": self.path,
+            "nbd_socket": d.config.unix_socket,
+            "state_file": d.config.state_file,
+            "admin_group": d.config.admin_group,
+        }

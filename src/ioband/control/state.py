@@ -1,0 +1,152 @@
+"""The daemon's persistent state: the devices as they are now, saved after every change.
+
+The file is JSON::
+
+    {"format": "ioband-state", "version": 1,
+     "devices": [{"name": ..., "table": ..., "direct": false, "read_only": false,
+                  "control": true}, ...],
+     "removed": ["names of configured devices removed at run time"]}
+
+``table`` is the engine's current table line with the backing path the device was created with,
+so that ``create`` rebuilds it (weights, groups, io_throttle, io_limit, token and policy are all in
+the table). Saving is atomic: a temporary file is written and fsynced, the current file is
+hard-linked to ``<file>.prev``, the temporary file renamed over it and the directory fsynced. A
+file that does not parse is refused (it is moved aside to ``<file>.corrupt``) and ``<file>.prev``,
+the previous good state, is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from ioband.errors import InvalidArgument
+
+FORMAT = "ioband-state"
+VERSION = 1
+
+
+class StateError(InvalidArgument):
+    """A state file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    name: str
+    table: str
+    direct: bool = False
+    read_only: bool = False
+    control: bool = True
+
+
+@dataclass
+class State:
+    devices: list[DeviceState] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return (
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "devices": [vars(d) for d in self.devices],
+                    "removed": sorted(set(self.removed)),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+
+
+def parse(text: str, path: str) -> State:
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise StateError(f"{path}: not a complete ioband state file ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StateError(f"{path}: not an ioband state file")
+    if data.get("version") != VERSION:
+        raise StateError(f"{path}: unsupported state version {data.get('version')!r}")
+    devices, removed = data.get("devices"), data.get("removed", [])
+    if not isinstance(devices, list) or not isinstance(removed, list):
+        raise StateError(f"{path}: 'devices' and 'removed' must be lists")
+    out = State(removed=[])
+    for i, item in enumerate(devices):
+        ok = (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and isinstance(item.get("table"), str)
+            and all(isinstance(item.get(k, True), bool) for k in ("direct", "read_only", "control"))
+            and set(item) <= {"name", "table", "direct", "read_only", "control"}
+        )
+        if not ok:
+            raise StateError(f"{path}: devices[{i}] is malformed")
+        out.devices.append(DeviceState(**item))
+    for name in removed:
+        if not isinstance(name, str):
+            raise StateError(f"{path}: 'removed' must list device names")
+        out.removed.append(name)
+    return out
+
+
+def _read(path: str) -> State | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StateError(f"{path}: cannot read: {err}") from None
+    return parse(text, path)
+
+
+def load(path: str) -> tuple[State | None, list[str]]:
+    """The saved state (None: there is none) and the problems met on the way (to be logged).
+    A corrupt file is moved to ``<path>.corrupt`` and the previous good state used; when that
+    is unusable too, StateError."""
+    problems: list[str] = []
+    try:
+        state = _read(path)
+    except StateError as err:
+        problems.append(f"refused state file {err}; moved to {path}.corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(path, path + ".corrupt")
+        state = None
+    else:
+        if state is not None:
+            return state, problems
+    prev = path + ".prev"
+    try:
+        state = _read(prev)
+    except StateError as err:
+        raise StateError(f"{err} (and {path} is missing or refused)") from None
+    if state is not None and problems:
+        problems.append(f"using the previous good state {prev}")
+    elif state is not None:
+        problems.append(f"{path} is missing; using the previous good state {prev}")
+    return state, problems
+
+
+def save(path: str, state: State) -> None:
+    """Write atomically; the current file becomes ``<path>.prev``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(state.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    prev = path + ".prev"
+    if os.path.exists(path):  # else keep the .prev there is (the current file was refused)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(prev)
+        os.link(path, prev)
+    os.replace(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

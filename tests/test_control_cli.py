@@ -1,0 +1,215 @@
+"""The dmsetup examples of the interface spec (§2-§4, §7.1) run through ``ioband`` against a
+running daemon, with the outputs compared to the documented ones (device field and counters
+aside); errors and their exit statuses."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from ioband.errors import EXIT_STATUS
+from tests.control_helpers import PYTHON, backing, control_daemon
+
+
+def dev_aside(line: str) -> str:
+    """A table line with its ``<device>`` field replaced (files show a path, disks maj:min)."""
+    return re.sub(r"^(\S+: \d+ \d+ ioband) \S+", r"\1 DEV", line)
+
+
+def counters_aside(line: str, columns: int) -> str:
+    """A status line with every counter replaced by ``N``, the group ids kept."""
+    head, _, tail = line.partition(" ioband ")
+    words = tail.split()
+    out = [words[0]]  # the device group id
+    for i in range(1, len(words), columns):
+        out += [words[i], *["N"] * (columns - 1)]
+    assert len(words) % columns == 1, line
+    return f"{head} ioband {' '.join(out)}"
+
+
+@pytest.fixture
+def ctl():
+    with control_daemon() as c:
+        yield c
+
+
+def test_documented_table_outputs(ctl, tmp_path):
+    """§4.1: tables created from the documented lines print the documented lines back."""
+    documented = [
+        "ioband1: 0 305235000 ioband 8:18 1 4 128 cgroup range-bw 16384 :0:0 2:100:500"
+        " 3:700:1000 4:30000:35000",
+        "ioband2: 0 112455000 ioband 8:18 share1 4 256 user weight 512 :40",
+    ]
+    for i, line in enumerate(documented):
+        name, _, table = line.partition(": ")
+        words = table.split()
+        words[3] = backing(tmp_path, f"disk{i}", int(words[1]))
+        # dmsetup reads the table from stdin
+        assert ctl.ok("create", name, stdin=" ".join(words) + "\n") == ""
+    out = ctl.ok("table").splitlines()
+    assert [dev_aside(x) for x in out] == [dev_aside(x) for x in documented]
+    assert ctl.ok("table", "ioband2", "--target", "ioband").splitlines() == out[1:]
+    assert ctl.ok("table", "--target", "linear") == ""  # no device of another target
+
+
+def test_getting_started_and_extra_groups(ctl, tmp_path):
+    """§7.1 "Getting started", "Extra groups" and §3's weight examples."""
+    sda1, sda2 = backing(tmp_path, "sda1", 4096), backing(tmp_path, "sda2", 4096)
+    ctl.ok("create", "ioband1", stdin=f"0 4096 ioband {sda1} 1 0 0 none weight 0 :40\n")
+    ctl.ok("create", "ioband2", "--table", f"0 4096 ioband {sda2} 1 0 0 none weight 0 :10")
+    for words in ("type user", "attach 1000", "attach 2000", "weight 1000:30", "weight 2000:20"):
+        ctl.ok("message", "ioband1", "0", *words.split())
+    assert [dev_aside(x) for x in ctl.ok("table").splitlines()] == [
+        "ioband1: 0 4096 ioband DEV 1 4 192 user weight 768 :40 1000:30 2000:20",
+        "ioband2: 0 4096 ioband DEV 1 4 192 none weight 768 :10",
+    ]
+    ctl.ok("message", "ioband1", "0", "weight", "40")  # the default group
+    # "#4" processes, on ioband2: type user, attach 1000, weight 1000:20; then detach
+    for words in ("type user", "attach 1000", "weight 1000:20"):
+        ctl.ok("message", "ioband2", "0", *words.split())
+    assert dev_aside(ctl.ok("table", "ioband2")) == (
+        "ioband2: 0 4096 ioband DEV 1 4 192 user weight 768 :10 1000:20\n"
+    )
+    ctl.ok("message", "ioband2", "0", "detach", "1000")
+    assert dev_aside(ctl.ok("table", "ioband2").strip()).endswith("user weight 768 :10")
+    # §4.2 legacy status: the device group id, then 7 columns per group, default group first
+    status = ctl.ok("status").splitlines()
+    assert [counters_aside(x, 7) for x in status] == [
+        "ioband1: 0 4096 ioband 1 -1 N N N N N N 1000 N N N N N N 2000 N N N N N N",
+        "ioband2: 0 4096 ioband 1 -1 N N N N N N",
+    ]
+    diskstats = ctl.ok("status", "ioband1", "--format", "diskstats").strip()
+    assert counters_aside(diskstats, 12) == (
+        "ioband1: 0 4096 ioband 1 -1" + " N" * 11 + " 1000" + " N" * 11 + " 2000" + " N" * 11
+    )
+    ctl.ok("remove", "ioband2")
+    assert ctl.ok("ls") == "ioband1\t(nbd export ioband1)\n"
+
+
+def test_full_create_line_and_device_group_messages(ctl, tmp_path):
+    """§7.1 "Full create line", then §3's device-group messages, range-bw and reset."""
+    sda1 = backing(tmp_path, "sda1", 8192)
+    ctl.ok("create", "ioband1", stdin=f"0 8192 ioband {sda1} share1 10 400 user weight 2048"
+           " :100 1000:80 2000:20\n")  # fmt: skip
+    table = lambda: dev_aside(ctl.ok("table", "ioband1").strip())  # noqa: E731
+    assert (
+        table() == "ioband1: 0 8192 ioband DEV share1 10 400 user weight 2048 :100 1000:80 2000:20"
+    )
+    ctl.ok("message", "ioband1", "0", "policy", "weight-iosize")
+    assert table().endswith("share1 10 400 user weight-iosize 12800 :100 1000:80 2000:20")
+    ctl.ok("message", "ioband1", "0", "token", "256")
+    ctl.ok("message", "ioband1", "0", "carryover", "2")
+    ctl.ok("message", "ioband1", "0", "io_throttle", "16")
+    ctl.ok("message", "ioband1", "0", "io_limit", "128")
+    assert table().endswith("share1 16 128 user weight-iosize 256 :100 1000:80 2000:20")
+    ctl.ok("message", "ioband1", "0", "policy", "range-bw")
+    ctl.ok("message", "--", "ioband1", "0", "range-bw", "-1:5000:6000")
+    ctl.ok("message", "ioband1", "0", "range-bw", "1000:10000:12000")
+    assert table().endswith("user range-bw 16384 :5000:6000 1000:10000:12000 2000:0:0")
+    ctl.ok("message", "ioband1", "0", "reset")
+    assert ctl.ok("status", "ioband1") == (
+        "ioband1: 0 8192 ioband share1 -1 0 0 0 0 0 0 1000 0 0 0 0 0 0 2000 0 0 0 0 0 0\n"
+    )
+
+
+def test_two_device_groups_and_xen_blktap(ctl, tmp_path):
+    """§7.1 "Two device groups" and "#4 Xen blktap" (type pid, tapdisk pids attached)."""
+    lines = {"sda1": ("1", 80), "sda2": ("1", 20), "sdb3": ("2", 60), "sdb4": ("2", 40)}
+    for i, (disk, (group, weight)) in enumerate(lines.items(), 1):
+        path = backing(tmp_path, disk, 2048)
+        ctl.ok("create", f"ioband{i}", "--table",
+               f"0 2048 ioband {path} {group} 0 0 none weight 0 :{weight}")  # fmt: skip
+    out = [dev_aside(x) for x in ctl.ok("table").splitlines()]
+    assert out == [f"ioband{i}: 0 2048 ioband DEV {g} 4 192 none weight 768 :{w}"
+                   for i, (g, w) in enumerate(lines.values(), 1)]  # fmt: skip
+    ctl.ok("message", "ioband1", "0", "policy", "weight-iosize")  # device group 1 only
+    out = [x.split()[9] for x in ctl.ok("table").splitlines()]
+    assert out == ["weight-iosize", "weight-iosize", "weight", "weight"]
+    vm = backing(tmp_path, "vm", 2048)
+    ctl.ok("create", "ioband5", "--table", f"0 2048 ioband {vm} 3 0 0 none weight 0 :100")
+    for words in ("type pid", "attach 15011", "weight 15011:80", "attach 15276",
+                  "weight 15276:40"):  # fmt: skip
+        ctl.ok("message", "ioband5", "0", *words.split())
+    assert dev_aside(ctl.ok("table", "ioband5").strip()) == (
+        "ioband5: 0 2048 ioband DEV 3 4 192 pid weight 768 :100 15011:80 15276:40"
+    )
+
+
+def test_targets_ls_info_json(ctl, tmp_path):
+    assert ctl.ok("targets") == "ioband           v1.14.0\n"
+    assert json.loads(ctl.ok("targets", "--json")) == [{"name": "ioband", "version": "1.14.0"}]
+    assert ctl.ok("ls") == "No devices found\n"
+    assert ctl.ok("table") == "No devices found\n"
+    path = backing(tmp_path, "d", 2048)
+    ctl.ok("create", "b", "--table", f"0 2048 ioband {path} 1 0 0 none weight 0 :10")
+    ctl.ok("create", "a", "--table", f"0 2048 ioband {path} 1 0 0 none weight 0 :10")
+    assert [x["name"] for x in json.loads(ctl.ok("ls", "--json"))] == ["a", "b"]  # sorted
+    table = json.loads(ctl.ok("table", "--json"))
+    assert [x["name"] for x in table] == ["a", "b"]
+    assert table[0]["table"] == f"0 2048 ioband {path} 1 4 192 none weight 768 :10"
+    assert json.loads(ctl.ok("status", "a", "--json"))[0]["status"].startswith("0 2048 ioband 1")
+    assert json.loads(ctl.ok("info", "--json"))["devices"] == 2
+    ctl.ok("suspend", "a")
+    assert json.loads(ctl.ok("ls", "--json"))[0]["suspended"] is True
+    ctl.ok("resume", "a")
+    assert json.loads(ctl.ok("ls", "--json"))[0]["suspended"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "errno", "text"),
+    [
+        (("table", "nope"), "ENODEV", "No such device: 'nope'"),
+        (("remove", "nope"), "ENODEV", "No such device"),
+        (("message", "ioband1", "0", "attach", "1000"), "EEXIST", "already exists"),
+        (("message", "ioband1", "0", "bogus", "1"), "EINVAL", "Unrecognised band message"),
+        (("message", "ioband1", "1", "weight", "40"), "EINVAL", "Invalid sector"),
+        (("message", "ioband1", "0", "type", "none"), "EBUSY", ""),
+        (("create", "ioband1", "--table", "0 8 ioband /x 1 0 0 none weight 0"), "EBUSY",
+         "already exists"),
+        (("create", "x", "--table", "0 8 ioband /nonexistent 1 0 0 none weight 0"), "ENODEV",
+         "Device lookup failed"),
+        (("create", "x", "--table", "0 8 ioband /dev/null 1 0"), "EINVAL",
+         "Requires 6 or more arguments"),
+        (("status", "ioband1", "--format", "bogus"), None, "invalid choice"),
+    ],
+)  # fmt: skip
+def test_errors_and_exit_statuses(ctl, tmp_path, argv, errno, text):
+    path = backing(tmp_path, "d", 2048)
+    ctl.ok("create", "ioband1", "--table", f"0 2048 ioband {path} 1 0 0 user weight 0 :10 1000:5")
+    before = ctl.ok("table")
+    rc, out, err = ctl.run(*argv)
+    assert out == ""
+    assert text in err and "Traceback" not in err
+    if errno is None:
+        assert rc == 2  # argparse usage error
+    else:
+        assert rc == EXIT_STATUS[errno]
+        assert err.startswith(f"ioband {argv[0]}: ") and err.rstrip().endswith(f"({errno})")
+    assert ctl.ok("table") == before  # nothing changed
+
+
+def test_table_on_stdin_must_be_one_line(ctl, tmp_path):
+    path = backing(tmp_path, "d", 2048)
+    line = f"0 2048 ioband {path} 1 0 0 none weight 0 :10\n"
+    rc, _, err = ctl.run("create", "x", stdin=line * 2)
+    assert rc == EXIT_STATUS["EINVAL"] and "one table line" in err
+    assert ctl.ok("create", "x", stdin=f"# a comment\n\n{line}") == ""
+
+
+def test_length_beyond_the_backing_file_is_refused(ctl, tmp_path):
+    path = backing(tmp_path, "d", 2048)
+    rc, _, err = ctl.run("create", "x", "--table", f"0 4096 ioband {path} 1 0 0 none weight 0")
+    assert rc == EXIT_STATUS["EINVAL"] and "is larger than" in err
+    assert ctl.ok("ls") == "No devices found\n"
+
+
+def test_daemon_not_running(tmp_path):
+    sock = str(tmp_path / "none.sock")
+    run = subprocess.run([PYTHON, "-m", "ioband", "table"], capture_output=True, text=True,
+                         env={"IOBAND_SOCKET": sock, "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert run.returncode == 1
+    assert "cannot reach the ioband daemon" in run.stderr and sock in run.stderr
+    assert "Traceback" not in run.stderr
