@@ -9,6 +9,8 @@ import re
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from ioband.errors import EXIT_STATUS
 from tests.control_helpers import PYTHON, backing, control_daemon
@@ -213,3 +215,86 @@ def test_daemon_not_running(tmp_path):
     assert run.returncode == 1
     assert "cannot reach the ioband daemon" in run.stderr and sock in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_documented_status_shape(ctl, tmp_path):
+    """§4.2's legacy example: device group 128, groups -1, 1001 and 1002, 7 columns each."""
+    documented = (
+        "ioband1: 0 44371467 ioband 128 -1 223 172 408 211 136 600 1001 166 107 472 139 95 352"
+        " 1002 211 146 520 210 147 504"
+    )
+    path = backing(tmp_path, "sda1", 44371467)
+    ctl.ok("create", "ioband1", stdin=f"0 44371467 ioband {path} 128 0 0 user weight 0 :100\n")
+    ctl.ok("message", "ioband1", "0", "attach", "1001")
+    ctl.ok("message", "ioband1", "0", "attach", "1002")
+    out = ctl.ok("status", "ioband1").strip()
+    assert counters_aside(out, 7) == counters_aside(documented, 7)
+
+
+def test_a_second_daemon_on_the_same_control_socket_is_refused(ctl):
+    from ioband.control.config import ConfigError, load_config
+    from ioband.control.embedded import EmbeddedDaemon
+
+    sockets = ctl.socket.rpartition("/")[0]
+    config = load_config(
+        {"daemon": {"control_socket": ctl.socket}, "nbd": {"unix_socket": f"{sockets}/nbd2.sock"}}
+    )
+    with pytest.raises(ConfigError, match="another daemon is running"):
+        EmbeddedDaemon(config).start()
+    assert ctl.ok("targets")  # the first one still serves
+
+
+cli_words = st.lists(
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "--",
+            "--json",
+            "--table",
+            "--format",
+            "diskstats",
+            "weight",
+            "x",
+            "0 8 ioband",
+            "--target",
+            "--socket",
+            "attach",
+            "1:2",
+        ]
+    )
+    | st.text(max_size=12),
+    max_size=5,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(
+        [
+            "create",
+            "remove",
+            "message",
+            "table",
+            "status",
+            "ls",
+            "suspend",
+            "resume",
+            "targets",
+            "info",
+        ]
+    ),
+    cli_words,
+)
+def test_cli_fuzz_clear_errors_nothing_changed(ctl, tmp_path, command, argv):
+    assume(not any("ioband1" in w or w.startswith("-h") or w == "--help" for w in argv))
+    if not ctl.ok("ls").startswith("ioband1"):
+        path = backing(tmp_path, "fuzz.img", 2048)
+        ctl.ok("create", "ioband1", "--table", f"0 2048 ioband {path} 1 0 0 user weight 0 :10")
+    before = ctl.ok("table")
+    rc, out, err = ctl.run(command, *argv, stdin="")
+    assert "Traceback" not in err + out
+    if rc != 0:
+        assert err.strip(), (command, argv)
+        assert rc in (1, *EXIT_STATUS.values()), (command, argv, rc, err)
+    assert ctl.ok("table") == before

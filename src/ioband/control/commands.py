@@ -80,12 +80,15 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_message(args: argparse.Namespace) -> int:
+    text = (
+        args.sector if isinstance(args.sector, str) else " ".join(args.sector)
+    )  # argparse: "-- --"
     try:
-        sector = int(args.sector, 0)
+        sector = int(text, 0)
     except ValueError:
         sector = -1
     if sector != 0:
-        return _usage("message", f"Invalid sector {args.sector!r}: ioband takes messages at 0")
+        return _usage("message", f"Invalid sector {text!r}: ioband takes messages at 0")
     return _run("message", args, "message", None, name=args.name, words=args.words)
 
 

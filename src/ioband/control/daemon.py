@@ -163,6 +163,10 @@ class Daemon:
             self.removed.add(name)
         self.save_state()
         if export is not None:
+            for conn in list(export.connections):  # read no more; close once answered
+                conn.closing = True
+                conn._update_reading()
+                conn._maybe_close()
             self.loop.create_task(self._close_export(export))
 
     async def _close_export(self, export: Export, timeout: float = 30.0) -> None:
@@ -297,6 +301,9 @@ class Daemon:
             if x
         )  # fmt: skip
         log.info("ioband daemon: %d export(s) on %s", len(self.exports), where)
+        if self.control.path:
+            log.info("control socket %s, state file %s", self.control.path,
+                     self.config.state_file or "(none)")  # fmt: skip
         try:
             await self._stopped.wait()
         finally:
