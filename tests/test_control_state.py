@@ -95,6 +95,29 @@ def test_restart_after_sigkill_keeps_the_configuration(daemon, tmp_path):
     assert daemon.cli("table").stdout == before
 
 
+def test_restart_keeps_what_the_user_set_and_only_that(daemon, tmp_path):
+    """The token word of a table is the effective bucket; after a restart a defaulted token must
+    still follow io_limit, a set one must not; a set carryover (in no table) must survive."""
+    assert daemon.start().poll() is None, daemon.log.read_text()
+    a, b = backing(tmp_path, "a.img", 4096), backing(tmp_path, "b.img", 4096)
+    for name, path, group in (("d1", a, "g1"), ("d2", b, "g2")):
+        table = f"0 4096 ioband {path} {group} 0 0 none weight 0 :40"
+        assert daemon.cli("create", name, "--table", table).returncode == 0
+    for argv in (("d2", "0", "token", "500"), ("d2", "0", "carryover", "3")):
+        assert daemon.cli("message", *argv).returncode == 0
+    daemon.kill()
+    assert daemon.start().poll() is None, daemon.log.read_text()
+    for name in ("d1", "d2"):
+        assert daemon.cli("message", name, "0", "io_limit", "50").returncode == 0
+    assert [x.split(" ", 5)[5] for x in daemon.cli("table").stdout.splitlines()] == [
+        "g1 4 50 none weight 200 :40",  # the default token followed io_limit (4 x 50)
+        "g2 4 50 none weight 500 :40",  # the token set by the user stayed
+    ]
+    saved = persist.load(daemon.state)[0]
+    assert [d.messages for d in saved.devices] == [(), ("carryover 3",)]
+    assert saved.devices[0].table == f"0 4096 ioband {a} g1 4 50 none weight 0 :40"
+
+
 def test_corrupt_state_is_refused_and_the_previous_good_state_used(daemon, tmp_path):
     assert daemon.start().poll() is None
     a = backing(tmp_path, "a.img", 4096)

@@ -184,8 +184,15 @@ class Daemon:
         for name, dev in self.engine.devices.items():
             words = self.engine.table(name).split(" ")
             words[3] = dev.backing  # the path it was created with, not its display form
+            policy = dev.dp.policy
+            messages: tuple[str, ...] = ()
+            if hasattr(policy, "token_set"):  # weight policies: what the user set, 0 = default
+                words[9] = str(policy.token_set)
+                if policy.carryover_set:
+                    messages = (f"carryover {policy.carryover_set}",)
             direct, read_only, control = self.flags.get(name, (False, False, True))
-            devices.append(persist.DeviceState(name, " ".join(words), direct, read_only, control))
+            devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
+                                               read_only, control))  # fmt: skip
         names = {d.name for d in devices}
         devices += [d for n, d in self.unrestored.items() if n not in names]
         return persist.State(devices, sorted(self.removed))
@@ -230,7 +237,7 @@ class Daemon:
                 raise ConfigError(config.source, f"{where}table", err.describe()) from None
         for dev in saved.devices if saved else ():
             try:
-                self.add_device(dev.name, dev.table, direct=dev.direct,
+                self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
                                 read_only=dev.read_only, control=dev.control)  # fmt: skip
             except IobandError as err:
                 text = err.rule if isinstance(err, ConfigError) else err.describe()

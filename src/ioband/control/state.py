@@ -3,16 +3,20 @@
 The file is JSON::
 
     {"format": "ioband-state", "version": 1,
-     "devices": [{"name": ..., "table": ..., "direct": false, "read_only": false,
-                  "control": true}, ...],
+     "devices": [{"name": ..., "table": ..., "messages": [...], "direct": false,
+                  "read_only": false, "control": true}, ...],
      "removed": ["names of configured devices removed at run time"]}
 
 ``table`` is the engine's current table line with the backing path the device was created with,
-so that ``create`` rebuilds it (weights, groups, io_throttle, io_limit, token and policy are all in
-the table). Saving is atomic: a temporary file is written and fsynced, the current file is
-hard-linked to ``<file>.prev``, the temporary file renamed over it and the directory fsynced. A
-file that does not parse is refused (it is moved aside to ``<file>.corrupt``) and ``<file>.prev``,
-the previous good state, is used instead.
+so that ``create`` rebuilds it (weights, groups, io_throttle, io_limit, token and policy are all
+in the table). Under the weight policies the table's token word is the token the user set (0
+when left at its default, so that a later ``io_limit`` change recomputes it as before the
+restart), and a ``carryover`` the user set, which no table shows, is kept as a message.
+
+Saving is atomic: a temporary file is written and fsynced, the current file is hard-linked to
+``<file>.prev``, the temporary file renamed over it and the directory fsynced. A file that does
+not parse is refused (it is moved aside to ``<file>.corrupt``) and ``<file>.prev``, the
+previous good state, is used instead.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class StateError(InvalidArgument):
 class DeviceState:
     name: str
     table: str
+    messages: tuple[str, ...] = ()
     direct: bool = False
     read_only: bool = False
     control: bool = True
@@ -52,7 +57,7 @@ class State:
                 {
                     "format": FORMAT,
                     "version": VERSION,
-                    "devices": [vars(d) for d in self.devices],
+                    "devices": [{**vars(d), "messages": list(d.messages)} for d in self.devices],
                     "removed": sorted(set(self.removed)),
                 },
                 indent=1,
@@ -80,11 +85,13 @@ def parse(text: str, path: str) -> State:
             and isinstance(item.get("name"), str)
             and isinstance(item.get("table"), str)
             and all(isinstance(item.get(k, True), bool) for k in ("direct", "read_only", "control"))
-            and set(item) <= {"name", "table", "direct", "read_only", "control"}
+            and isinstance(item.get("messages", []), list)
+            and all(isinstance(m, str) for m in item.get("messages", []))
+            and set(item) <= {"name", "table", "messages", "direct", "read_only", "control"}
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")
-        out.devices.append(DeviceState(**item))
+        out.devices.append(DeviceState(**{**item, "messages": tuple(item.get("messages", []))}))
     for name in removed:
         if not isinstance(name, str):
             raise StateError(f"{path}: 'removed' must list device names")
