@@ -193,3 +193,33 @@ def test_embedded_daemon_saves_every_change(tmp_path):
         ctl.ok("suspend", "x")  # not persisted, and harmless
         ctl.ok("remove", "x")
         assert persist.load(state)[0].devices == []
+
+
+@pytest.mark.parametrize(
+    ("daemon_keys", "key", "rule"),
+    [
+        ({"control_socket": 1}, "daemon.control_socket", "a path"),
+        ({"state_file": True}, "daemon.state_file", "a path"),
+        ({"admin_group": 7}, "daemon.admin_group", "a group name"),
+        ({"control_sock": "/x"}, "daemon.control_sock", "did you mean 'control_socket'"),
+    ],
+)
+def test_config_keys_are_checked(daemon_keys, key, rule):
+    from ioband.control.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config({"daemon": daemon_keys, "nbd": {"unix_socket": "/tmp/x.sock"}})
+    assert err.value.key == key and rule in err.value.rule
+
+
+def test_config_defaults():
+    from ioband.control.config import load_config
+
+    plain = load_config({"nbd": {"unix_socket": "/tmp/x.sock"}})
+    assert (plain.control_socket, plain.state_file, plain.admin_group) == (None, None, "ioband")
+    service = load_config({"nbd": {"unix_socket": "/tmp/x.sock"}}, service_defaults=True)
+    assert service.control_socket == "/run/ioband/control.sock"
+    assert service.state_file == "/var/lib/ioband/state.json"
+    off = load_config({"daemon": {"control_socket": "", "state_file": "", "admin_group": ""},
+                       "nbd": {"unix_socket": "/tmp/x.sock"}}, service_defaults=True)  # fmt: skip
+    assert (off.control_socket, off.state_file, off.admin_group) == (None, None, None)

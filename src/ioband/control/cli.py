@@ -15,7 +15,10 @@ def add_daemon(sub: argparse._SubParsersAction) -> None:
         help="run the daemon (NBD exports of ioband devices) in the foreground",
         description="Start the daemon with its devices from a TOML configuration file; every "
         "device is an NBD export. SIGTERM or SIGINT drains it: what is held is released, what "
-        "is in flight completes.",
+        "is in flight completes. The `ioband create/message/table/...` commands reach it through "
+        "its control socket ([daemon] control_socket, default /run/ioband/control.sock); what "
+        "they change is saved to [daemon] state_file (default /var/lib/ioband/state.json) and "
+        "restored on start.",
     )
     p.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")
     p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
