@@ -65,6 +65,11 @@ class Outcome:
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(name, bool(ok), detail))
 
+    def check_error(self, name: str, summary: Mapping[str, Any], limit: float) -> None:
+        """A check that a scheduler's largest relative share error is at most ``limit``."""
+        error = summary["max_rel_error"]
+        self.check(name, error <= limit, f"max relative error {pct(error, 2)}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -167,6 +172,17 @@ def eta(result: Result) -> float | None:
 
 def eta_of(result: Result, baseline: Result, kind: str = "eta") -> float | None:
     return efficiency(result, baseline)[kind]
+
+
+def scenario_data(sc: Scenario, summaries: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The JSON record of a scenario run under several schedulers (keys in a fixed order)."""
+    return {
+        "scenario": sc.name,
+        "duration": sc.duration,
+        "disk": dict(sc.disks[0].params),
+        "schedulers": summaries,
+        **extra,
+    }
 
 
 def pct(x: float | None, digits: int = 1) -> str:

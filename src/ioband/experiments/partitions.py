@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ioband.experiments.base import SCHEDULERS, Context, Outcome, builtin, pct, run_under
+from ioband.experiments.base import (
+    SCHEDULERS,
+    Context,
+    Outcome,
+    builtin,
+    pct,
+    run_under,
+    scenario_data,
+)
 from ioband.experiments.plotting import draw
 from ioband.experiments.shares import (
     draw_share_bars,
@@ -26,30 +34,14 @@ def run(ctx: Context) -> Outcome:
     series = share_series(results["ioband"], 1.0, "IOs")
     io = summaries["ioband"]
     sfq = summaries["sfq"]
-    out = Outcome(
-        data={
-            "scenario": sc.name,
-            "duration": sc.duration,
-            "disk": dict(sc.disks[0].params),
-            "schedulers": summaries,
-            "ioband_share_per_second": series,
-        }
-    )
+    out = Outcome(data=scenario_data(sc, summaries, ioband_share_per_second=series))
     out.tables = [
         share_table(f"IO shares over {sc.duration:g} s (error: relative to the weight share)",
                     summaries, LABELS),
         summary_table("share error per window, Jain index, efficiency, latency", summaries),
     ]  # fmt: skip
-    out.check(
-        "ioband shares within 5 % (relative) of 40/20/10",
-        io["max_rel_error"] <= 0.05,
-        f"max relative error {pct(io['max_rel_error'], 2)}",
-    )
-    out.check(
-        "SFQ(D) shares within 2 % of its weights",
-        sfq["max_rel_error"] <= 0.02,
-        f"max relative error {pct(sfq['max_rel_error'], 2)}",
-    )
+    out.check_error("ioband shares within 5 % (relative) of 40/20/10", io, 0.05)
+    out.check_error("SFQ(D) shares within 2 % of its weights", sfq, 0.02)
     out.check(
         "ioband efficiency eta >= 0.95 (SSD)",
         io["eta"] is not None and io["eta"] >= 0.95,

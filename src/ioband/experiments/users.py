@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ioband.experiments.base import SCHEDULERS, Context, Outcome, builtin, pct, run_under
+from ioband.experiments.base import (
+    SCHEDULERS,
+    Context,
+    Outcome,
+    builtin,
+    pct,
+    run_under,
+    scenario_data,
+)
 from ioband.experiments.plotting import draw
 from ioband.experiments.shares import (
     draw_share_bars,
@@ -30,30 +38,14 @@ def run(ctx: Context) -> Outcome:
     series = share_series(results["ioband"], 1.0, "IOs")
     io, sfq, none = summaries["ioband"], summaries["sfq"], summaries["none"]
     util = io["disk_utilization"]["sda"]
-    out = Outcome(
-        data={
-            "scenario": sc.name,
-            "duration": sc.duration,
-            "disk": dict(sc.disks[0].params),
-            "schedulers": summaries,
-            "ioband_share_per_second": series,
-        }
-    )
+    out = Outcome(data=scenario_data(sc, summaries, ioband_share_per_second=series))
     out.tables = [
         share_table(f"IO shares over {sc.duration:g} s, four groups of 16 processes each",
                     summaries, LABELS),
         summary_table("share error per window, Jain index, efficiency, latency", summaries),
     ]  # fmt: skip
-    out.check(
-        "ioband shares within 5 % (relative) of 30/20/40/10",
-        io["max_rel_error"] <= 0.05,
-        f"max relative error {pct(io['max_rel_error'], 2)}",
-    )
-    out.check(
-        "SFQ(D) shares within 2 % of its weights",
-        sfq["max_rel_error"] <= 0.02,
-        f"max relative error {pct(sfq['max_rel_error'], 2)}",
-    )
+    out.check_error("ioband shares within 5 % (relative) of 30/20/40/10", io, 0.05)
+    out.check_error("SFQ(D) shares within 2 % of its weights", sfq, 0.02)
     order = list(io["share"])
     out.summary = (
         f"Weights are compared across the whole device group, so the four groups (ioband1's "

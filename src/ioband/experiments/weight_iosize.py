@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ioband.experiments.base import Context, Outcome, builtin, pct, retable, run_under
+from ioband.experiments.base import (
+    Context,
+    Outcome,
+    builtin,
+    pct,
+    retable,
+    run_under,
+    scenario_data,
+)
 from ioband.experiments.plotting import draw
 from ioband.experiments.shares import (
     draw_share_bars,
@@ -33,14 +41,7 @@ def run(ctx: Context) -> Outcome:
         "none": summaries["none"],
     }
     io, sfq, fair = summaries["ioband"], summaries["sfq"], summaries[IO_FAIR]
-    out = Outcome(
-        data={
-            "scenario": sc.name,
-            "duration": sc.duration,
-            "disk": dict(sc.disks[0].params),
-            "schedulers": summaries,
-        }
-    )
+    out = Outcome(data=scenario_data(sc, summaries))
     out.tables = [
         share_table("byte shares (error relative to the 60/40 weight share)",
                     summaries, LABELS, unit="bytes"),
@@ -49,16 +50,8 @@ def run(ctx: Context) -> Outcome:
         summary_table("share error (bytes), Jain, efficiency, latency",
                       {k: v for k, v in summaries.items() if k != IO_FAIR}),
     ]  # fmt: skip
-    out.check(
-        "ioband weight-iosize: byte shares within 5 % of 60/40",
-        io["max_rel_error"] <= 0.05,
-        f"max relative error {pct(io['max_rel_error'], 2)}",
-    )
-    out.check(
-        "SFQ(D) with byte cost: byte shares within 2 % of 60/40",
-        sfq["max_rel_error"] <= 0.02,
-        f"max relative error {pct(sfq['max_rel_error'], 2)}",
-    )
+    out.check_error("ioband weight-iosize: byte shares within 5 % of 60/40", io, 0.05)
+    out.check_error("SFQ(D) with byte cost: byte shares within 2 % of 60/40", sfq, 0.02)
     out.check(
         "ioband efficiency by disk time >= 0.95 (SSD)",
         io["eta_util"] is not None and io["eta_util"] >= 0.95,
