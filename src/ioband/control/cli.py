@@ -35,7 +35,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     )
     try:
         config = load_config(args.config, service_defaults=True)
-        run_daemon(config)
+        run_daemon(config, args.config)
     except IobandError as err:
         print(f"ioband daemon: {err.describe()}", file=sys.stderr)
         return 2

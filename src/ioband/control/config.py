@@ -11,6 +11,8 @@ admin_group = "ioband"        # members may change the configuration; root alway
 [nbd]
 unix_socket = "/run/ioband/nbd.sock"
 tcp = "127.0.0.1:10809"       # optional
+[metrics]
+listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
 name = "ioband1"
 table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
@@ -75,6 +77,7 @@ class Config:
     control_socket: str | None = None
     state_file: str | None = None
     admin_group: str | None = DEFAULT_ADMIN_GROUP
+    metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint
 
 
 _SECTIONS = {
@@ -87,6 +90,7 @@ _SECTIONS = {
         "admin_group",
     ),
     "nbd": ("unix_socket", "tcp"),
+    "metrics": ("listen",),
 }
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control")
 
@@ -134,6 +138,14 @@ def _optional_path(src: str, key: str, values: dict, default: str | None) -> str
     return value or None
 
 
+def _host_port(src: str, key: str, value: Any) -> tuple[str, int]:
+    text = _typed(src, key, value, str, "'HOST:PORT'")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(src, key, f"must be 'HOST:PORT' with a port 0..65535, got {text!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
 def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) -> Config:
     for key in data:
         if key not in (*_SECTIONS, "device"):
@@ -159,15 +171,8 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
         _typed(src, "nbd.unix_socket", sock, str, "a path")
         if not sock:
             sock = None
-    tcp = None
-    if "tcp" in values:
-        text = _typed(src, "nbd.tcp", values["tcp"], str, "'HOST:PORT'")
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(
-                src, "nbd.tcp", f"must be 'HOST:PORT' with a port 0..65535, got {text!r}"
-            )
-        tcp = (host.strip("[]") or "127.0.0.1", int(port))
+    tcp = _host_port(src, "nbd.tcp", values["tcp"]) if "tcp" in values else None
+    listen = _host_port(src, "metrics.listen", values["listen"]) if "listen" in values else None
     if sock is None and tcp is None:
         raise ConfigError(src, "nbd", "needs unix_socket or tcp (or both)")
     raw = data.get("device", [])
@@ -202,4 +207,4 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
     admin = values.get("admin_group", DEFAULT_ADMIN_GROUP)
     _typed(src, "daemon.admin_group", admin, str, "a group name ('' for root only)")
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
-                  admin or None)  # fmt: skip
+                  admin or None, listen)  # fmt: skip

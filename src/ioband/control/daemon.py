@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import state as persist
-from ioband.control.config import Config, ConfigError
+from ioband.control.config import Config, ConfigError, load_config
+from ioband.control.metrics import MetricsServer
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
 from ioband.core.request import Request
@@ -40,6 +42,8 @@ class Daemon:
         self.pool: IoPool | None = None
         self.nbd = NbdServer(self)
         self.control = ControlServer(self)
+        self.metrics = MetricsServer(self)
+        self.config_path: str | None = None  # the file SIGHUP re-reads
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
         self.removed: set[str] = set()  # configured devices removed at run time
         self.unrestored: dict[str, persist.DeviceState] = {}  # saved devices that failed to start
@@ -261,6 +265,14 @@ class Daemon:
             await self.nbd.start(config.unix_socket, config.tcp)
             if config.control_socket:
                 await self.control.start(config.control_socket)
+            if config.metrics_listen:
+                try:
+                    await self.metrics.start(*config.metrics_listen)
+                except OSError as err:
+                    host, port = config.metrics_listen
+                    raise ConfigError(config.source, "metrics.listen",
+                                      f"cannot listen on {host}:{port}: {err.strerror or err}",
+                                      ) from None  # fmt: skip
         except BaseException:
             await self.close()
             raise
@@ -268,6 +280,7 @@ class Daemon:
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop taking requests, release everything held, wait for what is in flight."""
         await self.control.stop()
+        await self.metrics.stop()
         await self.nbd.stop()
         for name in list(self.exports):
             self.engine.remove(name, self.now())  # held and waiting requests are issued now
@@ -285,6 +298,8 @@ class Daemon:
             await self.control.stop()
         with contextlib.suppress(Exception):
             await self.nbd.stop()
+        with contextlib.suppress(Exception):
+            await self.metrics.stop()
         if self._timer is not None:
             self._timer.cancel()
         if self.pool is not None:
@@ -296,18 +311,101 @@ class Daemon:
     def request_stop(self) -> None:
         self._stopped.set()
 
+    # -- SIGHUP ------------------------------------------------------------------------------
+    def on_sighup(self) -> None:
+        path = self.config_path
+        if path is None:
+            log.warning("SIGHUP: no configuration file to re-read")
+            return
+        log.info("SIGHUP: re-reading %s", path)
+        try:
+            new = load_config(path, service_defaults=True)
+        except IobandError as err:
+            log.error("reload refused, the running state is kept: %s", err.describe())
+            return
+        self.reload(new)
+
+    def reload(self, new: Config) -> bool:
+        """Apply the devices' differences between the running configuration and ``new``: new
+        devices are created, devices no longer listed removed, changed ones removed and created
+        again (their messages re-applied). A file with a device that cannot be created is
+        refused as a whole and nothing changes. Devices the file does not change keep their
+        run-time state."""
+        old = {d.name: d for d in self.config.devices}
+        want = {d.name: d for d in new.devices}
+        gone = [n for n in old if n not in want]
+        changed = [n for n in want if n in old and want[n] != old[n]]
+        added = [n for n in want if n not in old]
+        running = set(self.engine.devices)
+        kept = [n for n in added if n in running]  # made at run time: the running one stays
+        create = [n for n in (*changed, *added) if n not in kept]
+        # Check every device to create on a scratch daemon first: all or nothing.
+        probe = Daemon(dataclasses.replace(new, state_file=None))
+        index = {d.name: i for i, d in enumerate(new.devices)}
+        try:
+            for name in create:
+                dev = want[name]
+                try:
+                    probe.add_device(name, dev.table, dev.messages, direct=dev.direct,
+                                     read_only=dev.read_only, control=dev.control,
+                                     where=f"device[{index[name]}].")  # fmt: skip
+                except ConfigError:
+                    raise
+                except IobandError as err:
+                    raise ConfigError(new.source, f"device[{index[name]}].table",
+                                      err.describe()) from None  # fmt: skip
+        except IobandError as err:
+            log.error("reload refused, the running state is kept: %s", err.describe())
+            return False
+        finally:
+            for export in probe.exports.values():
+                export.backing.close()
+        if self.config.state_file:
+            log.info("reload: state file %s in use: devices the file does not change keep their"
+                     " saved state (the state wins)", self.config.state_file)  # fmt: skip
+        for field in ("hz", "io_threads", "cgroup_hierarchy", "unix_socket", "tcp",
+                      "control_socket", "state_file", "metrics_listen"):  # fmt: skip
+            if getattr(new, field) != getattr(self.config, field):
+                log.warning("reload: %s changed: takes effect at the next start", field)
+        for name in kept:
+            log.info("reload: %s is already running (created at run time): kept", name)
+        for name in (*gone, *changed):
+            if name in self.engine.devices:
+                self.remove_device(name)
+                log.info("reload: removed %s", name)
+        self.config = dataclasses.replace(self.config, devices=new.devices,
+                                          admin_group=new.admin_group)  # fmt: skip
+        self.removed -= set(want) | set(gone)  # what the file no longer lists is not "removed"
+        for name in create:
+            dev = want[name]
+            try:
+                self.add_device(name, dev.table, dev.messages, direct=dev.direct,
+                                read_only=dev.read_only, control=dev.control)  # fmt: skip
+            except IobandError as err:  # checked above; the backing store may have changed
+                log.error("reload: %s not created: %s", name, err.describe())
+                continue
+            self.pump()
+            self.device_created(name)
+            log.info("reload: created %s: %s", name, dev.table)
+        self.save_state()
+        return True
+
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and close."""
         await self.start()
         loop = self.loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         where = ", ".join(
             x for x in (self.config.unix_socket,
                         f"tcp {self.config.tcp[0]}:{self.nbd.tcp_port}" if self.config.tcp else "")
             if x
         )  # fmt: skip
         log.info("ioband daemon: %d export(s) on %s", len(self.exports), where)
+        if self.metrics.port is not None:
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_listen[0],
+                     self.metrics.port)  # fmt: skip
         if self.control.path:
             log.info("control socket %s, state file %s", self.control.path,
                      self.config.state_file or "(none)")  # fmt: skip
@@ -330,10 +428,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_daemon(config: Config) -> None:
+def run_daemon(config: Config, config_path: str | None = None) -> None:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    daemon = Daemon(config)
+    daemon.config_path = config_path
     try:
-        loop.run_until_complete(Daemon(config).serve())
+        loop.run_until_complete(daemon.serve())
     finally:
         loop.close()

@@ -28,6 +28,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "ls": {},
     "targets": {},
     "info": {},
+    "stats": {},
 }  # fmt: skip
 
 #: Ops that change the configuration: root and the admin group only.

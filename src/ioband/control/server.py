@@ -216,6 +216,12 @@ class ControlServer:
     def op_targets(self, req: dict[str, Any]) -> list[dict[str, str]]:
         return [{"name": "ioband", "version": ".".join(map(str, TARGET_VERSION))}]
 
+    def op_stats(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Every device's knobs and every group's counters (``ioband top``)."""
+        from ioband.control.metrics import snapshot
+
+        return snapshot(self.daemon)
+
     def op_info(self, req: dict[str, Any]) -> dict[str, Any]:
         d = self.daemon
         return {

@@ -1,0 +1,165 @@
+"""Monitoring: a structured snapshot of every device and group (the control socket's ``stats``
+op, ``ioband top``) and a Prometheus endpoint (``[metrics] listen``) built on it.
+
+The endpoint is served from the daemon's own event loop by a minimal HTTP handler, so the
+collector reads the engine on the loop thread, where it is safe to (the engine is not
+thread-safe), at the moment of the scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from ioband.control.daemon import Daemon
+
+log = logging.getLogger("ioband.metrics")
+DIRS = ("read", "write")
+
+
+def snapshot(daemon: Daemon) -> dict[str, Any]:
+    """Every device, its device group's knobs and every group's counters (call on the loop)."""
+    engine = daemon.engine
+    ms = engine.ms
+    devices = []
+    for name in sorted(engine.devices):
+        dev = engine.devices[name]
+        dp = dev.dp
+        family = getattr(dp.policy, "family", dp.policy_name)
+        groups = []
+        for g in dev.all_groups():
+            item: dict[str, Any] = {
+                "id": g.id,
+                "ios": list(g.ios),
+                "bytes": [g.sectors[0] * 512, g.sectors[1] * 512],
+                "delayed": list(g.delayed),
+                "ticks_ms": [ms(g.ticks[0]), ms(g.ticks[1])],
+                "held": g.blocked[0] + g.blocked[1],
+            }
+            if family == "range-bw":
+                item["min_bw"] = g.min_bw
+                item["max_bw"] = g.max_bw
+            else:
+                item["weight"] = g.weight
+                item["tokens"] = getattr(g, "token", 0)
+            groups.append(item)
+        devices.append({
+            "name": name,
+            "device_group": dp.name,
+            "policy": dp.policy_name,
+            "type": dev.type_name,
+            "io_throttle": dp.io_throttle,
+            "io_limit": dp.io_limit,
+            "inflight": dev.inflight,
+            "suspended": bool(dev.suspended),
+            "groups": groups,
+        })  # fmt: skip
+    return {"now_ms": ms(engine.now), "devices": devices}
+
+
+class EngineCollector:
+    """Reads the daemon's engine at scrape time (the scrape runs on the daemon's loop)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Any]:
+        snap = snapshot(self.daemon)
+        glabels = ["device", "device_group", "group"]
+        dlabels = ["device", "device_group"]
+        requests = CounterMetricFamily(
+            "ioband_requests", "Requests completed by direction", labels=[*glabels, "direction"]
+        )
+        nbytes = CounterMetricFamily(
+            "ioband_bytes", "Bytes transferred by direction", labels=[*glabels, "direction"]
+        )
+        delayed = CounterMetricFamily(
+            "ioband_delayed_requests", "Requests held back", labels=[*glabels, "direction"]
+        )
+        held = GaugeMetricFamily("ioband_held_requests", "Requests held now", labels=glabels)
+        tokens = GaugeMetricFamily("ioband_tokens", "Tokens left (weight policies)", labels=glabels)
+        weight = GaugeMetricFamily("ioband_weight", "Configured weight", labels=glabels)
+        min_bw = GaugeMetricFamily("ioband_min_bw_kbps", "range-bw minimum (KB/s)", labels=glabels)
+        max_bw = GaugeMetricFamily("ioband_max_bw_kbps", "range-bw maximum (KB/s)", labels=glabels)
+        inflight = GaugeMetricFamily("ioband_inflight_requests", "Requests in flight",
+                                     labels=dlabels)  # fmt: skip
+        throttle = GaugeMetricFamily("ioband_io_throttle", "Device group io_throttle",
+                                     labels=dlabels)  # fmt: skip
+        limit = GaugeMetricFamily("ioband_io_limit", "Device group io_limit", labels=dlabels)
+        policy = InfoMetricFamily("ioband_policy", "Device group policy", labels=dlabels)
+        for dev in snap["devices"]:
+            dl = [dev["name"], dev["device_group"]]
+            inflight.add_metric(dl, dev["inflight"])
+            throttle.add_metric(dl, dev["io_throttle"])
+            limit.add_metric(dl, dev["io_limit"])
+            policy.add_metric(dl, {"policy": dev["policy"]})
+            for g in dev["groups"]:
+                gl = [*dl, str(g["id"])]
+                for i, direction in enumerate(DIRS):
+                    requests.add_metric([*gl, direction], g["ios"][i])
+                    nbytes.add_metric([*gl, direction], g["bytes"][i])
+                    delayed.add_metric([*gl, direction], g["delayed"][i])
+                held.add_metric(gl, g["held"])
+                if "weight" in g:
+                    weight.add_metric(gl, g["weight"])
+                    tokens.add_metric(gl, g["tokens"])
+                else:
+                    min_bw.add_metric(gl, g["min_bw"])
+                    max_bw.add_metric(gl, g["max_bw"])
+        yield from (requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw, inflight,
+                    throttle, limit, policy)  # fmt: skip
+
+
+class MetricsServer:
+    """``GET /metrics`` (or ``/``) on HOST:PORT, answered on the daemon's loop."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EngineCollector(daemon))
+        self._server: asyncio.AbstractServer | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._client, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+            self._server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while True:  # headers, up to the blank line
+                line = await asyncio.wait_for(reader.readline(), 10)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path not in ("/", "/metrics"):
+                status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
+            else:
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            head = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+            writer.write(head.encode() + (b"" if parts[:1] == ["HEAD"] else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        except Exception:  # a bug must not take the daemon down
+            log.exception("metrics request failed")
+        finally:
+            writer.close()

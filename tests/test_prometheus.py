@@ -1,0 +1,127 @@
+"""The Prometheus endpoint ([metrics] listen) scraped after real NBD I/O, and its config key."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ioband.control.config import ConfigError, load_config
+from ioband.control.embedded import EmbeddedDaemon
+from tests.conftest import require_real
+
+SIZE = 16 << 20
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    for name in ("disk1", "disk2"):
+        with open(tmp_path / f"{name}.img", "wb") as f:
+            f.truncate(SIZE)
+    sock = tmp_path / "nbd.sock"
+    config = load_config(
+        {
+            "nbd": {"unix_socket": str(sock)},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "device": [
+                {"name": "ioband1",
+                 "table": f"0 {SIZE // 512} ioband {tmp_path}/disk1.img 1 0 0 none weight 0 :40"},
+                {"name": "ioband2",
+                 "table": f"0 {SIZE // 512} ioband {tmp_path}/disk2.img 2 2 5 user range-bw 0"
+                          " :100:200",
+                 "messages": ["attach 1000", "range-bw 1000:300:600"]},
+            ],
+        }
+    )  # fmt: skip
+    with EmbeddedDaemon(config) as d:
+        d.sock = str(sock)
+        yield d
+
+
+def test_scrape_after_qemu_io(daemon):
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed (scripts/install.sh installs it)")
+    port = daemon.daemon.metrics.port
+    assert port
+    argv = [qemu_io, "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "read -P 0xab 0 64k",
+            "-c", "read -P 0xab 64k 64k", f"nbd+unix:///ioband1?socket={daemon.sock}"]  # fmt: skip
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    m = scrape(port)
+    g = (("device", "ioband1"), ("device_group", "1"), ("group", "-1"))
+
+    def v(name: str, labels: tuple = g, **extra: str) -> float:
+        return m[(name, tuple(sorted((*labels, *extra.items()))))]
+
+    writes = v("ioband_requests_total", direction="write")
+    assert writes >= 1
+    assert v("ioband_bytes_total", direction="write") == 1 << 20
+    assert v("ioband_bytes_total", direction="read") == 128 << 10
+    assert v("ioband_requests_total", direction="read") >= 2
+    assert v("ioband_delayed_requests_total", direction="read") >= 0
+    assert v("ioband_weight") == 40
+    assert ("ioband_tokens", g) in m
+    assert v("ioband_held_requests") == 0
+    dl = (("device", "ioband1"), ("device_group", "1"))
+    assert v("ioband_inflight_requests", dl) == 0
+    assert v("ioband_io_throttle", dl) >= 0
+    assert v("ioband_policy_info", dl, policy="weight") == 1
+    # the range-bw device: its band per group, its knobs, nothing transferred
+    g2 = (("device", "ioband2"), ("device_group", "2"), ("group", "1000"))
+    assert v("ioband_min_bw_kbps", g2) == 300
+    assert v("ioband_max_bw_kbps", g2) == 600
+    assert v("ioband_bytes_total", g2, direction="read") == 0
+    dl2 = (("device", "ioband2"), ("device_group", "2"))
+    assert v("ioband_io_throttle", dl2) == 2
+    assert v("ioband_io_limit", dl2) == 5
+    assert v("ioband_policy_info", dl2, policy="range-bw") == 1
+
+
+def test_other_paths_and_methods(daemon):
+    port = daemon.daemon.metrics.port
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=10)
+    assert err.value.code == 404
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 405
+
+
+def test_no_endpoint_without_the_key(tmp_path):
+    config = load_config({"nbd": {"unix_socket": str(tmp_path / "s")}})
+    assert config.metrics_listen is None
+    with EmbeddedDaemon(config) as d:
+        assert d.daemon.metrics.port is None
+
+
+@pytest.mark.parametrize("value", ["9469", "host:port", "h:70000", 9469, ""])
+def test_listen_is_checked(value):
+    with pytest.raises(ConfigError) as err:
+        load_config({"metrics": {"listen": value}})
+    assert err.value.key == "metrics.listen"
+
+
+def test_unknown_metrics_key():
+    with pytest.raises(ConfigError) as err:
+        load_config({"metrics": {"listn": "127.0.0.1:1"}})
+    assert err.value.key == "metrics.listn"
+    assert "listen" in err.value.rule
+
+
+def test_listen_parsed():
+    assert load_config({"metrics": {"listen": "0.0.0.0:9469"}}).metrics_listen == ("0.0.0.0", 9469)
