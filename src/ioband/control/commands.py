@@ -134,6 +134,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return _run("info", args, "info", show)
 
 
+def cmd_cgroup(args: argparse.Namespace) -> int:
+    value = " ".join(args.value) if args.value else None
+
+    def show(result: str) -> None:
+        print(result, end="")
+
+    return _run(f"cgroup {args.file}", args, "cgroup", show, file=args.file, cgroup=args.cgroup,
+                value=value)  # fmt: skip
+
+
 # -- parsers -------------------------------------------------------------------------------------
 def add_control_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("create", help="create an ioband device and its NBD export (dmsetup create)",
@@ -178,6 +188,17 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
             )
         _common(p, reads=True)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("cgroup", help="the blkio-cgroup files: id, devices, settings, stats",
+                       description="ioband cgroup FILE [CGROUP] [VALUE...]: read blkio.FILE of "
+                       "CGROUP (a path in the cgroup hierarchy, default /), or write VALUE to it "
+                       "(devices: root cgroup, root or the admin group; settings, stats: also "
+                       "the owner of the cgroup's directory).")  # fmt: skip
+    p.add_argument("file", metavar="FILE", choices=("id", "devices", "settings", "stats"))
+    p.add_argument("cgroup", metavar="CGROUP", nargs="?", default="/")
+    p.add_argument("value", metavar="VALUE", nargs="*", help="words to write")
+    _common(p, reads=True)
+    p.set_defaults(func=cmd_cgroup)
 
     for op, text, fn in (("ls", "list the devices (dmsetup ls)", cmd_ls),
                          ("targets", "print the target and its version (dmsetup targets)",

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 
+from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import state as persist
 from ioband.control.config import Config, ConfigError, load_config
@@ -38,6 +39,8 @@ class Daemon:
         self.exports: dict[str, Export] = {}
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None
+        self.cgroups: CgroupWatcher | None = None  # detaches the groups of removed cgroups
+        self._cgroup_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
         self.nbd = NbdServer(self)
@@ -259,6 +262,9 @@ class Daemon:
             self.hierarchy = find_hierarchy(config.cgroup_hierarchy)
         except IobandError as err:
             raise ConfigError(config.source, "daemon.cgroup_hierarchy", str(err)) from None
+        if self.hierarchy is not None:
+            self.cgroups = CgroupWatcher(self.hierarchy)
+            self._cgroup_task = self.loop.create_task(self._watch_cgroups())
         self.pool = IoPool(self.loop, config.io_threads)
         try:
             self._restore()
@@ -300,6 +306,8 @@ class Daemon:
             await self.nbd.stop()
         with contextlib.suppress(Exception):
             await self.metrics.stop()
+        if self._cgroup_task is not None:
+            self._cgroup_task.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self.pool is not None:
@@ -307,6 +315,30 @@ class Daemon:
         for export in self.exports.values():
             export.backing.close()
         self.exports.clear()
+
+    # -- removed cgroups ---------------------------------------------------------------------
+    CGROUP_POLL = 0.5  # seconds between looks for removed cgroups
+
+    async def _watch_cgroups(self) -> None:
+        while True:
+            await asyncio.sleep(self.CGROUP_POLL)
+            try:
+                self.detach_removed_cgroups()
+            except Exception:  # a bug must not stop the watcher
+                log.exception("cgroup watcher")
+
+    def detach_removed_cgroups(self) -> None:
+        """Detach the groups of removed cgroups from every cgroup-type device (blkio §6.6)."""
+        if self.cgroups is None:
+            return
+        gone = self.cgroups.gone(self.engine)
+        for name, gid in gone:
+            self.engine.message(name, ["detach", str(gid)], self.now())
+            log.info("cgroup %d removed: detached from %s", gid, name)
+        if gone:
+            self.pump()
+            with contextlib.suppress(IobandError):
+                self.save_state()
 
     def request_stop(self) -> None:
         self._stopped.set()

@@ -28,6 +28,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "ls": {},
     "targets": {},
     "info": {},
+    "cgroup": {"file": (_STR, True), "cgroup": (_STR, False), "value": (_STR, False)},
     "stats": {},
 }  # fmt: skip
 

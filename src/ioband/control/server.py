@@ -18,6 +18,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from ioband import TARGET_VERSION, __version__
+from ioband.cgroup import blkio
 from ioband.control import protocol
 from ioband.control.config import ConfigError
 from ioband.errors import AccessDenied, InvalidArgument, IobandError
@@ -65,6 +66,7 @@ class ControlServer:
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self.cred = (0, -1, -1)  # the caller of the request being handled
 
     async def start(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
@@ -145,6 +147,7 @@ class ControlServer:
                         f"Permission denied: {op} needs root or membership of the admin group"
                         f" {admin!r}"
                     )
+            self.cred = cred
             result = getattr(self, f"op_{op}")(req)
         except IobandError as err:
             return protocol.error(err)
@@ -234,3 +237,55 @@ class ControlServer:
             "state_file": d.config.state_file,
             "admin_group": d.config.admin_group,
         }
+
+    def op_cgroup(self, req: dict[str, Any]) -> str:
+        """``blkio.<file>`` of a cgroup: read without ``value``, write with it. Writes to
+        ``devices`` need root or the admin group; to ``settings``/``stats`` also the owner of
+        the cgroup's directory (delegation)."""
+        d = self.daemon
+        what = req["file"]
+        if what not in blkio.FILES:
+            raise InvalidArgument(f"Unknown cgroup file {what!r} (one of {', '.join(blkio.FILES)})")
+        directory, root = blkio.cgroup_dir(d.hierarchy, req.get("cgroup", "/"))
+        cgid = blkio.cgroup_ino(directory)
+        value = req.get("value")
+        engine = d.engine
+        if value is None:
+            if what == "id":
+                return blkio.read_id(cgid)
+            if what == "devices":
+                return blkio.read_devices(engine)
+            if what == "settings":
+                return blkio.read_settings(engine, cgid, root)
+            return blkio.read_stats(engine, cgid, root)
+        if what == "id":
+            raise AccessDenied("blkio.id is read-only")
+        pid, uid, gid = self.cred
+        admin = may_change(pid, uid, gid, d.config.admin_group)
+        if what == "devices" and not admin:
+            group = d.config.admin_group
+            raise AccessDenied("Permission denied: writing blkio.devices needs root or"
+                               f" membership of the admin group {group!r}")  # fmt: skip
+        if not admin:
+            try:
+                owner = os.stat(directory).st_uid
+            except OSError:
+                owner = -1
+            if uid != owner:
+                log.warning("refused cgroup %s write to %s from pid %d uid %d", what,
+                            directory, pid, uid)  # fmt: skip
+                raise AccessDenied(f"Permission denied: writing blkio.{what} of {directory} needs"
+                                   " root, the admin group or the cgroup's owner")  # fmt: skip
+        if what == "stats":
+            blkio.write_stats(engine, cgid, root, value)
+            return ""
+        if what == "devices":
+            name = blkio.write_devices(engine, root, value, d.now())
+        else:
+            name = blkio.write_settings(engine, cgid, root, value, d.now())
+            if not root and d.cgroups is not None:
+                d.cgroups.remember(cgid, directory)
+        d.pump()
+        d.save_state()
+        log.info("cgroup %s %s: %s (%s)", what, directory, value, name)
+        return ""

@@ -1,0 +1,218 @@
+"""The blkio-cgroup files over the engine: ``blkio.id``, ``blkio.devices``, ``blkio.settings``,
+``blkio.stats`` (dm-ioband-interface.md §6), with flat groups (PRODUCT.md §3).
+
+A cgroup is named by its id (its directory's inode) and whether it is the root cgroup, whose
+group on every device is the default group. Only devices of group type ``cgroup`` take part.
+A refused write raises an IobandError (EACCES, ENODEV, EINVAL) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ioband.cgroup.proc import Hierarchy
+from ioband.core.engine import Engine
+from ioband.core.grammar import parse_range, parse_weight, status_block
+from ioband.core.model import Device, Group
+from ioband.errors import AccessDenied, InvalidArgument, IobandError, NoSuchDevice, NotFound
+
+FILES = ("id", "devices", "settings", "stats")
+
+
+# -- naming cgroups ------------------------------------------------------------------------------
+def cgroup_dir(hierarchy: Hierarchy | None, path: str) -> tuple[Path, bool]:
+    """(the cgroup's directory, whether it is the root cgroup) for a path relative to the
+    hierarchy's root. ENOENT when there is no such cgroup; EINVAL for ``.``/``..``."""
+    if hierarchy is None:
+        raise NotFound("No cgroup hierarchy is mounted (daemon.cgroup_hierarchy)")
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise InvalidArgument(f"Invalid cgroup {path!r}: '.' and '..' are not allowed")
+    full = hierarchy.mount.joinpath(*parts)
+    if not full.is_dir():
+        raise NotFound(f"No cgroup {'/' + '/'.join(parts)!r} in {hierarchy.mount}")
+    return full, not parts
+
+
+def cgroup_ino(directory: Path) -> int:
+    try:
+        return os.stat(directory).st_ino
+    except OSError as err:
+        raise NotFound(f"No cgroup {str(directory)!r}: {err.strerror}") from None
+
+
+# -- the files -----------------------------------------------------------------------------------
+def _cgroup_devices(engine: Engine) -> Iterator[Device]:
+    return (dev for dev in engine.devices.values() if dev.type_name == "cgroup")
+
+
+def _group(dev: Device, cgid: int, root: bool) -> Group | None:
+    return dev.head if root else dev.groups.get(cgid)
+
+
+def _cgroup_device(engine: Engine, name: str) -> Device:
+    dev = engine.devices.get(name)
+    if dev is None or dev.type_name != "cgroup":
+        raise NoSuchDevice(f"{name}: no ioband device of type cgroup by that name")
+    return dev
+
+
+def read_id(cgid: int) -> str:
+    return f"{cgid}\n"
+
+
+def read_devices(engine: Engine) -> str:
+    """One header per device group (creation order), then its cgroup-type members."""
+    lines = []
+    for dp in engine.device_groups.values():
+        lines.append(f"{dp.name} policy={dp.policy_name} io_throttle={dp.io_throttle}"
+                     f" io_limit={dp.io_limit}{dp.policy.show_device()}")  # fmt: skip
+        lines.extend(f"  {dev.name}" for dev in dp.devices if dev.type_name == "cgroup")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_devices(engine: Engine, root: bool, line: str, now: int = 0) -> str:
+    """``<device-group-id|device-name> <message words...>``; the device the message went to."""
+    if not root:
+        raise AccessDenied("blkio.devices can only be written at the root cgroup")
+    words = line.split()
+    if not words:
+        raise InvalidArgument("blkio.devices: empty write")
+    target, rest = words[0], words[1:]
+    dev = None
+    for dp in engine.device_groups.values():
+        if dp.name == target and dp.devices:
+            dev = dp.devices[0]
+        else:
+            dev = next((d for d in dp.devices if d.name == target), None)
+        if dev is not None:
+            break
+    if dev is None:
+        raise NoSuchDevice(f"blkio.devices: no device group or device {target!r}")
+    if dev.type_name != "cgroup":
+        raise NoSuchDevice(f"blkio.devices: {dev.name} is of type {dev.type_name}, not cgroup")
+    engine.message(dev.name, rest, now)
+    return dev.name
+
+
+def read_settings(engine: Engine, cgid: int, root: bool) -> str:
+    lines = []
+    for dev in _cgroup_devices(engine):
+        g = _group(dev, cgid, root)
+        if g is not None:
+            lines.append(f"{dev.name}{dev.dp.policy.show_group(g)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0) -> str:
+    """``<dev> <value>``: attach-or-update this cgroup's group (root: the default group);
+    ``<dev>``: detach it. Returns the device name."""
+    words = line.split()
+    if len(words) not in (1, 2):
+        raise InvalidArgument(f"blkio.settings: expected '<device> [<value>]', got {line!r}")
+    dev = _cgroup_device(engine, words[0])
+    if len(words) == 1:
+        if root:
+            raise InvalidArgument("blkio.settings: the root cgroup's group cannot be detached")
+        if cgid not in dev.groups:
+            raise InvalidArgument(f"blkio.settings: this cgroup has no group on {dev.name}")
+        engine.message(dev.name, ["detach", str(cgid)], now)
+        return dev.name
+    value = words[1]
+    cmd = "range-bw" if dev.dp.policy_name == "range-bw" else "weight"
+    if cmd == "range-bw":
+        parse_range(value, "blkio.settings: Invalid range-bw (MIN:MAX)")
+    else:
+        parse_weight(value, "blkio.settings: Invalid weight")
+    if root:
+        engine.message(dev.name, [cmd, f":{value}"], now)
+        return dev.name
+    attached = cgid not in dev.groups
+    if attached:
+        engine.message(dev.name, ["attach", str(cgid)], now)
+    try:
+        engine.message(dev.name, [cmd, f"{cgid}:{value}"], now)
+    except IobandError:
+        if attached:
+            engine.message(dev.name, ["detach", str(cgid)], now)
+        raise
+    return dev.name
+
+
+def _stat_numbers(engine: Engine, g: Group) -> str:
+    ms = engine.ms
+    busy = g.io_ticks + (engine.now - g.busy_since if g.active else 0)
+    block = status_block("diskstats", g.id, g.ios, g.delayed, g.sectors,
+                         (ms(g.ticks[0]), ms(g.ticks[1])), g.blocked[0] + g.blocked[1],
+                         ms(busy), ms(g.time_in_queue))  # fmt: skip
+    return block.split(" ", 2)[2]  # without the group id
+
+
+def read_stats(engine: Engine, cgid: int, root: bool) -> str:
+    lines = []
+    for dev in _cgroup_devices(engine):
+        g = _group(dev, cgid, root)
+        if g is not None:
+            lines.append(f"{dev.name} {_stat_numbers(engine, g)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_stats(engine: Engine, cgid: int, root: bool, line: str) -> None:
+    """``<dev>``: zero this cgroup's counters there (nothing to do without a group)."""
+    words = line.split()
+    if len(words) != 1:
+        raise InvalidArgument(f"blkio.stats: expected one device name, got {line!r}")
+    dev = _cgroup_device(engine, words[0])
+    g = _group(dev, cgid, root)
+    if g is not None:
+        g.reset_stats()
+
+
+# -- removed cgroups -----------------------------------------------------------------------------
+class CgroupWatcher:
+    """Finds the groups of cgroup-type devices whose cgroup was removed.
+
+    An id is watched once it has been seen as a live cgroup (a settings write, or a scan of the
+    hierarchy); when its directory is gone, ``gone()`` reports it. Ids that never were a live
+    cgroup (``attach 2`` by hand) are left alone.
+    """
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        self.hierarchy = hierarchy
+        self.known: dict[int, Path] = {}  # cgroup id -> its directory
+
+    def remember(self, cgid: int, directory: Path) -> None:
+        self.known[cgid] = directory
+
+    def _alive(self, cgid: int) -> bool:
+        path = self.known[cgid]
+        try:
+            return os.stat(path).st_ino == cgid
+        except OSError:
+            return False
+
+    def _scan(self) -> dict[int, Path]:
+        found = {}
+        for top, _, _ in os.walk(self.hierarchy.mount):
+            try:
+                found[os.stat(top).st_ino] = Path(top)
+            except OSError:
+                continue
+        return found
+
+    def gone(self, engine: Engine) -> list[tuple[str, int]]:
+        """(device, id) pairs to detach now."""
+        attached = {(dev.name, gid) for dev in _cgroup_devices(engine) for gid in dev.groups}
+        ids = {gid for _, gid in attached}
+        if any(gid not in self.known for gid in ids):
+            scanned = self._scan()
+            for gid in ids:
+                if gid not in self.known and gid in scanned:
+                    self.known[gid] = scanned[gid]
+        self.known = {gid: path for gid, path in self.known.items() if gid in ids}
+        dead = {gid for gid in self.known if not self._alive(gid)}
+        for gid in dead:
+            del self.known[gid]
+        return sorted((name, gid) for name, gid in attached if gid in dead)
