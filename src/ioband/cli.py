@@ -16,6 +16,7 @@ from dataclasses import replace
 from ioband import TARGET_VERSION, __version__
 from ioband.control.cli import add_daemon
 from ioband.control.commands import add_control_commands
+from ioband.control.top import add_top
 from ioband.errors import IobandError
 
 PROG = "ioband"
@@ -243,6 +244,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_experiment,
     add_daemon,
     add_control_commands,
+    add_top,
 ]
 
 

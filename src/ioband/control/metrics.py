@@ -62,7 +62,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
             "suspended": bool(dev.suspended),
             "groups": groups,
         })  # fmt: skip
-    return {"now_ms": ms(engine.now), "devices": devices}
+    clock = daemon.loop.time() - daemon._t0 if daemon.loop is not None else 0.0
+    return {"now_ms": round(clock * 1000, 3), "devices": devices}
 
 
 class EngineCollector:

@@ -1,0 +1,95 @@
+"""``ioband top --once`` and the ``stats`` op against a running daemon, after real NBD I/O."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ioband.control.client import call
+from ioband.control.top import render
+from tests.conftest import require_real
+from tests.control_helpers import PYTHON, backing, control_daemon
+
+SECTORS = 32768  # 16 MiB
+
+
+def _io(ctl, name: str, *cmds: str) -> None:
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed (scripts/install.sh installs it)")
+    nbd = ctl.socket.replace("control.sock", "nbd.sock")
+    argv = [qemu_io, "-f", "raw"]
+    for c in cmds:
+        argv += ["-c", c]
+    subprocess.run([*argv, f"nbd+unix:///{name}?socket={nbd}"], check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+
+
+def test_stats_op_counts_io(tmp_path: Path):
+    with control_daemon() as ctl:
+        disk = backing(tmp_path, "d1", SECTORS)
+        ctl.ok("create", "ioband1", "--table", f"0 {SECTORS} ioband {disk} 1 0 0 none weight 0 :60")
+        _io(ctl, "ioband1", "write -P 1 0 256k", "read -P 1 0 256k")
+        snap = call(ctl.socket, "stats")
+        (dev,) = snap["devices"]
+        assert dev["name"] == "ioband1" and dev["policy"] == "weight"
+        assert dev["device_group"] == "1" and dev["inflight"] == 0
+        (g,) = dev["groups"]
+        assert g["id"] == -1 and g["weight"] == 60
+        assert g["bytes"] == [256 << 10, 256 << 10]
+        assert g["ios"][0] >= 1 and g["ios"][1] >= 1
+
+
+def test_top_once(tmp_path: Path):
+    with control_daemon() as ctl:
+        disk = backing(tmp_path, "d1", SECTORS)
+        ctl.ok("create", "ioband1", "--table", f"0 {SECTORS} ioband {disk} 1 0 0 none weight 0 :40")
+        disk2 = backing(tmp_path, "d2", SECTORS)
+        table2 = f"0 {SECTORS} ioband {disk2} 2 0 0 user range-bw 0 :100:200"
+        ctl.ok("create", "ioband2", "--table", table2)
+        _io(ctl, "ioband1", "write -P 1 0 1M")
+        out = ctl.ok("top", "--once", "--interval", "0.2")
+        assert "ioband1" in out and "ioband2" in out
+        assert "IOPS" in out and "MiB/s" in out and "share" in out
+        assert "idle" in out  # no I/O during the interval
+        assert "100:200 KB/s" in out
+        # as a separate process, the socket from the environment
+        env = {"IOBAND_SOCKET": ctl.socket, "COLUMNS": "150", "PATH": "/usr/bin:/bin"}
+        res = subprocess.run([PYTHON, "-m", "ioband", "top", "--once", "--interval", "0.1"],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert "ioband1" in res.stdout
+
+
+def test_top_unreachable_and_bad_interval(tmp_path: Path):
+    with control_daemon() as ctl:
+        rc, _, err = ctl.run("top", "--once", "--interval", "0")
+        assert rc != 0 and "--interval" in err
+    res = subprocess.run([PYTHON, "-m", "ioband", "top", "--once", "--socket",
+                          str(tmp_path / "none.sock")], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 1 and "cannot reach" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def _snap(now_ms: float, ios: list[int]) -> dict:
+    groups = [{"id": gid, "ios": [n, 0], "bytes": [n * 4096, 0], "delayed": [0, 0],
+               "ticks_ms": [n * 2, 0], "held": 0, "weight": w, "tokens": 0}
+              for gid, n, w in zip((-1, 1, 2), ios, (10, 40, 20))]  # fmt: skip
+    dev = {"name": "ioband1", "device_group": "1", "policy": "weight", "type": "user",
+           "io_throttle": 4, "io_limit": 16, "inflight": 0, "suspended": False,
+           "groups": groups}  # fmt: skip
+    return {"now_ms": now_ms, "devices": [dev]}
+
+
+def test_render_rates_and_shares():
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(render(_snap(1000, [5, 100, 50]), _snap(3000, [5, 500, 250])))
+    text = console.export_text()
+    rows = {ln.replace("│", " ").split()[2]: ln for ln in text.splitlines() if "ioband1" in ln}
+    # group 1: 400 IOs in 2 s = 200 IOPS, 2/3 of the work, weight 40 of the active 60
+    assert "200" in rows["1"] and "66.7%" in rows["1"] and "2.00" in rows["1"]
+    assert "100" in rows["2"] and "33.3%" in rows["2"]
+    assert "idle" in rows["default"]
