@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ioband.cgroup.proc import Hierarchy
 from ioband.core.engine import Engine
-from ioband.core.grammar import parse_range, parse_weight, status_block
+from ioband.core.grammar import parse_range, parse_weight
 from ioband.core.model import Device, Group
 from ioband.errors import AccessDenied, InvalidArgument, IobandError, NoSuchDevice, NotFound
 
@@ -97,13 +97,18 @@ def write_devices(engine: Engine, root: bool, line: str, now: int = 0) -> str:
     return dev.name
 
 
-def read_settings(engine: Engine, cgid: int, root: bool) -> str:
+def _per_device(engine: Engine, cgid: int, root: bool, render) -> str:
+    """One line per cgroup-type device on which this cgroup has a group."""
     lines = []
     for dev in _cgroup_devices(engine):
         g = _group(dev, cgid, root)
         if g is not None:
-            lines.append(f"{dev.name}{dev.dp.policy.show_group(g)}")
-    return "".join(line + "\n" for line in lines)
+            lines.append(f"{dev.name}{render(dev, g)}\n")
+    return "".join(lines)
+
+
+def read_settings(engine: Engine, cgid: int, root: bool) -> str:
+    return _per_device(engine, cgid, root, lambda dev, g: dev.dp.policy.show_group(g))
 
 
 def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0) -> str:
@@ -142,21 +147,11 @@ def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 
 
 
 def _stat_numbers(engine: Engine, g: Group) -> str:
-    ms = engine.ms
-    busy = g.io_ticks + (engine.now - g.busy_since if g.active else 0)
-    block = status_block("diskstats", g.id, g.ios, g.delayed, g.sectors,
-                         (ms(g.ticks[0]), ms(g.ticks[1])), g.blocked[0] + g.blocked[1],
-                         ms(busy), ms(g.time_in_queue))  # fmt: skip
-    return block.split(" ", 2)[2]  # without the group id
+    return engine.group_status(g, "diskstats").split(" ", 2)[2]  # without the group id
 
 
 def read_stats(engine: Engine, cgid: int, root: bool) -> str:
-    lines = []
-    for dev in _cgroup_devices(engine):
-        g = _group(dev, cgid, root)
-        if g is not None:
-            lines.append(f"{dev.name} {_stat_numbers(engine, g)}")
-    return "".join(line + "\n" for line in lines)
+    return _per_device(engine, cgid, root, lambda dev, g: " " + _stat_numbers(engine, g))
 
 
 def write_stats(engine: Engine, cgid: int, root: bool, line: str) -> None:

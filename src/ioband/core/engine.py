@@ -782,20 +782,21 @@ class Engine:
         read sectors, writes, delayed writes, write sectors); ``diskstats``: 12 columns."""
         dev = self.device(name)
         parts = [f"{dev.start} {dev.length} ioband {dev.dp.name}"]
-        ms = self.ms
-        for g in dev.all_groups():
-            busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
-            parts.append(
-                status_block(
-                    fmt,
-                    g.id,
-                    g.ios,
-                    g.delayed,
-                    g.sectors,
-                    (ms(g.ticks[0]), ms(g.ticks[1])),
-                    g.blocked[0] + g.blocked[1],
-                    ms(busy),
-                    ms(g.time_in_queue),
-                )
-            )
+        parts.extend(self.group_status(g, fmt) for g in dev.all_groups())
         return "".join(parts)
+
+    def group_status(self, g: Group, fmt: str = "legacy") -> str:
+        """One group's block of a ``status`` line (`` <id> <counters...>``)."""
+        ms = self.ms
+        busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
+        return status_block(
+            fmt,
+            g.id,
+            g.ios,
+            g.delayed,
+            g.sectors,
+            (ms(g.ticks[0]), ms(g.ticks[1])),
+            g.blocked[0] + g.blocked[1],
+            ms(busy),
+            ms(g.time_in_queue),
+        )
