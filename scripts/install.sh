@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
-# NBD clients and peers used by the tests, the demo and the benchmarks.
-DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio)
+# NBD clients and peers used by the tests, the demo and the benchmarks; FUSE (libfuse3 and the
+# headers pyfuse3 builds against); programs the FUSE tests run through a mount.
+DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
