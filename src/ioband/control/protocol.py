@@ -35,6 +35,12 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
 #: Ops that change the configuration: root and the admin group only.
 CHANGES = frozenset({"create", "remove", "message", "suspend", "resume"})
 
+#: Optional on every op: act with these credentials instead of the peer's (``SO_PEERCRED``).
+#: Honoured for a root peer only (blkiofs, which serves other users' file writes); the server
+#: refuses it from anyone else with EACCES.
+AS_FIELD = "as"
+AS_KEYS = ("pid", "uid", "gid")
+
 
 class ProtocolError(InvalidArgument):
     """A request that is not well-formed."""
@@ -69,6 +75,9 @@ def decode_request(line: bytes) -> dict[str, Any]:
     for key, value in req.items():
         if key == "op":
             continue
+        if key == AS_FIELD:
+            _check_as(op, value)
+            continue
         if key not in fields:
             raise ProtocolError(f"{op}: unknown field {key!r}")
         kind = fields[key][0]
@@ -80,6 +89,15 @@ def decode_request(line: bytes) -> dict[str, Any]:
         if required and key not in req:
             raise ProtocolError(f"{op}: field {key!r} is required")
     return req
+
+
+def _check_as(op: str, value: Any) -> None:
+    """``"as": {"pid": P, "uid": U, "gid": G}``, each a non-negative integer."""
+    if not isinstance(value, dict) or sorted(value) != sorted(AS_KEYS) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value.values()
+    ):
+        raise ProtocolError(f"{op}: field {AS_FIELD!r} must be an object of non-negative"
+                            f" integers {', '.join(AS_KEYS)}")  # fmt: skip
 
 
 def decode_reply(line: bytes) -> Any:

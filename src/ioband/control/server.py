@@ -137,6 +137,7 @@ class ControlServer:
         try:
             req = protocol.decode_request(line)
             op = req["op"]
+            cred = self._acting_as(req, cred)
             if op in protocol.CHANGES:
                 pid, uid, gid = cred
                 admin = self.daemon.config.admin_group
@@ -155,6 +156,20 @@ class ControlServer:
             log.exception("control request failed")
             return protocol.error(IobandError(f"Internal error: {err}", errno_name="EINVAL"))
         return protocol.ok(result)
+
+    @staticmethod
+    def _acting_as(req: dict[str, Any], cred: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The credentials a request is judged by: the peer's, or those of its ``as`` field,
+        which only a root peer may give (blkiofs acting for the process writing a file)."""
+        given = req.get(protocol.AS_FIELD)
+        if given is None:
+            return cred
+        if cred[1] != 0:
+            log.warning("refused %s from pid %d uid %d: 'as' needs a root peer", req["op"],
+                        cred[0], cred[1])  # fmt: skip
+            raise AccessDenied(f"Permission denied: only root may act for another process"
+                               f" (field {protocol.AS_FIELD!r})")  # fmt: skip
+        return given["pid"], given["uid"], given["gid"]
 
     def _names(self, name: str | None) -> list[str]:
         engine = self.daemon.engine
@@ -236,6 +251,7 @@ class ControlServer:
             "nbd_socket": d.config.unix_socket,
             "state_file": d.config.state_file,
             "admin_group": d.config.admin_group,
+            "cgroup_hierarchy": str(d.hierarchy.mount) if d.hierarchy is not None else None,
         }
 
     def op_cgroup(self, req: dict[str, Any]) -> str:
