@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ioband import TARGET_VERSION, __version__
+from ioband.blkiofs import add_blkiofs
 from ioband.control.cli import add_daemon
 from ioband.control.commands import add_control_commands
 from ioband.control.top import add_top
@@ -245,6 +246,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_daemon,
     add_control_commands,
     add_top,
+    add_blkiofs,
 ]
 
 
