@@ -20,6 +20,11 @@ messages = ["attach 1234", "weight 1234:40"]
 direct = false                # O_DIRECT on the backing store
 read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
+[[device]]                    # a directory: served as a FUSE mount instead of an NBD export
+name = "files1"
+table = "0 0 ioband /srv/data 1 0 0 cgroup weight 0 :100"
+mountpoint = "/mnt/data"
+writeback_cache = false       # true: the kernel delays writes (charged to the file's opener)
 ```
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
 
@@ -63,6 +68,8 @@ class DeviceConfig:
     direct: bool = False
     read_only: bool = False
     control: bool = True  # False: requests bypass the scheduler (to measure its overhead)
+    mountpoint: str | None = None  # a directory device: where its FUSE mount goes
+    writeback_cache: bool = False  # FUSE: let the kernel delay and merge writes
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ _SECTIONS = {
     "nbd": ("unix_socket", "tcp"),
     "metrics": ("listen",),
 }
-_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control")
+_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
+                "writeback_cache")
 
 
 def load_config(
@@ -199,7 +207,16 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
         direct = _typed(src, f"{where}.direct", item.get("direct", False), bool, "true or false")
         ro = _typed(src, f"{where}.read_only", item.get("read_only", False), bool, "true or false")
         control = _typed(src, f"{where}.control", item.get("control", True), bool, "true or false")
-        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control))
+        mountpoint = item.get("mountpoint")
+        if mountpoint is not None:
+            _typed(src, f"{where}.mountpoint", mountpoint, str, "a directory path")
+            if not mountpoint.startswith("/"):
+                raise ConfigError(src, f"{where}.mountpoint",
+                                  f"must be an absolute path, got {mountpoint!r}")  # fmt: skip
+        writeback = _typed(src, f"{where}.writeback_cache", item.get("writeback_cache", False),
+                           bool, "true or false")  # fmt: skip
+        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control,
+                                    mountpoint or None, writeback))  # fmt: skip
     control_sock = _optional_path(src, "daemon.control_socket", values,
                              DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
     state = _optional_path(src, "daemon.state_file", values,

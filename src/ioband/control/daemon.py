@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -17,12 +18,14 @@ import signal
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import state as persist
-from ioband.control.config import Config, ConfigError, load_config
+from ioband.control.config import Config, ConfigError, DeviceConfig, load_config
 from ioband.control.metrics import MetricsServer
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
+from ioband.core.model import Device
 from ioband.core.request import Request
 from ioband.errors import IobandError
+from ioband.fuse.mount import FuseMount, MountOptions
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing, resolve
 from ioband.nbd.iopool import IoPool
@@ -48,6 +51,8 @@ class Daemon:
         self.metrics = MetricsServer(self)
         self.config_path: str | None = None  # the file SIGHUP re-reads
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
+        self.mounts: dict[str, FuseMount] = {}  # directory devices, served by FUSE workers
+        self.mount_options: dict[str, tuple[str, bool]] = {}  # name -> mountpoint, writeback
         self.removed: set[str] = set()  # configured devices removed at run time
         self.unrestored: dict[str, persist.DeviceState] = {}  # saved devices that failed to start
         self._t0 = 0.0
@@ -114,18 +119,19 @@ class Daemon:
         read_only: bool = False,
         control: bool = True,
         where: str = "",
-    ) -> Export:
-        """Create an ioband device and export it. Nothing is left behind when it fails."""
+        mountpoint: str | None = None,
+        writeback_cache: bool = False,
+    ) -> Export | FuseMount | None:
+        """Create an ioband device and export it (a file or block device) or mount it (a
+        directory). Nothing is left behind when it fails. A daemon that is not running (the
+        reload check) only validates."""
         engine = self.engine
         device = engine.create(name, table, self.now() if self.loop else 0)
+        if os.path.isdir(device.backing) or mountpoint:
+            return self._add_mount(name, device, messages, where, MountOptions(
+                mountpoint or "", direct, read_only, control, writeback_cache))  # fmt: skip
         try:
-            for i, message in enumerate(messages):
-                try:
-                    engine.message(name, message)
-                except IobandError as err:
-                    key = f"{where}messages[{i}]"
-                    rule = f"{message!r}: {err.describe()}"
-                    raise ConfigError(self.config.source, key, rule) from None
+            self._apply_messages(name, messages, where)
             try:
                 backing = Backing.open(device.backing, direct=direct, read_only=read_only)
             except OSError as err:
@@ -153,6 +159,58 @@ class Daemon:
         self.flags[name] = (direct, read_only, control)
         return export
 
+    def add_configured(self, dev: DeviceConfig | persist.DeviceState, where: str = ""
+                       ) -> Export | FuseMount | None:  # fmt: skip
+        """A device from the configuration file or the state file."""
+        return self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
+                               read_only=dev.read_only, control=dev.control, where=where,
+                               mountpoint=dev.mountpoint, writeback_cache=dev.writeback_cache)
+
+    def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
+        for i, message in enumerate(messages):
+            try:
+                self.engine.message(name, message)
+            except IobandError as err:
+                key = f"{where}messages[{i}]"
+                rule = f"{message!r}: {err.describe()}"
+                raise ConfigError(self.config.source, key, rule) from None
+
+    def _add_mount(self, name: str, device: Device, messages: tuple[str, ...], where: str,
+                   options: MountOptions) -> FuseMount | None:  # fmt: skip
+        """A directory device: its FUSE worker mounts it (a directory has no size: the table's
+        length is not checked, ``0 0`` by convention)."""
+        src = self.config.source
+        try:
+            self._apply_messages(name, messages, where)
+            if not os.path.isdir(device.backing):
+                raise ConfigError(src, f"{where}mountpoint", f"needs a directory to serve, and"
+                                  f" {device.backing!r} is not one")  # fmt: skip
+            if not options.mountpoint:
+                raise ConfigError(src, f"{where}mountpoint", f"is required: {device.backing!r}"
+                                  " is a directory, served as a FUSE mount")  # fmt: skip
+            if not os.path.isdir(options.mountpoint) and not _stale(options.mountpoint):
+                raise ConfigError(src, f"{where}mountpoint",
+                                  f"{options.mountpoint!r} is not a directory")  # fmt: skip
+            where_to = os.path.abspath(options.mountpoint)
+            clash = next((m.name for m in self.mounts.values() if m.mountpoint == where_to), None)
+            if clash is not None:
+                raise ConfigError(src, f"{where}mountpoint",
+                                  f"{options.mountpoint!r} is already used by {clash}")  # fmt: skip
+            if self.loop is None:  # validation only (a reload's check)
+                return None
+            mount = FuseMount(self, name, device, device.backing, options)
+            try:
+                mount.start()
+            except IobandError as err:
+                raise ConfigError(src, f"{where}mountpoint", str(err)) from None
+        except BaseException:
+            self.engine.remove(name)
+            raise
+        self.mounts[name] = mount
+        self.flags[name] = (options.direct, options.read_only, options.control)
+        self.mount_options[name] = (options.mountpoint, options.writeback_cache)
+        return mount
+
     def device_created(self, name: str) -> None:
         """A device was created at run time: persist it."""
         self.removed.discard(name)
@@ -166,6 +224,10 @@ class Daemon:
         self.pump()
         export = self.exports.pop(name, None)
         self.flags.pop(name, None)
+        self.mount_options.pop(name, None)
+        mount = self.mounts.pop(name, None)
+        if mount is not None:  # the worker answers what is in flight, then unmounts
+            self.loop.create_task(mount.stop())
         if any(dev.name == name for dev in self.config.devices):
             self.removed.add(name)
         self.save_state()
@@ -198,8 +260,10 @@ class Daemon:
                 if policy.carryover_set:
                     messages = (f"carryover {policy.carryover_set}",)
             direct, read_only, control = self.flags.get(name, (False, False, True))
+            mountpoint, writeback = self.mount_options.get(name, (None, False))
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
-                                               read_only, control))  # fmt: skip
+                                               read_only, control, mountpoint,
+                                               writeback))  # fmt: skip
         names = {d.name for d in devices}
         devices += [d for n, d in self.unrestored.items() if n not in names]
         return persist.State(devices, sorted(self.removed))
@@ -235,17 +299,14 @@ class Daemon:
                 continue
             where = f"device[{i}]."
             try:
-                self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
-                                read_only=dev.read_only, control=dev.control,
-                                where=where)  # fmt: skip
+                self.add_configured(dev, where)
             except ConfigError:
                 raise
             except IobandError as err:
                 raise ConfigError(config.source, f"{where}table", err.describe()) from None
         for dev in saved.devices if saved else ():
             try:
-                self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
-                                read_only=dev.read_only, control=dev.control)  # fmt: skip
+                self.add_configured(dev)
             except IobandError as err:
                 text = err.rule if isinstance(err, ConfigError) else err.describe()
                 log.error("%s: device %r not restored: %s", config.state_file, dev.name, text)
@@ -288,9 +349,12 @@ class Daemon:
         await self.control.stop()
         await self.metrics.stop()
         await self.nbd.stop()
-        for name in list(self.exports):
+        for name in list(self.engine.devices):
             self.engine.remove(name, self.now())  # held and waiting requests are issued now
         self.pump()
+        mounts = list(self.mounts.values())
+        self.mounts.clear()
+        await asyncio.gather(*(m.stop(timeout) for m in mounts), return_exceptions=True)
         loop = self.loop
         deadline = loop.time() + timeout
         while any(c.inflight for c in self.connections) and loop.time() < deadline:
@@ -315,6 +379,10 @@ class Daemon:
         for export in self.exports.values():
             export.backing.close()
         self.exports.clear()
+        for mount in self.mounts.values():
+            mount.stopping = True
+            mount._kill()
+        self.mounts.clear()
 
     # -- removed cgroups ---------------------------------------------------------------------
     CGROUP_POLL = 0.5  # seconds between looks for removed cgroups
@@ -378,9 +446,7 @@ class Daemon:
             for name in create:
                 dev = want[name]
                 try:
-                    probe.add_device(name, dev.table, dev.messages, direct=dev.direct,
-                                     read_only=dev.read_only, control=dev.control,
-                                     where=f"device[{index[name]}].")  # fmt: skip
+                    probe.add_configured(dev, f"device[{index[name]}].")
                 except ConfigError:
                     raise
                 except IobandError as err:
@@ -411,8 +477,7 @@ class Daemon:
         for name in create:
             dev = want[name]
             try:
-                self.add_device(name, dev.table, dev.messages, direct=dev.direct,
-                                read_only=dev.read_only, control=dev.control)  # fmt: skip
+                self.add_configured(dev)
             except IobandError as err:  # checked above; the backing store may have changed
                 log.error("reload: %s not created: %s", name, err.describe())
                 continue
@@ -446,6 +511,14 @@ class Daemon:
         finally:
             await self.drain()
             await self.close()
+
+
+def _stale(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ENOTCONN
+    return False
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

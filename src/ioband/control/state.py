@@ -4,7 +4,8 @@ The file is JSON::
 
     {"format": "ioband-state", "version": 1,
      "devices": [{"name": ..., "table": ..., "messages": [...], "direct": false,
-                  "read_only": false, "control": true}, ...],
+                  "read_only": false, "control": true, "mountpoint": null,
+                  "writeback_cache": false}, ...],
      "removed": ["names of configured devices removed at run time"]}
 
 ``table`` is the engine's current table line with the backing path the device was created with,
@@ -44,6 +45,8 @@ class DeviceState:
     direct: bool = False
     read_only: bool = False
     control: bool = True
+    mountpoint: str | None = None
+    writeback_cache: bool = False
 
 
 @dataclass
@@ -84,10 +87,13 @@ def parse(text: str, path: str) -> State:
             isinstance(item, dict)
             and isinstance(item.get("name"), str)
             and isinstance(item.get("table"), str)
-            and all(isinstance(item.get(k, True), bool) for k in ("direct", "read_only", "control"))
+            and all(isinstance(item.get(k, True), bool)
+                    for k in ("direct", "read_only", "control", "writeback_cache"))
+            and isinstance(item.get("mountpoint", ""), str | None)
             and isinstance(item.get("messages", []), list)
             and all(isinstance(m, str) for m in item.get("messages", []))
-            and set(item) <= {"name", "table", "messages", "direct", "read_only", "control"}
+            and set(item) <= {"name", "table", "messages", "direct", "read_only", "control",
+                              "mountpoint", "writeback_cache"}
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")

@@ -1,0 +1,293 @@
+"""The daemon's side of a FUSE mount: it starts the worker process, turns the worker's admission
+requests into core requests, and tells the worker when the core releases each one.
+
+A worker that dies leaves a dead mount: it is detached and a new worker started (a few times a
+minute at most), so that the mount keeps serving. Requests the dead worker had in the core are
+completed at once, so they hold no slot of the device's io_limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ioband.core.request import Request, Submitter
+from ioband.errors import IobandError
+from ioband.fuse import channel
+from ioband.fuse.stale import clear_stale_mount, detach, mounted_at
+
+if TYPE_CHECKING:
+    from ioband.control.daemon import Daemon
+    from ioband.core.model import Device
+
+log = logging.getLogger("ioband.fuse")
+
+START_TIMEOUT = 15.0  # seconds for a worker to mount
+RESTARTS_PER_MINUTE = 5
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    mountpoint: str
+    direct: bool = False
+    read_only: bool = False
+    control: bool = True
+    writeback_cache: bool = False
+
+
+class WorkerChannel(asyncio.Protocol):
+    """One worker's admission channel, seen from the daemon: a front end like an NBD connection
+    (the daemon's ``pump`` calls ``start_io`` and ``admitted``)."""
+
+    def __init__(self, mount: FuseMount) -> None:
+        self.mount = mount
+        self.daemon = mount.daemon
+        self.transport: asyncio.Transport | None = None
+        self.decoder = channel.Decoder()
+        self.requests: dict[int, Request] = {}
+        self.out: list[bytes] = []
+        self.flushing = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        daemon = self.daemon
+        engine = daemon.engine
+        device = self.mount.device
+        now = daemon.now()
+        try:
+            records = self.decoder.feed(data)
+        except IobandError as err:
+            log.error("%s: %s; restarting the worker", self.mount.name, err)
+            self.transport.close()
+            return
+        for rec in records:
+            if type(rec) is channel.Submit:
+                owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup)
+                req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
+                              tag=(self, rec.tag))  # fmt: skip
+                self.requests[rec.tag] = req
+                if engine.submit(device, req, now):
+                    self.start_io(req)
+            elif rec[0] == channel.DONE:
+                req = self.requests.pop(rec[1], None)
+                if req is not None and req.state is not None:
+                    engine.complete(req, now)
+        daemon.pump()
+        self._flush()
+
+    def start_io(self, req: Request) -> None:
+        """The core released ``req``: the worker may do its I/O."""
+        if self.closed:  # the worker is gone: nothing will run it, so it is done
+            self.requests.pop(req.tag[1], None)
+            self.daemon.engine.complete(req, self.daemon.now())
+            return
+        self.out.append(channel.short(channel.ISSUE, req.tag[1]))
+        if not self.flushing:
+            self.flushing = True
+            self.daemon.loop.call_soon(self._flush)
+
+    def admitted(self, req: Request) -> None:
+        """The submitter of a FUSE request is already asleep in its system call: nothing to do."""
+
+    def _flush(self) -> None:
+        self.flushing = False
+        out, self.out = self.out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        engine = self.daemon.engine
+        now = self.daemon.now()
+        for req in list(self.requests.values()):
+            if req.state == "issued":
+                engine.complete(req, now)
+        # Held and waiting requests complete when the core releases them (start_io above).
+        self.daemon.pump()
+        self.mount.worker_gone()
+
+
+class FuseMount:
+    """An ioband device over a directory, mounted with FUSE by a worker process."""
+
+    def __init__(self, daemon: Daemon, name: str, device: Device, backing: str,
+                 options: MountOptions) -> None:  # fmt: skip
+        self.daemon = daemon
+        self.name = name
+        self.device = device
+        self.backing = backing
+        self.options = options
+        self.mountpoint = os.path.abspath(options.mountpoint)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: tempfile._TemporaryFileWrapper[bytes] | None = None  # the worker's stderr
+        self.channel: WorkerChannel | None = None
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    # -- the worker --------------------------------------------------------------------------
+    def _argv(self, fd: int) -> list[str]:
+        o = self.options
+        argv = [sys.executable, "-m", "ioband.fuse.worker", "--name", self.name,
+                "--backing", self.backing, "--mountpoint", self.mountpoint,
+                "--channel-fd", str(fd if o.control else -1),
+                "--cgroup-hierarchy", self.daemon.config.cgroup_hierarchy,
+                "--threads", str(self.daemon.config.io_threads)]  # fmt: skip
+        for flag, on in (("--direct", o.direct), ("--read-only", o.read_only),
+                         ("--writeback-cache", o.writeback_cache)):  # fmt: skip
+            if on:
+                argv.append(flag)
+        return argv
+
+    def start(self) -> None:
+        """Start the worker and wait until it has mounted (errors name the mount point)."""
+        if not os.path.isdir(self.mountpoint):
+            with contextlib.suppress(OSError):
+                clear_stale_mount(self.mountpoint)
+            if not os.path.isdir(self.mountpoint):
+                raise IobandError(f"mountpoint {self.mountpoint!r} is not a directory",
+                                  errno_name="ENOTDIR")  # fmt: skip
+        try:
+            clear_stale_mount(self.mountpoint)
+        except OSError as err:
+            raise IobandError(f"mountpoint {self.mountpoint!r}: {err.strerror}",
+                              errno_name="EBUSY") from None  # fmt: skip
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(os.environ)
+            src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+            if self.log is not None:
+                self.log.close()
+            # kept open for the life of the worker: its stderr
+            self.log = tempfile.TemporaryFile(prefix=f"ioband-fuse-{self.name}-")  # noqa: SIM115
+            self.proc = subprocess.Popen(
+                self._argv(theirs.fileno()), pass_fds=(theirs.fileno(),), env=env,
+                stdin=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
+            )  # fmt: skip
+            theirs.close()
+            self._wait_ready(ours)
+        except BaseException:
+            theirs.close()
+            ours.close()
+            self._kill()
+            raise
+        ours.setblocking(False)
+        self.channel = WorkerChannel(self)
+        if self.options.control:
+            self.daemon.loop.create_task(self._connect(ours))
+        else:
+            ours.close()
+            self.daemon.loop.create_task(self._watch_uncontrolled())
+        log.info("%s: %s mounted at %s (worker pid %d)", self.name, self.backing,
+                 self.mountpoint, self.proc.pid)  # fmt: skip
+
+    def _wait_ready(self, sock: socket.socket) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        proc = self.proc
+        while True:
+            if not self.options.control:  # no channel: wait for the mount to appear
+                if mounted_at(self.mountpoint) == "fuse.ioband":
+                    return
+                if proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+                continue
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([sock], [], [], max(0.0, left))
+            if not ready:
+                break
+            data = sock.recv(8)
+            if data == channel.short(channel.READY):
+                return
+            break  # EOF or garbage: the worker failed
+        self._kill()
+        why = self._stderr() or "the FUSE worker did not start"
+        raise IobandError(f"cannot mount {self.backing!r} at {self.mountpoint!r}: {why}",
+                          errno_name="EIO")  # fmt: skip
+
+    async def _connect(self, sock: socket.socket) -> None:
+        await self.daemon.loop.create_unix_connection(lambda: self.channel, sock=sock)
+
+    async def _watch_uncontrolled(self) -> None:
+        while not self.stopping and self.proc is not None and self.proc.poll() is None:
+            await asyncio.sleep(0.5)
+        if not self.stopping:
+            self.worker_gone()
+
+    def worker_gone(self) -> None:
+        """The worker exited (or crashed): clean its mount and start another."""
+        if self.stopping:
+            return
+        proc = self.proc
+        code = proc.poll() if proc is not None else None
+        if proc is not None and code is None:
+            self._kill()
+            code = proc.returncode
+        err = self._stderr()
+        log.error("%s: FUSE worker exited (%s)%s", self.name, code, f": {err}" if err else "")
+        with contextlib.suppress(OSError):
+            clear_stale_mount(self.mountpoint)
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        if len(self.restarts) > RESTARTS_PER_MINUTE:
+            log.error("%s: the FUSE worker keeps failing: not restarted", self.name)
+            return
+        try:
+            self.start()
+        except IobandError as e:
+            log.error("%s: cannot restart the FUSE worker: %s", self.name, e)
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            if mounted_at(self.mountpoint) == "fuse.ioband":
+                detach(self.mountpoint)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Unmount: the worker answers what it has in flight, unmounts and exits."""
+        self.stopping = True
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        loop = self.daemon.loop
+        deadline = loop.time() + timeout
+        while proc.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            log.error("%s: the FUSE worker did not stop in %.0f s: killed", self.name, timeout)
+        self._kill()
+        err = self._stderr()
+        if err:
+            log.warning("%s: FUSE worker: %s", self.name, err)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def _stderr(self) -> str:
+        """What the worker wrote to its stderr (the reason it failed), the last 4 KiB."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        size = self.log.seek(0, os.SEEK_END)
+        self.log.seek(max(0, size - 4096))
+        return self.log.read().decode(errors="replace").strip()

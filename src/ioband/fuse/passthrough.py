@@ -1,0 +1,597 @@
+"""A passthrough file system over a backing directory, with every read and write admitted by
+the core before it touches the backing store.
+
+Inodes are held as ``O_PATH`` descriptors of the backing objects (as libfuse's passthrough_ll
+does), so renames and hard links need no path bookkeeping; operations on an inode go through
+``/proc/self/fd/N`` or the ``*at`` calls. The FUSE inode number is the backing inode number, so
+``stat`` shows what the backing store shows.
+
+Attribution: pyfuse3 gives no caller for read and write, so data I/O is charged to the process
+that opened the file handle (the kernel makes a handle per ``open()``), refreshed from /proc while
+that process lives. Delayed writes (writeback cache) arrive on some writable handle of the file
+and are charged to its opener: the user-space form of blkio-cgroup's page-owner tracking.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import mmap
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import pyfuse3
+
+from ioband.cgroup.proc import Hierarchy, identity
+from ioband.core.request import Submitter
+
+ROOT = pyfuse3.ROOT_INODE
+ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes and names
+OWNER_TTL = 1.0  # seconds before an opener's pgrp and cgroup are read again from /proc
+ALIGN = 4096
+_PROC_FD = "/proc/self/fd/"
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]  # fmt: skip
+
+
+def _renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    if _libc.renameat2(olddir, old, newdir, new, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+class Admission(Protocol):
+    """The core's say over data I/O: ``begin`` returns when the request may run."""
+
+    async def begin(self, write: bool, sync: bool, offset: int, length: int,
+                    owner: Submitter) -> int: ...  # fmt: skip
+
+    def end(self, token: int) -> None: ...
+
+
+class Unlimited:
+    """No control (``control = false``): every request runs at once."""
+
+    async def begin(self, write: bool, sync: bool, offset: int, length: int,
+                    owner: Submitter) -> int:  # fmt: skip
+        return 0
+
+    def end(self, token: int) -> None:
+        pass
+
+
+Blocking = Callable[..., Any]
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+def _errno(fn):
+    """Backing-store errors go back to the caller unchanged (as their errno)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except OSError as err:
+            raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
+
+    return wrapper
+
+
+class Inode:
+    __slots__ = ("fd", "ino", "key", "lookups")
+
+    def __init__(self, fd: int, ino: int, key: tuple[int, int]) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.key = key
+        self.lookups = 0
+
+    @property
+    def path(self) -> str:
+        return f"{_PROC_FD}{self.fd}"
+
+
+class Handle:
+    """An open file: the backing descriptor and who opened it."""
+
+    __slots__ = ("buffered_fd", "direct", "fd", "gid", "inode", "owner", "pid", "resolved",
+                 "sync", "uid")  # fmt: skip
+
+    def __init__(self, fd: int, inode: Inode, owner: Submitter, *, direct: bool, sync: bool,
+                 uid: int, gid: int) -> None:  # fmt: skip
+        self.fd = fd
+        self.inode = inode
+        self.owner = owner
+        self.pid = owner.pid
+        self.uid = uid
+        self.gid = gid
+        self.resolved = time.monotonic()
+        self.direct = direct  # fd is O_DIRECT: aligned buffers, and a buffered fd for the rest
+        self.buffered_fd = -1
+        self.sync = sync  # O_SYNC/O_DSYNC/O_DIRECT writes are sync requests, as in the kernel
+
+
+class BufferPool:
+    """Recycled read buffers (page-aligned, as O_DIRECT needs). A buffer returned by ``read``
+    is taken back at once: pyfuse3 copies it into the reply before any other task runs."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[mmap.mmap]] = {}
+
+    def take(self, size: int) -> mmap.mmap:
+        size = max(ALIGN, -(-size // ALIGN) * ALIGN)
+        free = self._free.get(size)
+        return free.pop() if free else mmap.mmap(-1, size)
+
+    def give(self, buf: mmap.mmap) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < 256:
+            free.append(buf)
+
+
+class Passthrough(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_acl = False
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        admission: Admission,
+        run_blocking: RunBlocking,
+        hierarchy: Hierarchy | None = None,
+        direct: bool = False,
+        read_only: bool = False,
+        writeback_cache: bool = False,
+        on_init: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.on_init = on_init
+        self.enable_writeback_cache = writeback_cache
+        self.admission = admission
+        self.run = run_blocking
+        self.hierarchy = hierarchy
+        self.direct = direct
+        self.read_only = read_only
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self.root_dev = st.st_dev
+        root_inode = Inode(fd, ROOT, (st.st_dev, st.st_ino))
+        root_inode.lookups = 1 << 62  # never forgotten
+        self.inodes: dict[int, Inode] = {ROOT: root_inode}
+        self.by_key: dict[tuple[int, int], Inode] = {root_inode.key: root_inode}
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, tuple[Inode, list[bytes] | None]] = {}
+        self._next_fh = 1
+        self._next_foreign = 1 << 48  # inode numbers for objects on other file systems
+        self.buffers = BufferPool()
+
+    def init(self) -> None:
+        if self.on_init is not None:
+            self.on_init()
+
+    # -- inodes ------------------------------------------------------------------------------
+    def _fuse_ino(self, st: os.stat_result) -> int:
+        if st.st_dev == self.root_dev and st.st_ino != ROOT:
+            return st.st_ino
+        self._next_foreign += 1
+        return self._next_foreign
+
+    def _remember(self, fd: int, st: os.stat_result) -> Inode:
+        """Count one lookup of the object behind ``fd`` (an O_PATH descriptor we own)."""
+        key = (st.st_dev, st.st_ino)
+        inode = self.by_key.get(key)
+        if inode is not None:
+            os.close(fd)
+        else:
+            inode = Inode(fd, self._fuse_ino(st), key)
+            self.inodes[inode.ino] = inode
+            self.by_key[key] = inode
+        inode.lookups += 1
+        return inode
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return inode
+
+    def _entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode.ino
+        e.generation = 0
+        e.entry_timeout = ATTR_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _lookup_at(self, parent: Inode, name: bytes) -> pyfuse3.EntryAttributes:
+        fd = os.open(name, _O_PATH, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._entry(self._remember(fd, st), st)
+
+    def _owned(self, parent: Inode, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """A new object belongs to its creator (the daemon creates it as root); in a set-group-id
+        directory the kernel already gave it the directory's group."""
+        gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
+        os.chown(name, ctx.uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    @_errno
+    async def lookup(self, parent_inode, name, ctx):
+        parent = self._inode(parent_inode)
+        if name == b".":
+            st = os.fstat(parent.fd)
+            parent.lookups += 1
+            return self._entry(parent, st)
+        if name == b"..":
+            fd = os.open(b"..", _O_PATH | os.O_DIRECTORY, dir_fd=parent.fd)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in self.by_key and parent.ino == ROOT:
+                os.close(fd)
+                return self._entry(parent, os.fstat(parent.fd))
+            return self._entry(self._remember(fd, st), st)
+        return self._lookup_at(parent, name)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            inode = self.inodes.get(ino)
+            if inode is None or ino == ROOT:
+                continue
+            inode.lookups -= n
+            if inode.lookups <= 0:
+                del self.inodes[ino]
+                del self.by_key[inode.key]
+                os.close(inode.fd)
+
+    @_errno
+    async def getattr(self, inode, ctx):
+        node = self._inode(inode)
+        return self._entry(node, os.fstat(node.fd))
+
+    @_errno
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._inode(inode)
+        path = node.path
+        handle = self.handles.get(fh) if fh is not None else None
+        if fields.update_mode:
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            os.chown(path, uid, gid)
+        if fields.update_size:
+            self._writable()
+            if handle is not None:
+                os.ftruncate(handle.fd, attr.st_size)
+            else:
+                os.truncate(path, attr.st_size)
+        if fields.update_atime or fields.update_mtime:
+            st = os.fstat(node.fd)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(path, ns=(atime, mtime))
+        return self._entry(node, os.fstat(node.fd))
+
+    @_errno
+    async def readlink(self, inode, ctx):
+        return os.readlink(b"", dir_fd=self._inode(inode).fd)
+
+    @_errno
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable()
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)) and ctx.uid:
+            raise pyfuse3.FUSEError(errno.EPERM)  # device nodes: root only
+        parent = self._inode(parent_inode)
+        os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=parent.fd)
+        self._owned(parent, name, ctx)
+        return self._lookup_at(parent, name)
+
+    @_errno
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable()
+        parent = self._inode(parent_inode)
+        os.mkdir(name, mode & ~ctx.umask, dir_fd=parent.fd)
+        self._owned(parent, name, ctx)
+        return self._lookup_at(parent, name)
+
+    @_errno
+    async def unlink(self, parent_inode, name, ctx):
+        self._writable()
+        os.unlink(name, dir_fd=self._inode(parent_inode).fd)
+
+    @_errno
+    async def rmdir(self, parent_inode, name, ctx):
+        self._writable()
+        os.rmdir(name, dir_fd=self._inode(parent_inode).fd)
+
+    @_errno
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        parent = self._inode(parent_inode)
+        os.symlink(target, name, dir_fd=parent.fd)
+        self._owned(parent, name, ctx)
+        return self._lookup_at(parent, name)
+
+    @_errno
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable()
+        old = self._inode(parent_inode_old).fd
+        new = self._inode(parent_inode_new).fd
+        if flags:
+            _renameat2(old, name_old, new, name_new, flags)
+        else:
+            os.rename(name_old, name_new, src_dir_fd=old, dst_dir_fd=new)
+
+    @_errno
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        node = self._inode(inode)
+        parent = self._inode(new_parent_inode)
+        os.link(node.path, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        node.lookups += 1
+        return self._entry(node, os.fstat(node.fd))
+
+    @_errno
+    async def statfs(self, ctx):
+        sv = os.statvfs(self.inodes[ROOT].path)
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                     "f_ffree", "f_favail", "f_namemax"):  # fmt: skip
+            setattr(out, attr, getattr(sv, attr))
+        return out
+
+    # -- extended attributes -----------------------------------------------------------------
+    @_errno
+    async def setxattr(self, inode, name, value, ctx):
+        self._writable()
+        os.setxattr(self._inode(inode).path, name, value)
+
+    @_errno
+    async def getxattr(self, inode, name, ctx):
+        return os.getxattr(self._inode(inode).path, name)
+
+    @_errno
+    async def listxattr(self, inode, ctx):
+        return [n.encode() for n in os.listxattr(self._inode(inode).path)]
+
+    @_errno
+    async def removexattr(self, inode, name, ctx):
+        self._writable()
+        os.removexattr(self._inode(inode).path, name)
+
+    # -- directories -------------------------------------------------------------------------
+    @_errno
+    async def opendir(self, inode, ctx):
+        node = self._inode(inode)
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dirs[fh] = (node, None)
+        return fh
+
+    @_errno
+    async def readdir(self, fh, start_id, token):
+        node, names = self.dirs[fh]
+        if names is None or start_id == 0:  # a snapshot per pass keeps offsets stable
+            fd = os.open(node.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                names = sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
+            names = [os.fsencode(n) for n in names]
+            self.dirs[fh] = (node, names)
+        for i in range(start_id, len(names)):
+            try:
+                fd = os.open(names[i], _O_PATH, dir_fd=node.fd)
+            except FileNotFoundError:  # removed since the snapshot
+                continue
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            known = self.by_key.get(key)
+            ino = known.ino if known is not None else None
+            entry = self._entry(known or Inode(fd, self._fuse_ino(st) if ino is None else ino,
+                                               key), st)  # fmt: skip
+            if not pyfuse3.readdir_reply(token, names[i], entry, i + 1):
+                if known is None:
+                    os.close(fd)
+                break
+            # readdirplus counts a lookup for every entry the kernel took
+            self._remember(fd, st)
+
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    @_errno
+    async def fsyncdir(self, fh, datasync):
+        node, _ = self.dirs[fh]
+        fd = os.open(node.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            await self.run(os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    # -- files -------------------------------------------------------------------------------
+    def _owner(self, ctx: pyfuse3.RequestContext) -> Submitter:
+        return identity(ctx.pid, ctx.uid, ctx.gid, self.hierarchy)
+
+    def _open_flags(self, flags: int) -> tuple[int, bool]:
+        flags = (flags | os.O_CLOEXEC) & ~(os.O_NOFOLLOW | os.O_NOCTTY)
+        if self.enable_writeback_cache:
+            # the kernel reads pages around partial writes, and appends by itself
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        direct = self.direct or bool(flags & os.O_DIRECT)
+        if direct:
+            flags |= os.O_DIRECT
+        return flags, direct
+
+    def _handle(self, fd: int, inode: Inode, flags: int, direct: bool,
+                ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:  # fmt: skip
+        owner = self._owner(ctx)
+        sync = bool(flags & (os.O_SYNC | os.O_DSYNC | os.O_DIRECT))
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(fd, inode, owner, direct=direct, sync=sync, uid=ctx.uid,
+                                  gid=ctx.gid)  # fmt: skip
+        # The caller's O_DIRECT bypasses the mount's page cache too.
+        return pyfuse3.FileInfo(fh=fh, direct_io=bool(flags & os.O_DIRECT), keep_cache=False)
+
+    @_errno
+    async def open(self, inode, flags, ctx):
+        node = self._inode(inode)
+        if self.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        real, direct = self._open_flags(flags)
+        fd = os.open(node.path, real & ~os.O_CREAT)
+        return self._handle(fd, node, flags, direct, ctx)
+
+    @_errno
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable()
+        parent = self._inode(parent_inode)
+        real, direct = self._open_flags(flags | os.O_CREAT)
+        fd = os.open(name, real, mode & ~ctx.umask, dir_fd=parent.fd)
+        try:
+            self._owned(parent, name, ctx)
+            entry = self._lookup_at(parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._handle(fd, self.inodes[entry.st_ino], flags, direct, ctx), entry
+
+    def _refresh_owner(self, h: Handle) -> Submitter:
+        """The opener's group and cgroup, re-read from /proc once a second while it lives."""
+        now = time.monotonic()
+        if now - h.resolved > OWNER_TTL:
+            h.resolved = now
+            if os.path.exists(f"/proc/{h.pid}"):
+                h.owner = identity(h.pid, h.uid, h.gid, self.hierarchy)
+        return h.owner
+
+    def _buffered_fd(self, h: Handle) -> int:
+        """An fd without O_DIRECT, for requests that O_DIRECT cannot take (unaligned)."""
+        if h.buffered_fd < 0:
+            flags = os.O_RDWR if not self.read_only else os.O_RDONLY
+            try:
+                h.buffered_fd = os.open(h.inode.path, flags | os.O_CLOEXEC)
+            except PermissionError:
+                h.buffered_fd = os.open(h.inode.path, os.O_RDONLY | os.O_CLOEXEC)
+        return h.buffered_fd
+
+    def _pread(self, h: Handle, buf: mmap.mmap, size: int, off: int) -> int:
+        view = memoryview(buf)[:size]
+        fd = h.fd
+        if h.direct and (off % ALIGN or size % 512):
+            fd = self._buffered_fd(h)
+        try:
+            n = os.preadv(fd, [view], off)
+        except OSError as err:
+            if err.errno != errno.EINVAL or fd != h.fd or not h.direct:
+                raise
+            n = os.preadv(self._buffered_fd(h), [view], off)
+        # a short O_DIRECT read at the end of a file whose size is not aligned: done
+        return n
+
+    async def read(self, fh, off, size):
+        h = self.handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        owner = self._refresh_owner(h)
+        token = await self.admission.begin(False, True, off, size, owner)
+        buf = self.buffers.take(size)
+        try:
+            n = await self.run(self._pread, h, buf, size, off)
+        except OSError as err:
+            self.buffers.give(buf)
+            raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
+        finally:
+            self.admission.end(token)
+        # pyfuse3 copies the reply out of ``buf`` before any other task can take it
+        self.buffers.give(buf)
+        return memoryview(buf)[:n]
+
+    def _pwrite(self, h: Handle, off: int, data: bytes) -> int:
+        fd = h.fd
+        view = memoryview(data)
+        size = len(view)
+        if h.direct:
+            if off % ALIGN or size % 512:
+                fd = self._buffered_fd(h)
+            else:
+                buf = self.buffers.take(size)
+                try:
+                    buf[:size] = data
+                    return self._pwrite_all(fd, memoryview(buf)[:size], off)
+                finally:
+                    self.buffers.give(buf)
+        return self._pwrite_all(fd, view, off)
+
+    @staticmethod
+    def _pwrite_all(fd: int, view: memoryview, off: int) -> int:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], off + done)
+        return done
+
+    async def write(self, fh, off, buf):
+        h = self.handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        owner = self._refresh_owner(h)
+        token = await self.admission.begin(True, h.sync, off, len(buf), owner)
+        try:
+            return await self.run(self._pwrite, h, off, buf)
+        except OSError as err:
+            raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
+        finally:
+            self.admission.end(token)
+
+    async def flush(self, fh):
+        pass
+
+    async def release(self, fh):
+        h = self.handles.pop(fh, None)
+        if h is not None:
+            os.close(h.fd)
+            if h.buffered_fd >= 0:
+                os.close(h.buffered_fd)
+
+    @_errno
+    async def fsync(self, fh, datasync):
+        h = self.handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        # charged as one empty sync write, as a flush bio would be
+        token = await self.admission.begin(True, True, 0, 0, self._refresh_owner(h))
+        try:
+            await self.run(os.fdatasync if datasync else os.fsync, h.fd)
+        finally:
+            self.admission.end(token)

@@ -1,0 +1,243 @@
+"""The process that serves one FUSE mount: ``python -m ioband.fuse.worker`` (started by the
+daemon, never by hand).
+
+pyfuse3 allows one mount per process, so each mount gets a worker of its own. The worker runs the
+passthrough file system on an asyncio (uvloop) loop, asks the daemon over the admission channel
+before each read or write, and does the backing-store I/O in its own threads. When the daemon
+goes away (its end of the channel closes) the worker lets every waiting request through, unmounts
+and exits, so that a dead daemon leaves no mount behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ioband.cgroup.proc import find_hierarchy
+from ioband.core.request import Submitter
+from ioband.fuse import channel
+from ioband.fuse.passthrough import Passthrough, Unlimited
+from ioband.fuse.stale import clear_stale_mount, mount_entry
+from ioband.nbd.iopool import IoPool
+
+log = logging.getLogger("ioband.fuse")
+
+
+READAHEAD_KB = 4096
+
+
+def set_readahead(mountpoint: str, kb: int) -> None:
+    """The kernel gives a FUSE mount 128 KiB of readahead, which caps sequential reads at one
+    or two 128 KiB requests in flight; a larger window lets it send 1 MiB requests, several at
+    once (it stays adaptive: random reads do not grow it)."""
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        return
+    path = f"/sys/class/bdi/{entry[1]}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(kb))
+    except OSError as err:
+        log.warning("cannot set %s: %s", path, err)
+
+
+class ChannelClient(asyncio.Protocol):
+    """The worker's end of the admission channel (implements ``Admission``)."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.decoder = channel.Decoder()
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.next_tag = 1
+        self.out: list[bytes] = []
+        self.lost = False
+        self.on_lost = on_lost
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self.waiting
+        for record in self.decoder.feed(data):
+            _, tag = record  # the daemon sends only ISSUE
+            fut = waiting.pop(tag, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for fut in self.waiting.values():  # the daemon is gone: nobody to ask any more
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting.clear()
+        self.on_lost()
+
+    def _send(self, record: bytes) -> None:
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out.append(record)
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if out and not self.lost and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    async def begin(self, write: bool, sync: bool, offset: int, length: int,
+                    owner: Submitter) -> int:  # fmt: skip
+        if self.lost:
+            return 0
+        tag = self.next_tag
+        self.next_tag = tag + 1 if tag < 0xFFFFFFFF else 1
+        fut = self.loop.create_future()
+        self.waiting[tag] = fut
+        self._send(channel.submit(tag, write, sync, offset, length, owner.pid, owner.pgrp,
+                                  owner.uid, owner.gid, owner.cgroup))  # fmt: skip
+        await fut
+        return tag
+
+    def end(self, token: int) -> None:
+        if token and not self.lost:
+            self._send(channel.short(channel.DONE, token))
+
+    def ready(self) -> None:
+        self._send(channel.short(channel.READY))
+
+
+def make_runner(pool: IoPool) -> Callable[..., Any]:
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        pool.submit(fn, args, done)
+        return await fut
+
+    return run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ioband.fuse.worker")
+    p.add_argument("--name", required=True)
+    p.add_argument("--backing", required=True)
+    p.add_argument("--mountpoint", required=True)
+    p.add_argument("--channel-fd", type=int, default=-1, help="-1: no control (stand-alone)")
+    p.add_argument("--cgroup-hierarchy", default="auto")
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--tasks", type=int, default=512, help="FUSE requests served at once")
+    p.add_argument("--direct", action="store_true")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--writeback-cache", action="store_true")
+    p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import pyfuse3
+    import pyfuse3.asyncio
+
+    pyfuse3.asyncio.enable()
+    loop = asyncio.get_running_loop()
+    pool = IoPool(loop, args.threads)
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            pyfuse3.terminate()
+
+    admission: Any = Unlimited()
+    client: ChannelClient | None = None
+    if args.channel_fd >= 0:
+        sock = socket.socket(fileno=args.channel_fd)
+        client = ChannelClient(stop)
+        await loop.create_unix_connection(lambda: client, sock=sock)
+        admission = client
+    try:
+        hierarchy = find_hierarchy(args.cgroup_hierarchy)
+    except Exception:
+        hierarchy = None
+    ops = Passthrough(
+        args.backing,
+        admission=admission,
+        run_blocking=make_runner(pool),
+        hierarchy=hierarchy,
+        direct=args.direct,
+        read_only=args.read_only,
+        writeback_cache=args.writeback_cache,
+        # after the kernel has taken the INIT reply, which would lower it again
+        on_init=lambda: loop.call_soon(set_readahead, args.mountpoint, args.readahead_kb),
+    )
+    options = set(pyfuse3.default_options)
+    options |= {"allow_other", f"fsname=ioband:{args.name}", "subtype=ioband"}
+    if args.debug:
+        options.add("debug")
+    clear_stale_mount(args.mountpoint)
+    pyfuse3.init(ops, args.mountpoint, options)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    if client is not None:
+        client.ready()
+        if client.lost:
+            stop()
+    try:
+        await pyfuse3.main(min_tasks=4, max_tasks=args.tasks)
+    finally:
+        pyfuse3.close(unmount=True)
+        pool.close()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the daemon dies, even without an admission channel to notice it by."""
+    import ctypes
+    import ctypes.util
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the daemon died before we got here
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format=f"ioband-fuse[{args.name}]: %(message)s")  # fmt: skip
+    _die_with_parent()
+    os.umask(0)  # modes arrive with the caller's umask applied
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one O_PATH fd per inode
+    from ioband.control.daemon import new_event_loop
+
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(args))
+    except (OSError, RuntimeError) as err:
+        print(f"ioband-fuse[{args.name}]: cannot serve {args.mountpoint}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
