@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -76,7 +77,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             return _usage("create", f"expected one table line, got {len(lines)}")
         table = lines[0]
     return _run("create", args, "create", None, name=args.name, table=table,
-                direct=args.direct or None, read_only=args.read_only or None)  # fmt: skip
+                direct=args.direct or None, read_only=args.read_only or None,
+                mount=os.path.abspath(args.mount) if args.mount else None,
+                writeback_cache=args.writeback_cache or None)  # fmt: skip
 
 
 def cmd_message(args: argparse.Namespace) -> int:
@@ -113,7 +116,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if not result:
             print("No devices found")
         for item in result:
-            print(f"{item['name']}\t(nbd export {item['name']})")
+            mount = item.get("mount")
+            where = f"fuse mount {mount}" if mount else f"nbd export {item['name']}"
+            print(f"{item['name']}\t({where})")
 
     return _run("ls", args, "ls", show)
 
@@ -146,13 +151,18 @@ def cmd_cgroup(args: argparse.Namespace) -> int:
 
 # -- parsers -------------------------------------------------------------------------------------
 def add_control_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("create", help="create an ioband device and its NBD export (dmsetup create)",
+    p = sub.add_parser("create", help="create an ioband device: an NBD export, or a FUSE mount of"
+                       " a directory (dmsetup create)",
                        description="Create the device NAME from one table line (--table, or "
-                       "stdin as with dmsetup) and export it over NBD.")  # fmt: skip
+                       "stdin as with dmsetup) and export it over NBD; a table whose <device> is"
+                       " a directory (length 0) is mounted with FUSE at --mount DIR.")  # fmt: skip
     p.add_argument("name", metavar="NAME")
     p.add_argument("--table", metavar="LINE", help="the table line (default: read from stdin)")
     p.add_argument("--direct", action="store_true", help="O_DIRECT on the backing store")
-    p.add_argument("--read-only", action="store_true", help="a read-only export")
+    p.add_argument("--read-only", action="store_true", help="a read-only export or mount")
+    p.add_argument("--mount", metavar="DIR", help="mount point of a directory device (FUSE)")
+    p.add_argument("--writeback-cache", action="store_true",
+                   help="FUSE: the kernel delays and merges writes (charged to the opener)")
     _common(p, reads=False)
     p.set_defaults(func=cmd_create)
 

@@ -53,6 +53,7 @@ class Daemon:
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
         self.mounts: dict[str, FuseMount] = {}  # directory devices, served by FUSE workers
         self.mount_options: dict[str, tuple[str, bool]] = {}  # name -> mountpoint, writeback
+        self._unmounting: set[asyncio.Task[None]] = set()  # removed mounts still stopping
         self.removed: set[str] = set()  # configured devices removed at run time
         self.unrestored: dict[str, persist.DeviceState] = {}  # saved devices that failed to start
         self._t0 = 0.0
@@ -227,7 +228,9 @@ class Daemon:
         self.mount_options.pop(name, None)
         mount = self.mounts.pop(name, None)
         if mount is not None:  # the worker answers what is in flight, then unmounts
-            self.loop.create_task(mount.stop())
+            task = self.loop.create_task(mount.stop())
+            self._unmounting.add(task)
+            task.add_done_callback(self._unmounting.discard)
         if any(dev.name == name for dev in self.config.devices):
             self.removed.add(name)
         self.save_state()
@@ -354,7 +357,8 @@ class Daemon:
         self.pump()
         mounts = list(self.mounts.values())
         self.mounts.clear()
-        await asyncio.gather(*(m.stop(timeout) for m in mounts), return_exceptions=True)
+        await asyncio.gather(*(m.stop(timeout) for m in mounts), *self._unmounting,
+                             return_exceptions=True)  # fmt: skip
         loop = self.loop
         deadline = loop.time() + timeout
         while any(c.inflight for c in self.connections) and loop.time() < deadline:
@@ -515,7 +519,7 @@ class Daemon:
 
 def _stale(path: str) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as err:
         return err.errno == errno.ENOTCONN
     return False

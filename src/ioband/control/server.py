@@ -182,9 +182,11 @@ class ControlServer:
         d = self.daemon
         try:
             d.add_device(req["name"], req["table"], direct=req.get("direct", False),
-                         read_only=req.get("read_only", False))  # fmt: skip
-        except ConfigError as err:
-            raise InvalidArgument(err.rule) from None
+                         read_only=req.get("read_only", False), mountpoint=req.get("mount"),
+                         writeback_cache=req.get("writeback_cache", False))  # fmt: skip
+        except ConfigError as err:  # the field the rule is about, as the CLI names it
+            field = err.key.rpartition(".")[2]
+            raise InvalidArgument(f"{field}: {err.rule}" if field else err.rule) from None
         d.pump()
         d.device_created(req["name"])
         log.info("created %s: %s", req["name"], req["table"])
@@ -227,8 +229,10 @@ class ControlServer:
         out = []
         for name in sorted(d.engine.devices):
             dev = d.engine.devices[name]
+            mount = d.mounts.get(name)
             out.append({"name": name, "device_group": dev.dp.name, "backing": dev.backing,
-                        "suspended": bool(dev.suspended), "export": name in d.exports})  # fmt: skip
+                        "suspended": bool(dev.suspended), "export": name in d.exports,
+                        "mount": mount.mountpoint if mount else None})  # fmt: skip
         return out
 
     def op_targets(self, req: dict[str, Any]) -> list[dict[str, str]]:

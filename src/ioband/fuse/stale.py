@@ -50,7 +50,7 @@ def detach(path: str) -> None:
 def clear_stale_mount(path: str) -> bool:
     """Detach a dead FUSE mount at ``path`` (True if there was one); refuse a live mount."""
     try:
-        os.stat(path)
+        os.statvfs(path)  # always asks the server (a stat may be answered from cached attributes)
     except OSError as err:
         if err.errno == errno.ENOTCONN:
             detach(path)

@@ -1,0 +1,162 @@
+"""A directory device through the control plane: ``ioband create --mount``, ``ls``, ``remove``
+(drains and unmounts), the state file across a restart, and refusals that leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ioband.control.config import load_config
+from ioband.control.embedded import EmbeddedDaemon
+from tests.fuse_helpers import fuse_prerequisites, unmount
+
+
+def is_mount(path: Path) -> bool:
+    return subprocess.run(["mountpoint", "-q", str(path)]).returncode == 0
+
+
+def ioband(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ioband", *args], capture_output=True, text=True,
+                          env={**os.environ, "IOBAND_SOCKET": sock}, timeout=60)  # fmt: skip
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    fuse_prerequisites()
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "mnt").mkdir()
+    config = load_config(
+        f'[daemon]\ncontrol_socket = "{run}/control.sock"\nstate_file = "{run}/state.json"\n'
+        f'[nbd]\nunix_socket = "{run}/nbd.sock"\n'
+    )
+    d = EmbeddedDaemon(config)
+    d.start()
+    try:
+        yield d, str(run / "control.sock"), config
+    finally:
+        d.stop()
+        unmount(tmp_path / "mnt")
+
+
+def test_create_mount_ls_remove(daemon, tmp_path):
+    _, sock, _ = daemon
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    (data / "hello").write_text("hi\n")
+    table = f"0 0 ioband {data} 1 0 0 uid weight 0 :100"
+    r = ioband(sock, "create", "files1", "--table", table, "--mount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert is_mount(mnt)
+    assert (mnt / "hello").read_text() == "hi\n"
+    r = ioband(sock, "ls")
+    assert r.stdout.strip() == f"files1\t(fuse mount {mnt})"
+    r = ioband(sock, "table", "files1")
+    assert r.stdout.strip() == f"files1: 0 0 ioband {data} 1 4 192 uid weight 768 :100"
+    r = ioband(sock, "status", "files1")
+    reads = int(r.stdout.split()[6])
+    assert reads >= 1  # the read above went through the core
+    r = ioband(sock, "remove", "files1")
+    assert r.returncode == 0, r.stderr
+    for _ in range(100):
+        if not is_mount(mnt):
+            break
+        subprocess.run(["sleep", "0.05"])
+    assert not is_mount(mnt)
+    assert (data / "hello").read_text() == "hi\n"
+
+
+def test_refusals_leave_nothing_behind(daemon, tmp_path):
+    _, sock, _ = daemon
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    table = f"0 0 ioband {data} 1 0 0 uid weight 0 :100"
+    # a directory without a mount point
+    r = ioband(sock, "create", "files1", "--table", table)
+    assert r.returncode != 0 and "mountpoint" in r.stderr
+    # a mount point that is not a directory
+    r = ioband(sock, "create", "files1", "--table", table, "--mount", str(data / "nope"))
+    assert r.returncode != 0 and "not a directory" in r.stderr
+    # a file device with a mount point
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    r = ioband(sock, "create", "files1", "--table", f"0 2048 ioband {img} 1 0 0 none weight 0 :1",
+               "--mount", str(mnt))  # fmt: skip
+    assert r.returncode != 0 and "directory" in r.stderr
+    assert ioband(sock, "ls").stdout.strip() == "No devices found"
+    assert not is_mount(mnt)
+    # the name is free again: a correct create works
+    r = ioband(sock, "create", "files1", "--table", table, "--mount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    # the same mount point twice is refused
+    r = ioband(sock, "create", "files2", "--table", table, "--mount", str(mnt))
+    assert r.returncode != 0 and ("already" in r.stderr), r.stderr
+
+
+def test_state_restores_the_mount(daemon, tmp_path):
+    d, sock, config = daemon
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    table = f"0 0 ioband {data} 1 0 0 uid weight 0 :100"
+    assert ioband(sock, "create", "files1", "--table", table, "--mount", str(mnt)).returncode == 0
+    assert ioband(sock, "message", "files1", "0", "attach", "1000").returncode == 0
+    assert ioband(sock, "message", "files1", "0", "weight", "1000:40").returncode == 0
+    before = ioband(sock, "table").stdout
+    d.stop()
+    assert not is_mount(mnt)  # shutdown unmounts
+    again = EmbeddedDaemon(config)
+    again.start()
+    try:
+        assert is_mount(mnt)
+        assert ioband(sock, "table").stdout == before
+    finally:
+        again.stop()
+    assert not is_mount(mnt)
+
+
+def test_stale_mount_is_cleared_at_start(tmp_path):
+    """A worker killed with SIGKILL (with its daemon) leaves a dead mount: the next start
+    detaches it and mounts again."""
+    fuse_prerequisites()
+    data, mnt, run = tmp_path / "data", tmp_path / "mnt", tmp_path / "run"
+    for p in (data, mnt, run):
+        p.mkdir()
+    (data / "f").write_text("x")
+    config_text = (
+        f'[daemon]\ncontrol_socket = "{run}/control.sock"\nstate_file = ""\n'
+        f'[nbd]\nunix_socket = "{run}/nbd.sock"\n[[device]]\nname = "files1"\n'
+        f'table = "0 0 ioband {data} 1 0 0 uid weight 0 :100"\nmountpoint = "{mnt}"\n'
+    )
+    cfg = tmp_path / "ioband.toml"
+    cfg.write_text(config_text)
+    proc = subprocess.Popen([sys.executable, "-m", "ioband", "daemon", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(200):
+            if is_mount(mnt):
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert is_mount(mnt)
+        pattern = f"ioband.fuse.worker --name files1 --backing {data}"
+        workers = subprocess.run(["pgrep", "-f", pattern], capture_output=True,
+                                 text=True).stdout.split()  # fmt: skip
+        assert workers
+        for pid in workers:
+            os.kill(int(pid), 9)
+        proc.kill()
+        proc.wait()
+        with pytest.raises(OSError) as err:
+            os.stat(mnt / "f")
+        assert err.value.errno == 107  # ENOTCONN: the dead mount is still there
+        again = EmbeddedDaemon(load_config(config_text))
+        again.start()
+        try:
+            assert (mnt / "f").read_text() == "x"
+        finally:
+            again.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        unmount(mnt)
