@@ -1,0 +1,169 @@
+"""Fairness with real processes through a FUSE mount: three fio processes, in three real cgroups
+(type ``cgroup``) or under three uids (type ``user``), read files in the mount, weights 40/20/10.
+
+The backing store is the bottleneck by real means, as in the NBD test: the backing directory is
+an ext4 file system on a loop device, the daemon (and so its FUSE worker, which does the I/O)
+runs in a cgroup whose blkio throttle caps the loop device at READ_IOPS, and the device is
+``direct = true`` so that every read reaches the loop device. Each fio keeps 32 reads
+outstanding and the table's io_limit is 16: ioband holds what the device cannot take and its
+policy decides who goes next.
+
+Needs root, losetup, mkfs.ext4, the blkio hierarchy, fio, setpriv and FUSE; under CI
+(IOBAND_REQUIRE_REAL=1) their absence fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_real
+from tests.fuse_helpers import fuse_prerequisites, unmount
+from tests.test_nbd_fairness import BLKIO, WEIGHTS, assert_shares, in_cgroup, measure
+
+READ_IOPS = 1500
+RUNTIME = 10
+JOBS = 32  # reads outstanding per client
+
+
+def prerequisites() -> None:
+    fuse_prerequisites()
+    for tool in ("losetup", "mkfs.ext4", "fio", "setpriv"):
+        require_real(shutil.which(tool) is not None, f"{tool} is not installed")
+    require_real((BLKIO / "cgroup.procs").exists(), "the cgroup v1 blkio hierarchy is not mounted")
+
+
+@pytest.fixture
+def bottleneck(tmp_path: Path):
+    """An ext4 file system on a throttled loop device, with a file per client."""
+    prerequisites()
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    backfs = tmp_path / "backfs"
+    backfs.mkdir()
+    cgroups: list[Path] = []
+    mounted = False
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", loop], check=True, timeout=60)
+        subprocess.run(["mount", loop, str(backfs)], check=True, timeout=30)
+        mounted = True
+        backfs.chmod(0o755)
+        for name in WEIGHTS:
+            with open(backfs / name, "wb") as f:
+                f.write(os.urandom(1 << 20) * 64)
+            (backfs / name).chmod(0o644)
+        os.sync()
+        rdev = os.stat(loop).st_rdev
+        daemon_cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-daemon"
+        daemon_cg.mkdir()
+        cgroups.append(daemon_cg)
+        (daemon_cg / "blkio.throttle.read_iops_device").write_text(
+            f"{os.major(rdev)}:{os.minor(rdev)} {READ_IOPS}\n"
+        )
+        yield backfs, daemon_cg, cgroups
+    finally:
+        for cg in reversed(cgroups):
+            for _ in range(50):
+                try:
+                    cg.rmdir()
+                    break
+                except OSError:  # processes still leaving
+                    time.sleep(0.1)
+        if mounted:
+            subprocess.run(["umount", "-l", str(backfs)], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def start_daemon(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subprocess.Popen, Path]:
+    # reachable by the unprivileged clients of the user test (pytest's tmp_path is not)
+    public = Path(tempfile.mkdtemp(prefix="ioband-fuse-test-", dir="/tmp"))
+    public.chmod(0o755)
+    mnt = public / "mnt"
+    mnt.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    config = tmp_path / "ioband.toml"
+    config.write_text(
+        f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/nbd.sock"\n'
+        f'[[device]]\nname = "files1"\ntable = "{table}"\nmountpoint = "{mnt}"\ndirect = true\n'
+    )
+    argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
+    proc = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if subprocess.run(["mountpoint", "-q", str(mnt)]).returncode == 0:
+            return proc, mnt
+        if proc.poll() is not None:
+            pytest.fail(f"daemon exited: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the mount did not appear")
+
+
+def stop_daemon(proc: subprocess.Popen, mnt: Path) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        unmount(mnt)
+        for d in (mnt, mnt.parent):  # never rmtree: a failed unmount would reach the backing
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def fio(path: Path, name: str, rw: str = "randread") -> list[str]:
+    return [
+        "fio", f"--name={name}", f"--filename={path}", f"--rw={rw}", "--bs=4k", "--direct=1",
+        "--ioengine=psync", f"--numjobs={JOBS}", "--group_reporting", "--size=64M",
+        "--time_based", "--ramp_time=1", f"--runtime={RUNTIME}", "--output-format=json",
+    ]  # fmt: skip
+
+
+def test_cgroup_type_shares_follow_weights(bottleneck, tmp_path):
+    backfs, daemon_cg, cgroups = bottleneck
+    ids = {}
+    for name in WEIGHTS:
+        cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-{name}"
+        cg.mkdir()
+        cgroups.append(cg)
+        ids[name] = cg.stat().st_ino
+    groups = " ".join(f"{ids[n]}:{w}" for n, w in WEIGHTS.items())
+    table = f"0 0 ioband {backfs} 1 0 16 cgroup weight 0 :1 {groups}"
+    daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
+    try:
+        prefix = BLKIO / f"ioband-fuse-test-{os.getpid()}"
+        clients = {n: in_cgroup(Path(f"{prefix}-{n}"), fio(mnt / n, n)) for n in WEIGHTS}
+        ios = measure(clients)
+    finally:
+        stop_daemon(daemon, mnt)
+    assert_shares(ios)
+
+
+def test_user_type_shares_follow_weights(bottleneck, tmp_path):
+    backfs, daemon_cg, _ = bottleneck
+    uids = {"g1": 61001, "g2": 61002, "g3": 61003}
+    groups = " ".join(f"{uids[n]}:{w}" for n, w in WEIGHTS.items())
+    table = f"0 0 ioband {backfs} 1 0 16 user weight 0 :1 {groups}"
+    daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
+    try:
+        clients = {
+            name: ["setpriv", f"--reuid={uids[name]}", f"--regid={uids[name]}",
+                   "--clear-groups", *fio(mnt / name, name)]
+            for name in WEIGHTS
+        }  # fmt: skip
+        ios = measure(clients)
+    finally:
+        stop_daemon(daemon, mnt)
+    assert_shares(ios)
