@@ -558,7 +558,12 @@ class Passthrough(pyfuse3.Operations):
     def _pwrite_all(fd: int, view: memoryview, off: int) -> int:
         done = 0
         while done < len(view):
-            done += os.pwrite(fd, view[done:], off + done)
+            try:
+                done += os.pwrite(fd, view[done:], off + done)
+            except OSError:
+                if done:  # the bytes are in the file: a short write, as write(2) reports it
+                    return done
+                raise
         return done
 
     async def write(self, fh, off, buf):
