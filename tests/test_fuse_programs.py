@@ -556,6 +556,48 @@ def test_same_as_a_plain_directory(op: Callable[[list[Any]], None], mount: Mount
     assert snapshot(work / "case") == plain
 
 
+def worker_fds(mount: Mounted) -> int:
+    """How many descriptors the mount's worker process holds."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ioband.fuse.worker" in argv and os.fsencode(mount.mnt) in argv:
+            return len(os.listdir(f"/proc/{pid}/fd"))
+    raise AssertionError("no worker process for the mount")
+
+
+def test_readdir_keeps_no_descriptor_per_pass(mount: Mounted, work: Path) -> None:
+    """Regression: an entry the kernel already knew, at the end of a full readdir buffer, left
+    its freshly opened O_PATH fd open: every listing of a big directory leaked a few."""
+    for i in range(1500):
+        (work / f"entry-{i:05}-{'x' * 40}").touch()
+    os.listdir(work)
+    before = worker_fds(mount)
+    for _ in range(10):
+        assert len(os.listdir(work)) == 1500
+    assert worker_fds(mount) - before < 5
+
+
+def test_readdir_inode_numbers_of_another_file_system(mount: Mounted, work: Path) -> None:
+    """Regression: a directory entry on another file system (a mount inside the backing
+    directory) was reported by readdir with one inode number and remembered under another, so
+    the kernel's inode was unknown to the worker (ESTALE, retried by the VFS) and st_ino
+    changed under the caller once the name was looked up again."""
+    from tests.test_fuse_faults import small_tmpfs
+
+    with small_tmpfs(mount.backing / work.name / "sub", "1m") as sub:
+        (sub / "f").write_text("on tmpfs")
+        with os.scandir(work) as it:
+            d_ino = {e.name: e.inode() for e in it}
+        assert os.stat(work / "sub").st_ino == d_ino["sub"]
+        time.sleep(1.2)  # the kernel looks the name up again
+        assert os.stat(work / "sub").st_ino == d_ino["sub"]
+        assert (work / "sub" / "f").read_text() == "on tmpfs"
+        assert os.listdir(work / "sub") == ["f"]
+
+
 def test_statfs_is_the_backing_file_systems(mount: Mounted) -> None:
     ours = os.statvfs(mount.mnt)
     theirs = os.statvfs(mount.backing)

@@ -415,15 +415,19 @@ class Passthrough(pyfuse3.Operations):
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
             known = self.by_key.get(key)
-            ino = known.ino if known is not None else None
-            entry = self._entry(known or Inode(fd, self._fuse_ino(st) if ino is None else ino,
-                                               key), st)  # fmt: skip
-            if not pyfuse3.readdir_reply(token, names[i], entry, i + 1):
-                if known is None:
-                    os.close(fd)
+            # the inode the kernel is told of is the one remembered (a new number for an object
+            # on another file system is drawn once), and our fd is closed whatever happens
+            child = known or Inode(fd, self._fuse_ino(st), key)
+            if not pyfuse3.readdir_reply(token, names[i], self._entry(child, st), i + 1):
+                os.close(fd)
                 break
             # readdirplus counts a lookup for every entry the kernel took
-            self._remember(fd, st)
+            if known is None:
+                self.inodes[child.ino] = child
+                self.by_key[key] = child
+            else:
+                os.close(fd)
+            child.lookups += 1
 
     async def releasedir(self, fh):
         self.dirs.pop(fh, None)
