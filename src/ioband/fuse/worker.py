@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,19 +34,36 @@ log = logging.getLogger("ioband.fuse")
 
 
 READAHEAD_KB = 4096
+MAX_BACKGROUND = 2048
 
 
-def set_readahead(mountpoint: str, kb: int) -> None:
-    """The kernel gives a FUSE mount 128 KiB of readahead, which caps sequential reads at one
-    or two 128 KiB requests in flight; a larger window lets it send 1 MiB requests, several at
-    once (it stays adaptive: random reads do not grow it)."""
+def tune_mount(mountpoint: str, readahead_kb: int, max_background: int) -> None:
+    """Two kernel limits of a FUSE mount that cap throughput, raised as root:
+
+    - readahead: 128 KiB by default, which allows one or two 128 KiB reads in flight; a larger
+      window lets sequential reads go as 1 MiB requests, several at once (it stays adaptive:
+      random reads do not grow it);
+    - max_background: 12 asynchronous requests (readahead, writeback) by default. The core can
+      only arbitrate between requests it holds, so more must reach it than io_limit lets through.
+    """
     entry = mount_entry(mountpoint)
     if entry is None:
         return
-    path = f"/sys/class/bdi/{entry[1]}/read_ahead_kb"
+    _write(f"/sys/class/bdi/{entry[1]}/read_ahead_kb", readahead_kb)
+    connections = "/sys/fs/fuse/connections"
+    if os.path.isdir(connections) and not os.listdir(connections):
+        # the FUSE control file system, which systemd normally mounts
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", connections], check=False,
+                       capture_output=True)  # fmt: skip
+    conn = f"{connections}/{entry[1].partition(':')[2]}"
+    _write(f"{conn}/max_background", max_background)
+    _write(f"{conn}/congestion_threshold", max_background * 3 // 4)
+
+
+def _write(path: str, value: int) -> None:
     try:
         with open(path, "w") as f:
-            f.write(str(kb))
+            f.write(str(value))
     except OSError as err:
         log.warning("cannot set %s: %s", path, err)
 
@@ -139,11 +157,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-fd", type=int, default=-1, help="-1: no control (stand-alone)")
     p.add_argument("--cgroup-hierarchy", default="auto")
     p.add_argument("--threads", type=int, default=16)
-    p.add_argument("--tasks", type=int, default=512, help="FUSE requests served at once")
+    p.add_argument("--tasks", type=int, default=2048, help="FUSE requests served at once")
     p.add_argument("--direct", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--writeback-cache", action="store_true")
     p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
+    p.add_argument("--max-background", type=int, default=MAX_BACKGROUND)
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -183,7 +202,8 @@ async def serve(args: argparse.Namespace) -> None:
         read_only=args.read_only,
         writeback_cache=args.writeback_cache,
         # after the kernel has taken the INIT reply, which would lower it again
-        on_init=lambda: loop.call_soon(set_readahead, args.mountpoint, args.readahead_kb),
+        on_init=lambda: loop.call_soon(tune_mount, args.mountpoint, args.readahead_kb,
+                                       args.max_background),
     )
     options = set(pyfuse3.default_options)
     options |= {"allow_other", f"fsname=ioband:{args.name}", "subtype=ioband"}
