@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def test_stale_mount_is_cleared_at_start(tmp_path):
         proc.wait()
         with pytest.raises(OSError) as err:
             os.stat(mnt / "f")
-        assert err.value.errno == 107  # ENOTCONN: the dead mount is still there
+        assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # the dead mount
         again = EmbeddedDaemon(load_config(config_text))
         again.start()
         try:

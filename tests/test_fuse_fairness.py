@@ -47,7 +47,7 @@ def bottleneck(tmp_path: Path):
     prerequisites()
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:
-        f.truncate(512 << 20)
+        f.truncate(1536 << 20)
     loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     backfs = tmp_path / "backfs"
@@ -85,7 +85,8 @@ def bottleneck(tmp_path: Path):
         subprocess.run(["losetup", "-d", loop], check=False)
 
 
-def start_daemon(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subprocess.Popen, Path]:
+def start_daemon(tmp_path: Path, daemon_cg: Path, table: str, extra: str = ""
+                 ) -> tuple[subprocess.Popen, Path]:  # fmt: skip
     # reachable by the unprivileged clients of the user test (pytest's tmp_path is not)
     public = Path(tempfile.mkdtemp(prefix="ioband-fuse-test-", dir="/tmp"))
     public.chmod(0o755)
@@ -97,6 +98,7 @@ def start_daemon(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subproces
     config.write_text(
         f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/nbd.sock"\n'
         f'[[device]]\nname = "files1"\ntable = "{table}"\nmountpoint = "{mnt}"\ndirect = true\n'
+        + extra
     )
     argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
     proc = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=subprocess.PIPE, text=True)
@@ -167,3 +169,61 @@ def test_user_type_shares_follow_weights(bottleneck, tmp_path):
     finally:
         stop_daemon(daemon, mnt)
     assert_shares(ios)
+
+
+WRITE_BPS = 12 << 20
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_buffered_writes_charged_to_the_writers_cgroups(bottleneck, tmp_path):
+    """Delayed writes: three dd processes, each in its own cgroup, write through the page cache
+    (no O_DIRECT, no fsync). ioband answers their writes at once and writes them later, charged
+    to each file's opener and admitted by weight; a writer with too much outstanding waits, so
+    each goes at its group's pace. Shares are measured where the bytes land: the backing
+    files."""
+    backfs, daemon_cg, cgroups = bottleneck
+    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(backfs)], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    rdev = os.stat(source).st_rdev
+    throttle = daemon_cg / "blkio.throttle.write_bps_device"
+    throttle.write_text(f"{os.major(rdev)}:{os.minor(rdev)} {WRITE_BPS}\n")
+    ids = {}
+    for name in WEIGHTS:
+        cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-{name}"
+        cg.mkdir()
+        cgroups.append(cg)
+        ids[name] = cg.stat().st_ino
+    groups = " ".join(f"{ids[n]}:{w}" for n, w in WEIGHTS.items())
+    table = f"0 0 ioband {backfs} 1 0 16 cgroup weight 0 :1 {groups}"
+    daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
+    procs = []
+    try:
+        prefix = BLKIO / f"ioband-fuse-test-{os.getpid()}"
+        for n in WEIGHTS:
+            argv = ["dd", "if=/dev/zero", f"of={mnt}/w-{n}", "bs=1M", "count=320"]
+            procs.append(subprocess.Popen(in_cgroup(Path(f"{prefix}-{n}"), argv),
+                                          stderr=subprocess.DEVNULL))  # fmt: skip
+        time.sleep(2)
+        start = {n: allocated(backfs / f"w-{n}") for n in WEIGHTS}
+        time.sleep(RUNTIME)
+        end = {n: allocated(backfs / f"w-{n}") for n in WEIGHTS}
+        running = [p.poll() is None for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        throttle.write_text(f"{os.major(rdev)}:{os.minor(rdev)} 0\n")  # drain at full speed
+        for p in procs:
+            p.wait(timeout=60)
+        stop_daemon(daemon, mnt)
+    written = {n: end[n] - start[n] for n in WEIGHTS}
+    total = sum(written.values())
+    print("write shares:", {n: round(v / total, 3) for n, v in written.items()}, written)
+    assert all(running)  # every writer had more to write all along
+    total_w = sum(WEIGHTS.values())
+    for name, w in WEIGHTS.items():
+        share, want = written[name] / total, w / total_w
+        assert abs(share - want) / want <= 0.15, f"{name}: {share:.3f} vs {want:.3f} {written}"
+    assert total / RUNTIME > WRITE_BPS * 0.7  # the device was the bottleneck

@@ -138,9 +138,9 @@ def freed(mnt: Path, size: int) -> None:
 
 
 def test_full_backing_file_system(tmp_path: Path) -> None:
-    """Writing past an 8 MiB tmpfs: ENOSPC reaches the writer (dd and Python), every byte a
-    write reported as written is in the file, and the mount still serves reads and (once space
-    is freed) smaller writes."""
+    """Writing past an 8 MiB tmpfs: ENOSPC reaches the writer (dd; Python with O_SYNC at the
+    write, where every byte a write reported is in the file; buffered, at a later write or at
+    close), and the mount still serves reads and (once space is freed) smaller writes."""
     fuse_prerequisites()
     with small_tmpfs(tmp_path / "tmpfs") as backing, mounted(tmp_path, backing=backing) as m:
         keep = pattern(MIB, seed=2)
@@ -152,8 +152,9 @@ def test_full_backing_file_system(tmp_path: Path) -> None:
         (m.mnt / "dd").unlink()
         freed(m.mnt, 6 * MIB)
 
+        # O_SYNC writes are not delayed: what write() said it wrote is what the file holds
         written = 0
-        fd = os.open(m.mnt / "py", os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(m.mnt / "py", os.O_WRONLY | os.O_CREAT | os.O_SYNC, 0o644)
         try:
             with pytest.raises(OSError) as err:
                 for _ in range(64):
@@ -162,9 +163,30 @@ def test_full_backing_file_system(tmp_path: Path) -> None:
         finally:
             os.close(fd)
         assert 4 * MIB < written < 8 * MIB
-        # what write() said it wrote is what the file holds: no more, no less
         assert os.stat(m.backing / "py").st_size == written
         assert os.stat(m.mnt / "py").st_size == written
+        (m.mnt / "py").unlink()
+        freed(m.mnt, 6 * MIB)
+
+        # buffered writes are delayed (write-behind): ENOSPC comes with a later write or with
+        # close(), as the kernel reports a failed writeback; the file holds what landed
+        written = 0
+        errors = []
+        fd = os.open(m.mnt / "py", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for _ in range(64):
+                written += os.write(fd, b"q" * (3 * MIB // 2 + 123))
+        except OSError as e:
+            errors.append(e.errno)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as e:
+                errors.append(e.errno)
+        assert errno.ENOSPC in errors
+        size = os.stat(m.backing / "py").st_size
+        assert 4 * MIB < size <= written
+        assert (m.backing / "py").read_bytes() == b"q" * size
 
         assert (m.mnt / "keep").read_bytes() == keep
         fd = os.open(m.mnt / "keep", os.O_RDONLY)

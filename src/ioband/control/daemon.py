@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from ioband.core.model import Device
 from ioband.core.request import Request
 from ioband.errors import IobandError
 from ioband.fuse.mount import FuseMount, MountOptions
+from ioband.fuse.stale import DEAD as DEAD_MOUNT
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing, resolve
 from ioband.nbd.iopool import IoPool
@@ -521,7 +521,7 @@ def _stale(path: str) -> bool:
     try:
         os.statvfs(path)
     except OSError as err:
-        return err.errno == errno.ENOTCONN
+        return err.errno in DEAD_MOUNT
     return False
 
 

@@ -29,6 +29,7 @@ import pyfuse3
 
 from ioband.cgroup.proc import Hierarchy, identity
 from ioband.core.request import Submitter
+from ioband.fuse.writebehind import WriteBehind
 
 ROOT = pyfuse3.ROOT_INODE
 ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes and names
@@ -104,8 +105,8 @@ class Inode:
 class Handle:
     """An open file: the backing descriptor and who opened it."""
 
-    __slots__ = ("buffered_fd", "direct", "fd", "gid", "inode", "owner", "pid", "resolved",
-                 "sync", "uid")  # fmt: skip
+    __slots__ = ("buffered_fd", "delay", "direct", "fd", "gid", "inode", "owner", "pid",
+                 "resolved", "sync", "uid")  # fmt: skip
 
     def __init__(self, fd: int, inode: Inode, owner: Submitter, *, direct: bool, sync: bool,
                  uid: int, gid: int) -> None:  # fmt: skip
@@ -119,6 +120,7 @@ class Handle:
         self.direct = direct  # fd is O_DIRECT: aligned buffers, and a buffered fd for the rest
         self.buffered_fd = -1
         self.sync = sync  # O_SYNC/O_DSYNC/O_DIRECT writes are sync requests, as in the kernel
+        self.delay = False  # buffered writes answered at once, written later (write-behind)
 
 
 class BufferPool:
@@ -154,6 +156,7 @@ class Passthrough(pyfuse3.Operations):
         read_only: bool = False,
         writeback_cache: bool = False,
         on_init: Callable[[], None] | None = None,
+        write_behind: bool = True,
     ) -> None:
         super().__init__()
         self.on_init = on_init
@@ -175,6 +178,8 @@ class Passthrough(pyfuse3.Operations):
         self._next_fh = 1
         self._next_foreign = 1 << 48  # inode numbers for objects on other file systems
         self.buffers = BufferPool()
+        # delayed buffered writes, unless the kernel delays them itself (writeback cache)
+        self.behind = WriteBehind() if write_behind and not writeback_cache else None
 
     def init(self) -> None:
         if self.on_init is not None:
@@ -218,6 +223,8 @@ class Passthrough(pyfuse3.Operations):
         e.st_gid = st.st_gid
         e.st_rdev = st.st_rdev
         e.st_size = st.st_size
+        if self.behind is not None and inode in self.behind.ranges:  # delayed writes to land
+            e.st_size = max(st.st_size, self.behind.size_hint(inode))
         e.st_blksize = st.st_blksize
         e.st_blocks = st.st_blocks
         e.st_atime_ns = st.st_atime_ns
@@ -281,6 +288,8 @@ class Passthrough(pyfuse3.Operations):
         node = self._inode(inode)
         path = node.path
         handle = self.handles.get(fh) if fh is not None else None
+        if self.behind is not None:
+            await self.behind.settle(node)
         if fields.update_mode:
             os.chmod(path, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
@@ -463,8 +472,10 @@ class Passthrough(pyfuse3.Operations):
         sync = bool(flags & (os.O_SYNC | os.O_DSYNC | os.O_DIRECT))
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(fd, inode, owner, direct=direct, sync=sync, uid=ctx.uid,
-                                  gid=ctx.gid)  # fmt: skip
+        h = self.handles[fh] = Handle(fd, inode, owner, direct=direct, sync=sync, uid=ctx.uid,
+                                      gid=ctx.gid)  # fmt: skip
+        # Appends stay synchronous: the backing file's O_APPEND keeps them atomic and in order.
+        h.delay = self.behind is not None and not sync and not flags & os.O_APPEND
         # The caller's O_DIRECT bypasses the mount's page cache too.
         return pyfuse3.FileInfo(fh=fh, direct_io=bool(flags & os.O_DIRECT), keep_cache=False)
 
@@ -474,6 +485,8 @@ class Passthrough(pyfuse3.Operations):
         if self.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
         real, direct = self._open_flags(flags)
+        if self.behind is not None and flags & os.O_TRUNC:
+            await self.behind.settle(node)
         fd = os.open(node.path, real & ~os.O_CREAT)
         return self._handle(fd, node, flags, direct, ctx)
 
@@ -529,6 +542,8 @@ class Passthrough(pyfuse3.Operations):
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         owner = self._refresh_owner(h)
+        if self.behind is not None:
+            await self.behind.settle(h.inode, off, off + size)
         token = await self.admission.begin(False, True, off, size, owner)
         buf = self.buffers.take(size)
         try:
@@ -575,6 +590,22 @@ class Passthrough(pyfuse3.Operations):
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         owner = self._refresh_owner(h)
+        behind = self.behind
+        if h.delay:
+            self._report(h)
+            length = len(buf)
+
+            async def perform() -> int:
+                token = await self.admission.begin(True, False, off, length, owner)
+                try:
+                    return await self.run(self._pwrite, h, off, buf)
+                finally:
+                    self.admission.end(token)
+
+            await behind.write(h.inode, h, off, length, perform)
+            return length
+        if behind is not None and h.inode in behind.ranges:  # appends go after them
+            await behind.settle(h.inode)
         token = await self.admission.begin(True, h.sync, off, len(buf), owner)
         try:
             return await self.run(self._pwrite, h, off, buf)
@@ -583,21 +614,41 @@ class Passthrough(pyfuse3.Operations):
         finally:
             self.admission.end(token)
 
+    def _report(self, h: Handle) -> None:
+        """A delayed write of this file failed: its next write, fsync or close says so."""
+        err = self.behind.take_error(h) if self.behind is not None else None
+        if err is not None:
+            raise pyfuse3.FUSEError(err.errno or errno.EIO)
+
+    async def _settle(self, h: Handle) -> None:
+        if self.behind is not None:
+            await self.behind.settle(h.inode)
+
     async def flush(self, fh):
-        pass
+        h = self.handles.get(fh)
+        if h is not None:  # close(): the file's delayed writes land first, errors reported
+            await self._settle(h)
+            self._report(h)
 
     async def release(self, fh):
-        h = self.handles.pop(fh, None)
-        if h is not None:
-            os.close(h.fd)
-            if h.buffered_fd >= 0:
-                os.close(h.buffered_fd)
+        h = self.handles.get(fh)
+        if h is None:
+            return
+        await self._settle(h)  # they write through this handle's descriptor
+        del self.handles[fh]
+        if self.behind is not None:
+            self.behind.forget(h)
+        os.close(h.fd)
+        if h.buffered_fd >= 0:
+            os.close(h.buffered_fd)
 
     @_errno
     async def fsync(self, fh, datasync):
         h = self.handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        await self._settle(h)
+        self._report(h)
         # charged as one empty sync write, as a flush bio would be
         token = await self.admission.begin(True, True, 0, 0, self._refresh_owner(h))
         try:

@@ -1,6 +1,6 @@
 """Mount points left behind: a FUSE server that died without unmounting leaves a mount whose
-every access fails with ENOTCONN ("Transport endpoint is not connected"). It must not block the
-next start, so it is detached; a live mount there is an error."""
+every access fails with ENOTCONN ("Transport endpoint is not connected") or ECONNABORTED. It
+must not block the next start, so it is detached; a live mount there is an error."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import errno
 import os
 
 MNT_DETACH = 2
+#: what every access to a mount whose server is gone fails with (ECONNABORTED: the connection
+#: was aborted, e.g. the server died while requests were in flight)
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -52,7 +55,7 @@ def clear_stale_mount(path: str) -> bool:
     try:
         os.statvfs(path)  # always asks the server (a stat may be answered from cached attributes)
     except OSError as err:
-        if err.errno == errno.ENOTCONN:
+        if err.errno in DEAD:
             detach(path)
             return True
         raise

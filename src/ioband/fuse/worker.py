@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--writeback-cache", action="store_true")
+    p.add_argument("--no-write-behind", action="store_true")
     p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
     p.add_argument("--max-background", type=int, default=MAX_BACKGROUND)
     p.add_argument("--debug", action="store_true")
@@ -201,6 +202,7 @@ async def serve(args: argparse.Namespace) -> None:
         direct=args.direct,
         read_only=args.read_only,
         writeback_cache=args.writeback_cache,
+        write_behind=not args.no_write_behind,
         # after the kernel has taken the INIT reply, which would lower it again
         on_init=lambda: loop.call_soon(tune_mount, args.mountpoint, args.readahead_kb,
                                        args.max_background),
@@ -219,6 +221,8 @@ async def serve(args: argparse.Namespace) -> None:
             stop()
     try:
         await pyfuse3.main(min_tasks=4, max_tasks=args.tasks)
+        if ops.behind is not None:  # delayed writes already answered land before the exit
+            await ops.behind.drain()
     finally:
         pyfuse3.close(unmount=True)
         pool.close()
