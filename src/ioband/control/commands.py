@@ -79,7 +79,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     return _run("create", args, "create", None, name=args.name, table=table,
                 direct=args.direct or None, read_only=args.read_only or None,
                 mount=os.path.abspath(args.mount) if args.mount else None,
-                writeback_cache=args.writeback_cache or None)  # fmt: skip
+                writeback_cache=args.writeback_cache or None,
+                write_behind=False if args.no_write_behind else None)  # fmt: skip
 
 
 def cmd_message(args: argparse.Namespace) -> int:
@@ -163,6 +164,8 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mount", metavar="DIR", help="mount point of a directory device (FUSE)")
     p.add_argument("--writeback-cache", action="store_true",
                    help="FUSE: the kernel delays and merges writes (charged to the opener)")
+    p.add_argument("--no-write-behind", action="store_true",
+                   help="FUSE: buffered writes reach the backing store before write() returns")
     _common(p, reads=False)
     p.set_defaults(func=cmd_create)
 

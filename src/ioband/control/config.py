@@ -25,6 +25,7 @@ name = "files1"
 table = "0 0 ioband /srv/data 1 0 0 cgroup weight 0 :100"
 mountpoint = "/mnt/data"
 writeback_cache = false       # true: the kernel delays writes (charged to the file's opener)
+write_behind = true           # ioband delays buffered writes, each writer paced by its share
 ```
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
 
@@ -70,6 +71,7 @@ class DeviceConfig:
     control: bool = True  # False: requests bypass the scheduler (to measure its overhead)
     mountpoint: str | None = None  # a directory device: where its FUSE mount goes
     writeback_cache: bool = False  # FUSE: let the kernel delay and merge writes
+    write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ _SECTIONS = {
     "metrics": ("listen",),
 }
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
-                "writeback_cache")
+                "writeback_cache", "write_behind")
 
 
 def load_config(
@@ -215,8 +217,10 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
                                   f"must be an absolute path, got {mountpoint!r}")  # fmt: skip
         writeback = _typed(src, f"{where}.writeback_cache", item.get("writeback_cache", False),
                            bool, "true or false")  # fmt: skip
+        behind = _typed(src, f"{where}.write_behind", item.get("write_behind", True), bool,
+                        "true or false")  # fmt: skip
         devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control,
-                                    mountpoint or None, writeback))  # fmt: skip
+                                    mountpoint or None, writeback, behind))  # fmt: skip
     control_sock = _optional_path(src, "daemon.control_socket", values,
                              DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
     state = _optional_path(src, "daemon.state_file", values,

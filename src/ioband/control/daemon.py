@@ -52,7 +52,8 @@ class Daemon:
         self.config_path: str | None = None  # the file SIGHUP re-reads
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
         self.mounts: dict[str, FuseMount] = {}  # directory devices, served by FUSE workers
-        self.mount_options: dict[str, tuple[str, bool]] = {}  # name -> mountpoint, writeback
+        # name -> mountpoint, writeback_cache, write_behind
+        self.mount_options: dict[str, tuple[str, bool, bool]] = {}
         self._unmounting: set[asyncio.Task[None]] = set()  # removed mounts still stopping
         self.removed: set[str] = set()  # configured devices removed at run time
         self.unrestored: dict[str, persist.DeviceState] = {}  # saved devices that failed to start
@@ -122,6 +123,7 @@ class Daemon:
         where: str = "",
         mountpoint: str | None = None,
         writeback_cache: bool = False,
+        write_behind: bool = True,
     ) -> Export | FuseMount | None:
         """Create an ioband device and export it (a file or block device) or mount it (a
         directory). Nothing is left behind when it fails. A daemon that is not running (the
@@ -130,7 +132,8 @@ class Daemon:
         device = engine.create(name, table, self.now() if self.loop else 0)
         if os.path.isdir(device.backing) or mountpoint:
             return self._add_mount(name, device, messages, where, MountOptions(
-                mountpoint or "", direct, read_only, control, writeback_cache))  # fmt: skip
+                mountpoint or "", direct, read_only, control, writeback_cache,
+                write_behind))  # fmt: skip
         try:
             self._apply_messages(name, messages, where)
             try:
@@ -165,7 +168,8 @@ class Daemon:
         """A device from the configuration file or the state file."""
         return self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
                                read_only=dev.read_only, control=dev.control, where=where,
-                               mountpoint=dev.mountpoint, writeback_cache=dev.writeback_cache)
+                               mountpoint=dev.mountpoint, writeback_cache=dev.writeback_cache,
+                               write_behind=dev.write_behind)
 
     def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
         for i, message in enumerate(messages):
@@ -209,7 +213,8 @@ class Daemon:
             raise
         self.mounts[name] = mount
         self.flags[name] = (options.direct, options.read_only, options.control)
-        self.mount_options[name] = (options.mountpoint, options.writeback_cache)
+        self.mount_options[name] = (options.mountpoint, options.writeback_cache,
+                                    options.write_behind)
         return mount
 
     def device_created(self, name: str) -> None:
@@ -263,10 +268,10 @@ class Daemon:
                 if policy.carryover_set:
                     messages = (f"carryover {policy.carryover_set}",)
             direct, read_only, control = self.flags.get(name, (False, False, True))
-            mountpoint, writeback = self.mount_options.get(name, (None, False))
+            mountpoint, writeback, behind = self.mount_options.get(name, (None, False, True))
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
                                                read_only, control, mountpoint,
-                                               writeback))  # fmt: skip
+                                               writeback, behind))  # fmt: skip
         names = {d.name for d in devices}
         devices += [d for n, d in self.unrestored.items() if n not in names]
         return persist.State(devices, sorted(self.removed))

@@ -183,7 +183,8 @@ class ControlServer:
         try:
             d.add_device(req["name"], req["table"], direct=req.get("direct", False),
                          read_only=req.get("read_only", False), mountpoint=req.get("mount"),
-                         writeback_cache=req.get("writeback_cache", False))  # fmt: skip
+                         writeback_cache=req.get("writeback_cache", False),
+                         write_behind=req.get("write_behind", True))  # fmt: skip
         except ConfigError as err:  # the field the rule is about, as the CLI names it
             field = err.key.rpartition(".")[2]
             raise InvalidArgument(f"{field}: {err.rule}" if field else err.rule) from None

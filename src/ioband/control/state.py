@@ -5,7 +5,7 @@ The file is JSON::
     {"format": "ioband-state", "version": 1,
      "devices": [{"name": ..., "table": ..., "messages": [...], "direct": false,
                   "read_only": false, "control": true, "mountpoint": null,
-                  "writeback_cache": false}, ...],
+                  "writeback_cache": false, "write_behind": true}, ...],
      "removed": ["names of configured devices removed at run time"]}
 
 ``table`` is the engine's current table line with the backing path the device was created with,
@@ -47,6 +47,7 @@ class DeviceState:
     control: bool = True
     mountpoint: str | None = None
     writeback_cache: bool = False
+    write_behind: bool = True
 
 
 @dataclass
@@ -88,12 +89,13 @@ def parse(text: str, path: str) -> State:
             and isinstance(item.get("name"), str)
             and isinstance(item.get("table"), str)
             and all(isinstance(item.get(k, True), bool)
-                    for k in ("direct", "read_only", "control", "writeback_cache"))
+                    for k in ("direct", "read_only", "control", "writeback_cache",
+                              "write_behind"))
             and isinstance(item.get("mountpoint", ""), str | None)
             and isinstance(item.get("messages", []), list)
             and all(isinstance(m, str) for m in item.get("messages", []))
             and set(item) <= {"name", "table", "messages", "direct", "read_only", "control",
-                              "mountpoint", "writeback_cache"}
+                              "mountpoint", "writeback_cache", "write_behind"}
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")

@@ -43,6 +43,7 @@ class MountOptions:
     read_only: bool = False
     control: bool = True
     writeback_cache: bool = False
+    write_behind: bool = True
 
 
 class WorkerChannel(asyncio.Protocol):
@@ -146,7 +147,8 @@ class FuseMount:
                 "--cgroup-hierarchy", self.daemon.config.cgroup_hierarchy,
                 "--threads", str(self.daemon.config.io_threads)]  # fmt: skip
         for flag, on in (("--direct", o.direct), ("--read-only", o.read_only),
-                         ("--writeback-cache", o.writeback_cache)):  # fmt: skip
+                         ("--writeback-cache", o.writeback_cache),
+                         ("--no-write-behind", not o.write_behind)):  # fmt: skip
             if on:
                 argv.append(flag)
         return argv
