@@ -145,7 +145,8 @@ class FuseMount:
                 "--backing", self.backing, "--mountpoint", self.mountpoint,
                 "--channel-fd", str(fd if o.control else -1),
                 "--cgroup-hierarchy", self.daemon.config.cgroup_hierarchy,
-                "--threads", str(self.daemon.config.io_threads)]  # fmt: skip
+                "--threads", str(self.daemon.config.io_threads),
+                "--parent-pid", str(os.getpid())]  # fmt: skip
         for flag, on in (("--direct", o.direct), ("--read-only", o.read_only),
                          ("--writeback-cache", o.writeback_cache),
                          ("--no-write-behind", not o.write_behind)):  # fmt: skip

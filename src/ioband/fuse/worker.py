@@ -164,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write-behind", action="store_true")
     p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
     p.add_argument("--max-background", type=int, default=MAX_BACKGROUND)
+    p.add_argument("--parent-pid", type=int, default=0, help="the daemon: exit when it dies")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -228,7 +229,7 @@ async def serve(args: argparse.Namespace) -> None:
         pool.close()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """SIGTERM when the daemon dies, even without an admission channel to notice it by."""
     import ctypes
     import ctypes.util
@@ -236,7 +237,7 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the daemon died before we got here
+    if os.getppid() != parent:  # the daemon died before we got here
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format=f"ioband-fuse[{args.name}]: %(message)s")  # fmt: skip
-    _die_with_parent()
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
     os.umask(0)  # modes arrive with the caller's umask applied
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
