@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ioband.control.config import load_config
 from ioband.control.embedded import EmbeddedDaemon
-from tests.fuse_helpers import fuse_prerequisites, unmount
+from tests.fuse_helpers import fuse_prerequisites, mounted, unmount
 
 
 def is_mount(path: Path) -> bool:
@@ -160,4 +162,61 @@ def test_stale_mount_is_cleared_at_start(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        unmount(mnt)
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_a_crashed_worker_is_replaced(tmp_path):
+    """SIGKILL to the FUSE worker: the daemon detaches the dead mount, starts a new worker, and
+    the mount serves again; the dead worker's requests hold no slot of io_limit."""
+    with mounted(tmp_path) as m:
+        (m.mnt / "f").write_text("before")
+        mount = m.daemon.call(lambda: m.daemon.daemon.mounts[m.name])
+        old = mount.proc.pid
+        os.kill(old, signal.SIGKILL)
+
+        def serving() -> bool:
+            try:
+                return (m.mnt / "f").read_text() == "before"
+            except OSError:
+                return False
+
+        assert wait_until(lambda: m.daemon.call(lambda: mount.proc.pid) != old)
+        assert wait_until(serving)
+        (m.mnt / "g").write_text("after")
+        assert (m.backing / "g").read_text() == "after"
+        assert wait_until(lambda: m.daemon.call(lambda: mount.device.inflight) == 0)
+
+
+def test_a_killed_daemon_leaves_no_mount(tmp_path):
+    """SIGKILL to the daemon alone: its worker notices, unmounts and exits; the next start
+    mounts again."""
+    fuse_prerequisites()
+    data, mnt, run = tmp_path / "data", tmp_path / "mnt", tmp_path / "run"
+    for p in (data, mnt, run):
+        p.mkdir()
+    cfg = tmp_path / "ioband.toml"
+    cfg.write_text(
+        f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/nbd.sock"\n'
+        f'[[device]]\nname = "files1"\ntable = "0 0 ioband {data} 1 0 0 uid weight 0 :100"\n'
+        f'mountpoint = "{mnt}"\n'
+    )
+    argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(cfg)]
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+            assert wait_until(lambda: is_mount(mnt), 20)
+            (mnt / "x").write_text("x")
+            proc.kill()
+            proc.wait()
+            assert wait_until(lambda: not is_mount(mnt)), "the worker left its mount behind"
+    finally:
         unmount(mnt)

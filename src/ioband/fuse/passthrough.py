@@ -35,6 +35,8 @@ ROOT = pyfuse3.ROOT_INODE
 ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes and names
 OWNER_TTL = 1.0  # seconds before an opener's pgrp and cgroup are read again from /proc
 ALIGN = 4096
+INLINE_READ = 256 << 10  # reads up to this size are tried from the page cache on the loop
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _PROC_FD = "/proc/self/fd/"
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -537,6 +539,18 @@ class Passthrough(pyfuse3.Operations):
         # a short O_DIRECT read at the end of a file whose size is not aligned: done
         return n
 
+    @staticmethod
+    def _pread_cached(h: Handle, buf: mmap.mmap, size: int, off: int) -> int:
+        """Read on the event loop what the page cache holds in full (``RWF_NOWAIT`` never
+        blocks): a worker thread's round trip costs more than the copy. -1: ask a thread."""
+        if h.direct or size > INLINE_READ or not _NOWAIT:
+            return -1
+        try:
+            n = os.preadv(h.fd, [memoryview(buf)[:size]], off, _NOWAIT)
+        except OSError:  # EAGAIN: not all cached
+            return -1
+        return n if n == size else -1
+
     async def read(self, fh, off, size):
         h = self.handles.get(fh)
         if h is None:
@@ -547,7 +561,9 @@ class Passthrough(pyfuse3.Operations):
         token = await self.admission.begin(False, True, off, size, owner)
         buf = self.buffers.take(size)
         try:
-            n = await self.run(self._pread, h, buf, size, off)
+            n = self._pread_cached(h, buf, size, off)
+            if n < 0:
+                n = await self.run(self._pread, h, buf, size, off)
         except OSError as err:
             self.buffers.give(buf)
             raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
