@@ -9,6 +9,7 @@ against the weights, writes a plot, and removes everything it made (Ctrl-C inclu
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,20 @@ def client_argv(sock: str, seconds: float, index: int) -> list[str]:
                 "--rw=randread", "--bs=4k", f"--iodepth={DEPTH}", "--time_based",
                 f"--runtime={seconds:.0f}", f"--size={SIZE}", "--output=/dev/null"]  # fmt: skip
     return [sys.executable, "-m", "ioband.nbd.loadgen", sock, EXPORT, str(seconds)]
+
+
+def write_image(path: Path) -> None:
+    """Real blocks, read with O_DIRECT: the disk is the bottleneck and ioband holds what it
+    cannot take, as on a real server (a sparse, page-cached file answers every read at once,
+    so there would be nothing to arbitrate)."""
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(SIZE >> 20):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "rb") as f:  # drop what the writes left in the page cache
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def snapshot(daemon: EmbeddedDaemon) -> dict[int, int]:
@@ -91,13 +106,12 @@ def run_demo(seconds: float = 20.0, plot_path: Path | None = Path("ioband-demo.p
     clients: list[subprocess.Popen] = []
     try:
         image = tmp / "disk.img"
-        with open(image, "wb") as f:
-            f.truncate(SIZE)
+        write_image(image)
         sock = str(tmp / "nbd.sock")
         config = load_config(
             {
                 "nbd": {"unix_socket": sock},
-                "device": [{"name": EXPORT, "table":
+                "device": [{"name": EXPORT, "direct": True, "table":
                             f"0 {SIZE // 512} ioband {image} demo 0 {IO_LIMIT} pid weight 0 :1"}],
             }
         )  # fmt: skip
