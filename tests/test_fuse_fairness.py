@@ -27,7 +27,16 @@ import pytest
 
 from tests.conftest import require_real
 from tests.fuse_helpers import fuse_prerequisites, unmount
-from tests.test_nbd_fairness import BLKIO, WEIGHTS, assert_shares, in_cgroup, measure
+from tests.test_nbd_fairness import (
+    BLKIO,
+    WEIGHTS,
+    assert_shares,
+    client_cgroups,
+    in_cgroup,
+    measure,
+    remove_cgroups,
+    throttled_cgroup,
+)
 
 READ_IOPS = 1500
 RUNTIME = 10
@@ -64,22 +73,11 @@ def bottleneck(tmp_path: Path):
                 f.write(os.urandom(1 << 20) * 64)
             (backfs / name).chmod(0o644)
         os.sync()
-        rdev = os.stat(loop).st_rdev
-        daemon_cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-daemon"
-        daemon_cg.mkdir()
-        cgroups.append(daemon_cg)
-        (daemon_cg / "blkio.throttle.read_iops_device").write_text(
-            f"{os.major(rdev)}:{os.minor(rdev)} {READ_IOPS}\n"
-        )
+        daemon_cg = throttled_cgroup(f"ioband-fuse-test-{os.getpid()}-daemon", loop,
+                                     "blkio.throttle.read_iops_device", READ_IOPS, cgroups)
         yield backfs, daemon_cg, cgroups
     finally:
-        for cg in reversed(cgroups):
-            for _ in range(50):
-                try:
-                    cg.rmdir()
-                    break
-                except OSError:  # processes still leaving
-                    time.sleep(0.1)
+        remove_cgroups(cgroups)
         if mounted:
             subprocess.run(["umount", "-l", str(backfs)], check=False)
         subprocess.run(["losetup", "-d", loop], check=False)
@@ -135,19 +133,12 @@ def fio(path: Path, name: str, rw: str = "randread") -> list[str]:
 
 def test_cgroup_type_shares_follow_weights(bottleneck, tmp_path):
     backfs, daemon_cg, cgroups = bottleneck
-    ids = {}
-    for name in WEIGHTS:
-        cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-{name}"
-        cg.mkdir()
-        cgroups.append(cg)
-        ids[name] = cg.stat().st_ino
-    groups = " ".join(f"{ids[n]}:{w}" for n, w in WEIGHTS.items())
+    cgs = client_cgroups(f"ioband-fuse-test-{os.getpid()}", cgroups)
+    groups = " ".join(f"{cgs[n][1]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 0 ioband {backfs} 1 0 16 cgroup weight 0 :1 {groups}"
     daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
     try:
-        prefix = BLKIO / f"ioband-fuse-test-{os.getpid()}"
-        clients = {n: in_cgroup(Path(f"{prefix}-{n}"), fio(mnt / n, n)) for n in WEIGHTS}
-        ios = measure(clients)
+        ios = measure({n: in_cgroup(cgs[n][0], fio(mnt / n, n)) for n in WEIGHTS})
     finally:
         stop_daemon(daemon, mnt)
     assert_shares(ios)
@@ -190,21 +181,15 @@ def test_buffered_writes_charged_to_the_writers_cgroups(bottleneck, tmp_path):
     rdev = os.stat(source).st_rdev
     throttle = daemon_cg / "blkio.throttle.write_bps_device"
     throttle.write_text(f"{os.major(rdev)}:{os.minor(rdev)} {WRITE_BPS}\n")
-    ids = {}
-    for name in WEIGHTS:
-        cg = BLKIO / f"ioband-fuse-test-{os.getpid()}-{name}"
-        cg.mkdir()
-        cgroups.append(cg)
-        ids[name] = cg.stat().st_ino
-    groups = " ".join(f"{ids[n]}:{w}" for n, w in WEIGHTS.items())
+    cgs = client_cgroups(f"ioband-fuse-test-{os.getpid()}", cgroups)
+    groups = " ".join(f"{cgs[n][1]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 0 ioband {backfs} 1 0 16 cgroup weight 0 :1 {groups}"
     daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
     procs = []
     try:
-        prefix = BLKIO / f"ioband-fuse-test-{os.getpid()}"
         for n in WEIGHTS:
             argv = ["dd", "if=/dev/zero", f"of={mnt}/w-{n}", "bs=1M", "count=320"]
-            procs.append(subprocess.Popen(in_cgroup(Path(f"{prefix}-{n}"), argv),
+            procs.append(subprocess.Popen(in_cgroup(cgs[n][0], argv),
                                           stderr=subprocess.DEVNULL))  # fmt: skip
         time.sleep(2)
         start = {n: allocated(backfs / f"w-{n}") for n in WEIGHTS}

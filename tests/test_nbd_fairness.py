@@ -48,6 +48,38 @@ def prerequisites() -> None:
     require_real((BLKIO / "cgroup.procs").exists(), "the cgroup v1 blkio hierarchy is not mounted")
 
 
+def throttled_cgroup(name: str, device: str, knob: str, value: int, made: list[Path]) -> Path:
+    """A new blkio cgroup whose ``knob`` (e.g. ``blkio.throttle.read_iops_device``) caps
+    ``device`` at ``value``; appended to ``made`` for ``remove_cgroups``."""
+    rdev = os.stat(device).st_rdev
+    cg = BLKIO / name
+    cg.mkdir()
+    made.append(cg)
+    (cg / knob).write_text(f"{os.major(rdev)}:{os.minor(rdev)} {value}\n")
+    return cg
+
+
+def client_cgroups(prefix: str, made: list[Path]) -> dict[str, tuple[Path, int]]:
+    """One new cgroup per client: its directory and its ioband id (the directory's inode)."""
+    out = {}
+    for name in WEIGHTS:
+        cg = BLKIO / f"{prefix}-{name}"
+        cg.mkdir()
+        made.append(cg)
+        out[name] = (cg, cg.stat().st_ino)
+    return out
+
+
+def remove_cgroups(made: list[Path]) -> None:
+    for cg in reversed(made):
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:  # processes still leaving
+                time.sleep(0.1)
+
+
 @pytest.fixture
 def bottleneck(tmp_path: Path):
     """A throttled loop device and the cgroup the daemon must run in to be throttled."""
@@ -57,24 +89,13 @@ def bottleneck(tmp_path: Path):
         f.truncate(256 << 20)
     loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    rdev = os.stat(loop).st_rdev
     cgroups: list[Path] = []
-    daemon_cg = BLKIO / f"ioband-test-{os.getpid()}-daemon"
-    daemon_cg.mkdir()
-    cgroups.append(daemon_cg)
-    (daemon_cg / "blkio.throttle.read_iops_device").write_text(
-        f"{os.major(rdev)}:{os.minor(rdev)} {READ_IOPS}\n"
-    )
     try:
+        daemon_cg = throttled_cgroup(f"ioband-test-{os.getpid()}-daemon", loop,
+                                     "blkio.throttle.read_iops_device", READ_IOPS, cgroups)
         yield loop, daemon_cg, cgroups
     finally:
-        for cg in reversed(cgroups):
-            for _ in range(50):
-                try:
-                    cg.rmdir()
-                    break
-                except OSError:  # processes still leaving
-                    time.sleep(0.1)
+        remove_cgroups(cgroups)
         subprocess.run(["losetup", "-d", loop], check=False)
 
 
@@ -142,21 +163,12 @@ def assert_shares(ios: dict[str, int]) -> None:
 
 def test_cgroup_type_shares_follow_weights(bottleneck, tmp_path):
     loop, daemon_cg, cgroups = bottleneck
-    ids = {}
-    for name in WEIGHTS:
-        cg = BLKIO / f"ioband-test-{os.getpid()}-{name}"
-        cg.mkdir()
-        cgroups.append(cg)
-        ids[name] = cg.stat().st_ino  # ioband's cgroup id: the directory's inode number
-    groups = " ".join(f"{ids[n]}:{w}" for n, w in WEIGHTS.items())
+    cgs = client_cgroups(f"ioband-test-{os.getpid()}", cgroups)
+    groups = " ".join(f"{cgs[n][1]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 16 cgroup weight 0 :1 {groups}"
     daemon, sock = start_daemon(tmp_path, daemon_cg, table)
     try:
-        clients = {
-            name: in_cgroup(BLKIO / f"ioband-test-{os.getpid()}-{name}", fio(sock, name))
-            for name in WEIGHTS
-        }
-        ios = measure(clients)
+        ios = measure({n: in_cgroup(cgs[n][0], fio(sock, n)) for n in WEIGHTS})
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
