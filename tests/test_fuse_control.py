@@ -220,3 +220,37 @@ def test_a_killed_daemon_leaves_no_mount(tmp_path):
             assert wait_until(lambda: not is_mount(mnt)), "the worker left its mount behind"
     finally:
         unmount(mnt)
+
+
+def test_reload_recreates_a_changed_mount(tmp_path):
+    """SIGHUP with a mount's table changed: the old mount goes (drained, unmounted), the new
+    one comes at the same mount point once the old worker has let go of it."""
+    fuse_prerequisites()
+    data, mnt, run = tmp_path / "data", tmp_path / "mnt", tmp_path / "run"
+    for p in (data, mnt, run):
+        p.mkdir()
+    (data / "f").write_text("x")
+
+    def config(weight: int):
+        return load_config(
+            f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/s"\n'
+            f'[[device]]\nname = "files1"\nmountpoint = "{mnt}"\n'
+            f'table = "0 0 ioband {data} 1 0 0 uid weight 0 :{weight}"\n'
+        )
+
+    d = EmbeddedDaemon(config(100))
+    d.start()
+    try:
+        assert (mnt / "f").read_text() == "x"
+        assert d.call(lambda: d.daemon.reload(config(50)))
+
+        def table() -> str:
+            engine = d.daemon.engine
+            return engine.table("files1") if "files1" in engine.devices else ""
+
+        assert wait_until(lambda: d.call(table).endswith(":50"))
+        assert is_mount(mnt)
+        assert (mnt / "f").read_text() == "x"
+    finally:
+        d.stop()
+        unmount(mnt)

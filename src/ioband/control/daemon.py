@@ -483,18 +483,31 @@ class Daemon:
         self.config = dataclasses.replace(self.config, devices=new.devices,
                                           admin_group=new.admin_group)  # fmt: skip
         self.removed -= set(want) | set(gone)  # what the file no longer lists is not "removed"
+        unmounting = list(self._unmounting)
         for name in create:
             dev = want[name]
-            try:
-                self.add_configured(dev)
-            except IobandError as err:  # checked above; the backing store may have changed
-                log.error("reload: %s not created: %s", name, err.describe())
-                continue
-            self.pump()
-            self.device_created(name)
-            log.info("reload: created %s: %s", name, dev.table)
+            if dev.mountpoint and unmounting:  # its mount point may still be in use
+                self.loop.create_task(self._create_when_unmounted(dev, unmounting))
+            else:
+                self._create_reloaded(dev)
         self.save_state()
         return True
+
+    def _create_reloaded(self, dev: DeviceConfig) -> None:
+        try:
+            self.add_configured(dev)
+        except IobandError as err:  # checked before; the backing store may have changed
+            log.error("reload: %s not created: %s", dev.name, err.describe())
+            return
+        self.pump()
+        self.device_created(dev.name)
+        log.info("reload: created %s: %s", dev.name, dev.table)
+
+    async def _create_when_unmounted(self, dev: DeviceConfig,
+                                     unmounting: list[asyncio.Task[None]]) -> None:  # fmt: skip
+        """A changed mount is created again once the old one's worker has unmounted."""
+        await asyncio.gather(*unmounting, return_exceptions=True)
+        self._create_reloaded(dev)
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and close."""
