@@ -76,6 +76,9 @@ class WorkerChannel(asyncio.Protocol):
             return
         for rec in records:
             if type(rec) is channel.Submit:
+                if device.removed:  # the mount is going: what is still asked for just runs
+                    self.out.append(channel.short(channel.ISSUE, rec.tag))
+                    continue
                 owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup)
                 req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
                               tag=(self, rec.tag))  # fmt: skip
