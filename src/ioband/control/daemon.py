@@ -25,7 +25,7 @@ from ioband.core.model import Device
 from ioband.core.request import Request
 from ioband.errors import IobandError
 from ioband.fuse.mount import FuseMount, MountOptions
-from ioband.fuse.stale import DEAD as DEAD_MOUNT
+from ioband.fuse.stale import is_dead_mount
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing, resolve
 from ioband.nbd.iopool import IoPool
@@ -193,7 +193,7 @@ class Daemon:
             if not options.mountpoint:
                 raise ConfigError(src, f"{where}mountpoint", f"is required: {device.backing!r}"
                                   " is a directory, served as a FUSE mount")  # fmt: skip
-            if not os.path.isdir(options.mountpoint) and not _stale(options.mountpoint):
+            if not os.path.isdir(options.mountpoint) and not is_dead_mount(options.mountpoint):
                 raise ConfigError(src, f"{where}mountpoint",
                                   f"{options.mountpoint!r} is not a directory")  # fmt: skip
             where_to = os.path.abspath(options.mountpoint)
@@ -533,14 +533,6 @@ class Daemon:
         finally:
             await self.drain()
             await self.close()
-
-
-def _stale(path: str) -> bool:
-    try:
-        os.statvfs(path)
-    except OSError as err:
-        return err.errno in DEAD_MOUNT
-    return False
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -159,17 +160,15 @@ class FuseMount:
 
     def start(self) -> None:
         """Start the worker and wait until it has mounted (errors name the mount point)."""
-        if not os.path.isdir(self.mountpoint):
-            with contextlib.suppress(OSError):
-                clear_stale_mount(self.mountpoint)
-            if not os.path.isdir(self.mountpoint):
-                raise IobandError(f"mountpoint {self.mountpoint!r} is not a directory",
-                                  errno_name="ENOTDIR")  # fmt: skip
         try:
             clear_stale_mount(self.mountpoint)
         except OSError as err:
-            raise IobandError(f"mountpoint {self.mountpoint!r}: {err.strerror}",
-                              errno_name="EBUSY") from None  # fmt: skip
+            if err.errno == errno.EBUSY:
+                raise IobandError(f"mountpoint {self.mountpoint!r}: {err.strerror}",
+                                  errno_name="EBUSY") from None  # fmt: skip
+        if not os.path.isdir(self.mountpoint):
+            raise IobandError(f"mountpoint {self.mountpoint!r} is not a directory",
+                              errno_name="ENOTDIR")  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             env = dict(os.environ)

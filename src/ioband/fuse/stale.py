@@ -50,15 +50,21 @@ def detach(path: str) -> None:
         raise OSError(e, f"cannot unmount {path}: {os.strerror(e)}")
 
 
-def clear_stale_mount(path: str) -> bool:
-    """Detach a dead FUSE mount at ``path`` (True if there was one); refuse a live mount."""
+def is_dead_mount(path: str) -> bool:
+    """A mount at ``path`` whose server is gone (other errors: False)."""
     try:
         os.statvfs(path)  # always asks the server (a stat may be answered from cached attributes)
     except OSError as err:
-        if err.errno in DEAD:
-            detach(path)
-            return True
-        raise
+        return err.errno in DEAD
+    return False
+
+
+def clear_stale_mount(path: str) -> bool:
+    """Detach a dead FUSE mount at ``path`` (True if there was one); refuse a live mount."""
+    if is_dead_mount(path):
+        detach(path)
+        return True
+    os.statvfs(path)  # a missing path is the caller's error
     kind = mounted_at(path)
     if kind is not None and kind.startswith("fuse"):
         raise OSError(errno.EBUSY, f"{path}: a FUSE file system ({kind}) is already mounted there")
