@@ -29,7 +29,9 @@ from tests.conftest import require_real
 from tests.fuse_helpers import fuse_prerequisites, unmount
 from tests.test_nbd_fairness import (
     BLKIO,
+    UIDS,
     WEIGHTS,
+    as_user,
     assert_shares,
     client_cgroups,
     in_cgroup,
@@ -146,17 +148,11 @@ def test_cgroup_type_shares_follow_weights(bottleneck, tmp_path):
 
 def test_user_type_shares_follow_weights(bottleneck, tmp_path):
     backfs, daemon_cg, _ = bottleneck
-    uids = {"g1": 61001, "g2": 61002, "g3": 61003}
-    groups = " ".join(f"{uids[n]}:{w}" for n, w in WEIGHTS.items())
+    groups = " ".join(f"{UIDS[n]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 0 ioband {backfs} 1 0 16 user weight 0 :1 {groups}"
     daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
     try:
-        clients = {
-            name: ["setpriv", f"--reuid={uids[name]}", f"--regid={uids[name]}",
-                   "--clear-groups", *fio(mnt / name, name)]
-            for name in WEIGHTS
-        }  # fmt: skip
-        ios = measure(clients)
+        ios = measure({n: as_user(n, fio(mnt / n, n)) for n in WEIGHTS})
     finally:
         stop_daemon(daemon, mnt)
     assert_shares(ios)

@@ -99,6 +99,15 @@ def bottleneck(tmp_path: Path):
         subprocess.run(["losetup", "-d", loop], check=False)
 
 
+UIDS = {"g1": 61001, "g2": 61002, "g3": 61003}  # the clients of the user-type tests
+
+
+def as_user(name: str, argv: list[str]) -> list[str]:
+    """argv, run as client ``name``'s uid (and gid), without supplementary groups."""
+    uid = UIDS[name]
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+
+
 def in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
     """argv, started inside ``cgroup``."""
     return ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
@@ -177,17 +186,11 @@ def test_cgroup_type_shares_follow_weights(bottleneck, tmp_path):
 
 def test_user_type_shares_follow_weights(bottleneck, tmp_path):
     loop, daemon_cg, _ = bottleneck
-    uids = {"g1": 61001, "g2": 61002, "g3": 61003}
-    groups = " ".join(f"{uids[n]}:{w}" for n, w in WEIGHTS.items())
+    groups = " ".join(f"{UIDS[n]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 16 user weight 0 :1 {groups}"
     daemon, sock = start_daemon(tmp_path, daemon_cg, table)
     try:
-        clients = {
-            name: ["setpriv", f"--reuid={uids[name]}", f"--regid={uids[name]}",
-                   "--clear-groups", *fio(sock, name)]
-            for name in WEIGHTS
-        }  # fmt: skip
-        ios = measure(clients)
+        ios = measure({n: as_user(n, fio(sock, n)) for n in WEIGHTS})
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
