@@ -114,15 +114,17 @@ def in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
 
 
 def start_daemon(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subprocess.Popen, str]:
-    # The socket's directory must be reachable by the unprivileged clients of the user test.
+    # The socket must be reachable by the unprivileged clients of the user test, and the
+    # export open to them (root's clients are always allowed).
     sock_dir = Path(tempfile.mkdtemp(prefix="ioband-test-", dir="/tmp"))
     sock_dir.chmod(0o755)
     sock = str(sock_dir / "nbd.sock")
     config = tmp_path / "ioband.toml"
     config.write_text(
         '[daemon]\ncontrol_socket = ""\nstate_file = ""\n'  # no control plane
-        f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "ioband1"\n'
-        f'table = "{table}"\ndirect = true\n'
+        f'[nbd]\nunix_socket = "{sock}"\nsocket_mode = "0666"\n'
+        f'[[device]]\nname = "ioband1"\ntable = "{table}"\ndirect = true\n'
+        f"allow = [{', '.join(repr(f'uid:{u}') for u in UIDS.values())}]\n"
     )
     argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
     proc = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=subprocess.PIPE, text=True)

@@ -33,8 +33,8 @@ from typing import Any
 import pyfuse3
 import trio
 
+from ioband.cgroup.proc import process_groups
 from ioband.control.client import Unreachable
-from ioband.control.server import process_groups
 from ioband.errors import IobandError
 
 log = logging.getLogger("ioband.blkiofs")

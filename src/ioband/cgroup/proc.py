@@ -7,7 +7,12 @@ the v1 ``blkio`` hierarchy when it is mounted, else in the v2 unified hierarchy 
 
 from __future__ import annotations
 
+import array
+import contextlib
 import os
+import select
+import socket
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -112,3 +117,62 @@ def identity(
             cg = cgroup_id(path, hierarchy) or 0
     return Submitter(pid=pid, pgrp=pgrp if pgrp is not None else pid, uid=uid, gid=gid,
                      cgroup=cg, client=client)  # fmt: skip
+
+
+_PEERCRED = struct.Struct("3i")
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5
+_MAX_GROUPS = 65536
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected a unix socket, as the kernel saw it."""
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+def peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    """The supplementary groups of a unix socket's peer at connect time (SO_PEERGROUPS), so a
+    process that exits and has its pid reused cannot lend another process's groups; /proc on
+    older kernels."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+    except OSError:
+        return frozenset(process_groups(pid))
+    return frozenset(array.array("I", raw[: len(raw) // 4 * 4]))
+
+
+def process_groups(pid: int) -> set[int]:
+    """The supplementary groups of a live process (empty when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+def peer_cgroup(sock: socket.socket, pid: int, hierarchy: Hierarchy | None) -> str | None:
+    """The cgroup path of a unix socket's peer, or None when it cannot be known for sure.
+
+    /proc/<pid>/cgroup is read while a pidfd of the peer (SO_PEERPIDFD, pinned at connect
+    time) shows it alive: had it exited, its pid could name another process by now."""
+    if hierarchy is None:
+        return None
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        pidfd = -1
+    try:
+        path = cgroup_path(pid, hierarchy)
+        if pidfd >= 0:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if poller.poll(0):  # readable: the process has exited
+                return None
+        return path
+    finally:
+        if pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(pidfd)

@@ -80,7 +80,8 @@ def cmd_create(args: argparse.Namespace) -> int:
                 direct=args.direct or None, read_only=args.read_only or None,
                 mount=os.path.abspath(args.mount) if args.mount else None,
                 writeback_cache=args.writeback_cache or None,
-                write_behind=False if args.no_write_behind else None)  # fmt: skip
+                write_behind=False if args.no_write_behind else None,
+                allow=args.allow or None, allow_ro=args.allow_ro or None)  # fmt: skip
 
 
 def cmd_message(args: argparse.Namespace) -> int:
@@ -162,6 +163,12 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--direct", action="store_true", help="O_DIRECT on the backing store")
     p.add_argument("--read-only", action="store_true", help="a read-only export or mount")
     p.add_argument("--mount", metavar="DIR", help="mount point of a directory device (FUSE)")
+    p.add_argument("--allow", metavar="RULE", action="append",
+                   help="NBD: who may connect read-write (repeatable): all, unix, tcp, uid:N,"
+                   " user:NAME, gid:N, group:NAME, cgroup:/PATH, net:ADDR[/PREFIX];"
+                   " none given: whoever can reach the socket")  # fmt: skip
+    p.add_argument("--allow-ro", metavar="RULE", action="append",
+                   help="NBD: who may connect read-only (repeatable), same rules")
     p.add_argument("--writeback-cache", action="store_true",
                    help="FUSE: the kernel delays and merges writes (charged to the opener)")
     p.add_argument("--no-write-behind", action="store_true",

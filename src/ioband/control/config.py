@@ -8,9 +8,16 @@ io_threads = 16               # worker threads doing backing-store I/O
 control_socket = "/run/ioband/control.sock"   # "" : none
 state_file = "/var/lib/ioband/state.json"     # "" : nothing persisted
 admin_group = "ioband"        # members may change the configuration; root always may
+allowed_backing = []          # directories under which admin-group members may create devices
+allowed_mounts = []           # directories under which admin-group members may mount
 [nbd]
 unix_socket = "/run/ioband/nbd.sock"
+socket_mode = "0660"          # who may connect: the socket's owner (root) and group
+socket_group = "ioband"       # the socket's group (a missing default group: root's)
 tcp = "127.0.0.1:10809"       # optional
+handshake_timeout = 10        # seconds a client may take to choose an export
+max_connections = 1000        # NBD connections in all (root's on the unix socket not counted)
+max_connections_per_uid = 100 # per peer user (unix socket) or address (TCP)
 [metrics]
 listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
@@ -20,6 +27,8 @@ messages = ["attach 1234", "weight 1234:40"]
 direct = false                # O_DIRECT on the backing store
 read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
+allow = ["group:kvm"]         # who may connect read-write (none given: whoever reaches the socket)
+allow_ro = ["uid:1001"]       # who may connect read-only
 [[device]]                    # a directory: served as a FUSE mount instead of an NBD export
 name = "files1"
 table = "0 0 ioband /srv/data 1 0 0 cgroup weight 0 :100"
@@ -37,18 +46,25 @@ that is not given means none.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ioband.control.access import NOT_FOR_MOUNTS, parse_rules
 from ioband.errors import InvalidArgument
 
 DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
 DEFAULT_CONTROL_SOCKET = "/run/ioband/control.sock"
 DEFAULT_STATE_FILE = "/var/lib/ioband/state.json"
 DEFAULT_ADMIN_GROUP = "ioband"
+DEFAULT_SOCKET_MODE = 0o660
+DEFAULT_SOCKET_GROUP = "ioband"
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_UID = 100
 
 
 class ConfigError(InvalidArgument):
@@ -72,6 +88,8 @@ class DeviceConfig:
     mountpoint: str | None = None  # a directory device: where its FUSE mount goes
     writeback_cache: bool = False  # FUSE: let the kernel delay and merge writes
     write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
+    allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
+    allow_ro: tuple[str, ...] = ()  # ... and read-only
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,14 @@ class Config:
     state_file: str | None = None
     admin_group: str | None = DEFAULT_ADMIN_GROUP
     metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint
+    allowed_backing: tuple[str, ...] = ()  # where admin-group members may create devices
+    allowed_mounts: tuple[str, ...] = ()  # where admin-group members may mount
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    socket_group: str | None = DEFAULT_SOCKET_GROUP  # None: root's group
+    socket_group_required: bool = False  # set in the file: a missing group is an error
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
 
 
 _SECTIONS = {
@@ -97,12 +123,15 @@ _SECTIONS = {
         "control_socket",
         "state_file",
         "admin_group",
+        "allowed_backing",
+        "allowed_mounts",
     ),
-    "nbd": ("unix_socket", "tcp"),
+    "nbd": ("unix_socket", "tcp", "socket_mode", "socket_group", "handshake_timeout",
+            "max_connections", "max_connections_per_uid"),
     "metrics": ("listen",),
 }
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
-                "writeback_cache", "write_behind")
+                "writeback_cache", "write_behind", "allow", "allow_ro")
 
 
 def load_config(
@@ -126,6 +155,13 @@ def load_config(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(name, "(syntax)", f"not valid TOML: {err}") from None
     return _parse(data, name, service_defaults)
+
+
+def unusable_path(src: str, key: str, path: str, err: OSError, none: str = "none") -> ConfigError:
+    """A path of the configuration the daemon cannot create or write (most often: started by
+    a user who is not root, with the default paths under /run and /var/lib)."""
+    return ConfigError(src, key, f"cannot use {path!r}: {err.strerror or err}: run the daemon as"
+                       f" root, or set {key} to a path it may write ('' for {none})")  # fmt: skip
 
 
 def _unknown(src: str, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
@@ -219,13 +255,70 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
                            bool, "true or false")  # fmt: skip
         behind = _typed(src, f"{where}.write_behind", item.get("write_behind", True), bool,
                         "true or false")  # fmt: skip
+        allow = _rules(src, f"{where}.", item, "allow")
+        allow_ro = _rules(src, f"{where}.", item, "allow_ro")
+        if (allow or allow_ro) and mountpoint is not None:
+            raise ConfigError(src, f"{where}.allow", NOT_FOR_MOUNTS)
         devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control,
-                                    mountpoint or None, writeback, behind))  # fmt: skip
+                                    mountpoint or None, writeback, behind, allow,
+                                    allow_ro))  # fmt: skip
     control_sock = _optional_path(src, "daemon.control_socket", values,
                              DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
     state = _optional_path(src, "daemon.state_file", values,
                            DEFAULT_STATE_FILE if service_defaults else None)  # fmt: skip
     admin = values.get("admin_group", DEFAULT_ADMIN_GROUP)
     _typed(src, "daemon.admin_group", admin, str, "a group name ('' for root only)")
+    allowed_backing = _directories(src, "daemon.allowed_backing", values)
+    allowed_mounts = _directories(src, "daemon.allowed_mounts", values)
+    mode = _socket_mode(src, values.get("socket_mode", DEFAULT_SOCKET_MODE))
+    group = values.get("socket_group", DEFAULT_SOCKET_GROUP)
+    _typed(src, "nbd.socket_group", group, str, "a group name ('' for root's group)")
+    timeout = _typed(src, "nbd.handshake_timeout",
+                     values.get("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT), (int, float),
+                     "a number of seconds")  # fmt: skip
+    if isinstance(timeout, bool) or not 0.1 <= timeout <= 3600:
+        raise ConfigError(src, "nbd.handshake_timeout", f"must be in 0.1..3600 s, got {timeout!r}")
+    most = _count(src, "nbd.max_connections", values, DEFAULT_MAX_CONNECTIONS)
+    per_uid = _count(src, "nbd.max_connections_per_uid", values, DEFAULT_MAX_CONNECTIONS_PER_UID)
+    if per_uid > most:
+        rule = f"must not exceed nbd.max_connections ({most}), got {per_uid}"
+        raise ConfigError(src, "nbd.max_connections_per_uid", rule)
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
-                  admin or None, listen)  # fmt: skip
+                  admin or None, listen, allowed_backing, allowed_mounts, mode, group or None,
+                  "socket_group" in values, float(timeout), most, per_uid)  # fmt: skip
+
+
+def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A device's access rules, checked (names resolved) but kept as written."""
+    rules = _typed(src, f"{where}{key}", item.get(key, []), list, "an array of rules")
+    try:
+        return tuple(rule.text for rule in parse_rules(rules, f"{where}{key}"))
+    except InvalidArgument as err:
+        key_part, _, rule = str(err).partition(": ")
+        raise ConfigError(src, key_part, rule) from None
+
+
+def _directories(src: str, key: str, values: Mapping[str, Any]) -> tuple[str, ...]:
+    dirs = _typed(src, key, values.get(key.partition(".")[2], []), list, "an array of paths")
+    for i, path in enumerate(dirs):
+        _typed(src, f"{key}[{i}]", path, str, "a directory path")
+        if not path.startswith("/"):
+            raise ConfigError(src, f"{key}[{i}]", f"must be an absolute path, got {path!r}")
+    return tuple(os.path.normpath(p) for p in dirs)
+
+
+def _socket_mode(src: str, value: Any) -> int:
+    """``"0660"`` (octal digits, as chmod takes them) or an integer such as ``0o660``."""
+    if isinstance(value, str) and value and all(c in "01234567" for c in value):
+        value = int(value, 8)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ConfigError(src, "nbd.socket_mode", f"must be octal permission bits such as"
+                          f" \"0660\", got {value!r}")  # fmt: skip
+    return value
+
+
+def _count(src: str, key: str, values: Mapping[str, Any], default: int) -> int:
+    value = _typed(src, key, values.get(key.partition(".")[2], default), int, "an integer")
+    if not 1 <= value <= 1_000_000:
+        raise ConfigError(src, key, f"must be in 1..1000000, got {value}")
+    return value

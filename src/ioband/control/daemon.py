@@ -17,7 +17,14 @@ import signal
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import state as persist
-from ioband.control.config import Config, ConfigError, DeviceConfig, load_config
+from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
+from ioband.control.config import (
+    Config,
+    ConfigError,
+    DeviceConfig,
+    load_config,
+    unusable_path,
+)
 from ioband.control.metrics import MetricsServer
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
@@ -51,6 +58,7 @@ class Daemon:
         self.metrics = MetricsServer(self)
         self.config_path: str | None = None  # the file SIGHUP re-reads
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
+        self.access: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # allow, allow_ro
         self.mounts: dict[str, FuseMount] = {}  # directory devices, served by FUSE workers
         # name -> mountpoint, writeback_cache, write_behind
         self.mount_options: dict[str, tuple[str, bool, bool]] = {}
@@ -100,13 +108,21 @@ class Daemon:
         export = self.exports.get(name)
         if export is None:
             return None
+        if conn is None:
+            return export.info
+        decision = export.access.decide(conn.peer)
+        if decision is None:
+            self.nbd.limited.warn(("denied", name, self.nbd.limit_key(conn)),
+                                  "NBD: export %r refused to %s: not in the device's allow or"
+                                  " allow_ro rules", name, conn.peer.describe())  # fmt: skip
+            raise nbd.ExportRefused(f"access to export {name!r} denied by its allow rules")
         gtype = export.device.type_name
-        if conn is not None and conn.tcp and gtype in PROCESS_TYPES:
+        if conn.tcp and gtype in PROCESS_TYPES:
             raise nbd.ExportRefused(
                 f"device {name!r} classifies requests by {gtype!r}, which is unknown for a TCP"
                 " client: connect over the unix socket, or use type 'client' or 'none'"
             )
-        return export.info
+        return export.info if decision == "rw" else export.info_ro
 
     def nbd_export_names(self) -> list[str]:
         return list(self.exports)
@@ -124,13 +140,32 @@ class Daemon:
         mountpoint: str | None = None,
         writeback_cache: bool = False,
         write_behind: bool = True,
+        allow: tuple[str, ...] = (),
+        allow_ro: tuple[str, ...] = (),
+        confine: Confinement | None = None,
     ) -> Export | FuseMount | None:
         """Create an ioband device and export it (a file or block device) or mount it (a
         directory). Nothing is left behind when it fails. A daemon that is not running (the
-        reload check) only validates."""
+        reload check) only validates. ``confine``: the caller is not root, and the backing
+        store and mount point must lie in the directories the configuration allows."""
+        src = self.config.source
+        try:
+            access = Access.parse(allow, allow_ro, where)
+        except IobandError as err:
+            key, _, rule = str(err).partition(": ")
+            raise ConfigError(src, key, rule) from None
         engine = self.engine
         device = engine.create(name, table, self.now() if self.loop else 0)
         if os.path.isdir(device.backing) or mountpoint:
+            if not access.open:
+                engine.remove(name)
+                raise ConfigError(src, f"{where}allow", NOT_FOR_MOUNTS)
+            if confine is not None:
+                try:
+                    confine.check_mount(device.backing, mountpoint)
+                except BaseException:
+                    engine.remove(name)
+                    raise
             return self._add_mount(name, device, messages, where, MountOptions(
                 mountpoint or "", direct, read_only, control, writeback_cache,
                 write_behind))  # fmt: skip
@@ -140,7 +175,13 @@ class Daemon:
                 backing = Backing.open(device.backing, direct=direct, read_only=read_only)
             except OSError as err:
                 rule = f"cannot open {device.backing!r}: {err.strerror}"
-                raise ConfigError(self.config.source, f"{where}table", rule) from None
+                raise ConfigError(src, f"{where}table", rule) from None
+            if confine is not None:
+                try:
+                    confine.check_backing(backing.fd, device.backing)
+                except BaseException:
+                    backing.close()
+                    raise
             size = device.length * 512
             if size > backing.size:
                 backing.close()
@@ -159,8 +200,10 @@ class Daemon:
             min_block=4096 if direct else 1,
             description=f"ioband device {name} on {device.backing}",
         )
-        export = self.exports[name] = Export(name, device, backing, size, info, control)
+        export = Export(name, device, backing, size, info, control, access)
+        self.exports[name] = export
         self.flags[name] = (direct, read_only, control)
+        self.access[name] = (tuple(allow), tuple(allow_ro))
         return export
 
     def add_configured(self, dev: DeviceConfig | persist.DeviceState, where: str = ""
@@ -169,7 +212,8 @@ class Daemon:
         return self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
                                read_only=dev.read_only, control=dev.control, where=where,
                                mountpoint=dev.mountpoint, writeback_cache=dev.writeback_cache,
-                               write_behind=dev.write_behind)
+                               write_behind=dev.write_behind, allow=dev.allow,
+                               allow_ro=dev.allow_ro)
 
     def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
         for i, message in enumerate(messages):
@@ -230,6 +274,7 @@ class Daemon:
         self.pump()
         export = self.exports.pop(name, None)
         self.flags.pop(name, None)
+        self.access.pop(name, None)
         self.mount_options.pop(name, None)
         mount = self.mounts.pop(name, None)
         if mount is not None:  # the worker answers what is in flight, then unmounts
@@ -269,9 +314,10 @@ class Daemon:
                     messages = (f"carryover {policy.carryover_set}",)
             direct, read_only, control = self.flags.get(name, (False, False, True))
             mountpoint, writeback, behind = self.mount_options.get(name, (None, False, True))
+            allow, allow_ro = self.access.get(name, ((), ()))
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
                                                read_only, control, mountpoint,
-                                               writeback, behind))  # fmt: skip
+                                               writeback, behind, allow, allow_ro))  # fmt: skip
         names = {d.name for d in devices}
         devices += [d for n, d in self.unrestored.items() if n not in names]
         return persist.State(devices, sorted(self.removed))
@@ -320,7 +366,11 @@ class Daemon:
                 log.error("%s: device %r not restored: %s", config.state_file, dev.name, text)
                 self.unrestored[dev.name] = dev
         if config.state_file:
-            self.save_state()
+            try:
+                persist.save(config.state_file, self.current_state())
+            except OSError as err:
+                raise unusable_path(config.source, "daemon.state_file", config.state_file, err,
+                                    "persisting nothing") from None  # fmt: skip
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:

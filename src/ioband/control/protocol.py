@@ -19,7 +19,8 @@ _STR, _BOOL, _WORDS = str, bool, list
 OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "create": {"name": (_STR, True), "table": (_STR, True), "direct": (_BOOL, False),
                "read_only": (_BOOL, False), "mount": (_STR, False),
-               "writeback_cache": (_BOOL, False), "write_behind": (_BOOL, False)},
+               "writeback_cache": (_BOOL, False), "write_behind": (_BOOL, False),
+               "allow": (_WORDS, False), "allow_ro": (_WORDS, False)},
     "remove": {"name": (_STR, True)},
     "message": {"name": (_STR, True), "words": (_WORDS, True)},
     "suspend": {"name": (_STR, True)},

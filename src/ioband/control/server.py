@@ -14,37 +14,28 @@ import grp
 import logging
 import os
 import socket
-import struct
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ioband import TARGET_VERSION, __version__
 from ioband.cgroup import blkio
+from ioband.cgroup.proc import peer_credentials, process_groups
 from ioband.control import protocol
-from ioband.control.config import ConfigError
+from ioband.control.access import Confinement
+from ioband.control.config import ConfigError, unusable_path
 from ioband.errors import AccessDenied, InvalidArgument, IobandError
+from ioband.logutil import LogLimiter
 
 if TYPE_CHECKING:
     from ioband.control.daemon import Daemon
 
 log = logging.getLogger("ioband.control")
-_PEERCRED = struct.Struct("3i")
-
-
-def peer_credentials(sock: Any) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a unix socket."""
-    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-
-
-def process_groups(pid: int) -> set[int]:
-    """The supplementary groups of a live process (empty when it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+#: Connections of callers other than root: per user, and in all. Root is never turned away,
+#: and these bounds keep file descriptors in reserve for it (``nbd.max_connections`` leaves
+#: the rest of the daemon's descriptor limit to the control socket, the backing stores and
+#: the FUSE workers).
+MAX_CLIENTS_PER_UID = 16
+MAX_CLIENTS = 128
 
 
 def may_change(pid: int, uid: int, gid: int, admin_group: str | None) -> bool:
@@ -66,11 +57,17 @@ class ControlServer:
         self.path: str | None = None
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._per_uid: Counter[int] = Counter()  # open connections of non-root callers
+        self.limited = LogLimiter(log)
         self.cred = (0, -1, -1)  # the caller of the request being handled
 
     async def start(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise unusable_path(self.daemon.config.source, "daemon.control_socket", directory,
+                                err) from None  # fmt: skip
         if os.path.exists(path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -102,12 +99,21 @@ class ControlServer:
             self.path = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            cred = peer_credentials(writer.get_extra_info("socket"))
+        except OSError:
+            cred = (0, -1, -1)  # unknown caller: reads only
+        uid = cred[1]
+        if uid != 0:
+            if self._per_uid[uid] >= MAX_CLIENTS_PER_UID or self._per_uid.total() >= MAX_CLIENTS:
+                self.limited.warn(uid, "control socket: refused a connection from uid %d: %d"
+                                  " open (at most %d per user, %d in all besides root)", uid,
+                                  self._per_uid[uid], MAX_CLIENTS_PER_UID, MAX_CLIENTS)  # fmt: skip
+                writer.close()
+                return
+            self._per_uid[uid] += 1
         self._clients.add(writer)
         try:
-            try:
-                cred = peer_credentials(writer.get_extra_info("socket"))
-            except OSError:
-                cred = (0, -1, -1)  # unknown caller: reads only
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
@@ -129,6 +135,10 @@ class ControlServer:
             pass
         finally:
             self._clients.discard(writer)
+            if uid != 0:
+                self._per_uid[uid] -= 1
+                if not self._per_uid[uid]:
+                    del self._per_uid[uid]
             writer.close()
 
     # -- requests ------------------------------------------------------------------------------
@@ -180,11 +190,21 @@ class ControlServer:
 
     def op_create(self, req: dict[str, Any]) -> None:
         d = self.daemon
+        config = d.config
+        confine = None
+        if self.cred[1] != 0:  # the admin group: only where the configuration allows
+            confine = Confinement(config.allowed_backing, config.allowed_mounts)
         try:
             d.add_device(req["name"], req["table"], direct=req.get("direct", False),
                          read_only=req.get("read_only", False), mountpoint=req.get("mount"),
                          writeback_cache=req.get("writeback_cache", False),
-                         write_behind=req.get("write_behind", True))  # fmt: skip
+                         write_behind=req.get("write_behind", True),
+                         allow=tuple(req.get("allow", ())),
+                         allow_ro=tuple(req.get("allow_ro", ())), confine=confine)  # fmt: skip
+        except AccessDenied as err:
+            log.warning("refused create %s from pid %d uid %d: %s", req["name"], self.cred[0],
+                        self.cred[1], err)  # fmt: skip
+            raise
         except ConfigError as err:  # the field the rule is about, as the CLI names it
             field = err.key.rpartition(".")[2]
             raise InvalidArgument(f"{field}: {err.rule}" if field else err.rule) from None

@@ -48,6 +48,11 @@ class DeviceState:
     mountpoint: str | None = None
     writeback_cache: bool = False
     write_behind: bool = True
+    allow: tuple[str, ...] = ()
+    allow_ro: tuple[str, ...] = ()
+
+
+_LISTS = ("messages", "allow", "allow_ro")  # kept as tuples, saved as JSON arrays
 
 
 @dataclass
@@ -61,7 +66,8 @@ class State:
                 {
                     "format": FORMAT,
                     "version": VERSION,
-                    "devices": [{**vars(d), "messages": list(d.messages)} for d in self.devices],
+                    "devices": [{**vars(d), **{k: list(getattr(d, k)) for k in _LISTS}}
+                                for d in self.devices],
                     "removed": sorted(set(self.removed)),
                 },
                 indent=1,
@@ -92,14 +98,15 @@ def parse(text: str, path: str) -> State:
                     for k in ("direct", "read_only", "control", "writeback_cache",
                               "write_behind"))
             and isinstance(item.get("mountpoint", ""), str | None)
-            and isinstance(item.get("messages", []), list)
-            and all(isinstance(m, str) for m in item.get("messages", []))
+            and all(isinstance(item.get(k, []), list) for k in _LISTS)
+            and all(isinstance(m, str) for k in _LISTS for m in item.get(k, []))
             and set(item) <= {"name", "table", "messages", "direct", "read_only", "control",
-                              "mountpoint", "writeback_cache", "write_behind"}
+                              "mountpoint", "writeback_cache", "write_behind", "allow",
+                              "allow_ro"}
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")
-        out.devices.append(DeviceState(**{**item, "messages": tuple(item.get("messages", []))}))
+        out.devices.append(DeviceState(**{**item, **{k: tuple(item.get(k, [])) for k in _LISTS}}))
     for name in removed:
         if not isinstance(name, str):
             raise StateError(f"{path}: 'removed' must list device names")
@@ -118,14 +125,39 @@ def _read(path: str) -> State | None:
     return parse(text, path)
 
 
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Delete ``<path>.tmp.<pid>`` files whose writer is gone (a daemon killed while saving):
+    they are never read, and would pile up. Returns the names removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + ".tmp."
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) :]
+        if not name.startswith(prefix) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and os.path.exists(f"/proc/{pid}"):
+            continue  # a live process (another daemon's save in progress)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
 def load(path: str) -> tuple[State | None, list[str]]:
     """The saved state (None: there is none) and the problems met on the way (to be logged).
     A corrupt file is moved to ``<path>.corrupt`` and the previous good state used; when that
-    is unusable too, StateError."""
-    problems: list[str] = []
+    is unusable too, StateError. Temporary files left by a killed daemon are removed."""
+    problems: list[str] = [f"removed {name}, left by an interrupted save"
+                           for name in remove_stale_temporaries(path)]  # fmt: skip
+    refused = False
     try:
         state = _read(path)
     except StateError as err:
+        refused = True
         problems.append(f"refused state file {err}; moved to {path}.corrupt")
         with contextlib.suppress(OSError):
             os.replace(path, path + ".corrupt")
@@ -138,7 +170,7 @@ def load(path: str) -> tuple[State | None, list[str]]:
         state = _read(prev)
     except StateError as err:
         raise StateError(f"{err} (and {path} is missing or refused)") from None
-    if state is not None and problems:
+    if state is not None and refused:
         problems.append(f"using the previous good state {prev}")
     elif state is not None:
         problems.append(f"{path} is missing; using the previous good state {prev}")

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno as errnos
+import grp
+import ipaddress
 import logging
 import os
+import resource
 import socket
-import struct
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ioband.cgroup.proc import Hierarchy, identity
+from ioband.cgroup.proc import Hierarchy, identity, peer_cgroup, peer_credentials, peer_groups
+from ioband.control.access import OPEN, Access, Peer
+from ioband.control.config import ConfigError, unusable_path
 from ioband.core.request import WAITING, Request, Submitter
+from ioband.logutil import LogLimiter
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing
 from ioband.nbd.replies import nbd_error
@@ -38,7 +45,9 @@ READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES = (
 )  # fmt: skip
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
 SEND_BUFFER = 4 << 20
-_PEERCRED = struct.Struct("3i")
+#: File descriptors kept for everything but NBD connections (control socket, backing stores,
+#: FUSE workers, I/O threads): ``nbd.max_connections`` is lowered to fit the limit.
+FD_RESERVE = 512
 
 
 @dataclass
@@ -51,7 +60,12 @@ class Export:
     size: int
     info: nbd.ExportInfo
     control: bool = True  # False: bypass the scheduler
+    access: Access = OPEN  # who may connect, read-write or read-only
     connections: set[Connection] = field(default_factory=set)
+    info_ro: nbd.ExportInfo = field(init=False)  # what a read-only peer is offered
+
+    def __post_init__(self) -> None:
+        self.info_ro = dataclasses.replace(self.info, read_only=True)
 
 
 #: Group types that need the peer process: a TCP connection cannot be resolved to them.
@@ -68,25 +82,33 @@ def client_id_of(address: str) -> int:
     return int.from_bytes(packed, "big") & 0x7FFFFFFF
 
 
-def peer_identity(sock: socket.socket, hierarchy: Hierarchy | None) -> Submitter:
-    """Who is at the other end: SO_PEERCRED and /proc on a unix socket; the address on TCP."""
+def peer_identity(sock: socket.socket, hierarchy: Hierarchy | None) -> tuple[Peer, Submitter]:
+    """Who is at the other end, for access rules and for classification: SO_PEERCRED,
+    SO_PEERGROUPS and /proc on a unix socket; the address on TCP."""
     if sock.family == socket.AF_UNIX:
-        pid, uid, gid = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        )
-        return identity(pid, uid, gid, hierarchy, client=pid)
+        pid, uid, gid = peer_credentials(sock)
+        gids = peer_groups(sock, pid) | {gid}
+        peer = Peer(uid=uid, gids=gids, cgroup=peer_cgroup(sock, pid, hierarchy), pid=pid)
+        return peer, identity(pid, uid, gid, hierarchy, client=pid)
     host = sock.getpeername()[0]
-    return Submitter(client=client_id_of(host))
+    address = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 client of a dual-stack listener
+    return Peer(address=address), Submitter(client=client_id_of(host))
 
 
 class Connection(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, server: NbdServer) -> None:
         self.daemon = daemon
+        self.server = server
         self.transport: asyncio.Transport | None = None
         self.codec: nbd.ServerConnection | None = None
         self.owner: Submitter = Submitter()
+        self.peer = Peer()
+        self.counted = False  # in the server's connection counts
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self.export: Export | None = None
         self.inflight = 0  # commands received and not yet answered
         self.waiting: Request | None = None  # the core made this request's submitter sleep
@@ -101,22 +123,39 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
+        self.tcp = sock.family != socket.AF_UNIX
         try:
-            self.owner = peer_identity(sock, self.daemon.hierarchy)
-        except OSError as err:
+            self.peer, self.owner = peer_identity(sock, self.daemon.hierarchy)
+        except (OSError, ValueError) as err:
             log.warning("cannot identify NBD peer: %s", err)
-        if sock.family != socket.AF_UNIX:
+        if not self.server.admit(self):
+            self.closed = True
+            transport.abort()
+            return
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.server.handshake_timeout, self._handshake_expired
+        )
+        if self.tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Room for a whole large read reply: the kernel takes it in one write, without the
         # event loop buffering (copying) what did not fit.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        self.tcp = sock.family != socket.AF_UNIX
         self.codec = nbd.ServerConnection(
             lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names
         )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
+
+    def _handshake_expired(self) -> None:
+        """A client that has not chosen an export in time holds a descriptor for nothing."""
+        self._handshake_timer = None
+        if not self.closed and self.export is None and self.transport is not None:
+            server = self.server
+            server.limited.log(logging.INFO, ("handshake", server.limit_key(self)),
+                               "NBD client %s did not finish its handshake in %g s: closed",
+                               self.peer.describe(), server.handshake_timeout)  # fmt: skip
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.codec.receive_data(data)
@@ -129,6 +168,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.server.release(self)
         self.daemon.connections.discard(self)
         if self.export is not None:
             self.export.connections.discard(self)
@@ -216,6 +259,9 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, nbd.Invalid):
                 self._send(codec.error_reply(event.cookie, event.error, event.message))
             elif isinstance(event, nbd.ExportChosen):
+                if self._handshake_timer is not None:
+                    self._handshake_timer.cancel()
+                    self._handshake_timer = None
                 self.export = self.daemon.exports[event.name]
                 self.export.connections.add(self)
             elif isinstance(event, nbd.Disconnect):
@@ -299,26 +345,138 @@ class Connection(asyncio.Protocol):
 
 
 class NbdServer:
-    """Listens on a unix socket and optionally TCP; one ``Connection`` per client."""
+    """Listens on a unix socket and optionally TCP; one ``Connection`` per client.
+
+    Bounded: a client must choose an export within ``handshake_timeout``; at most
+    ``max_connections`` connections in all and ``max_connections_per_uid`` per peer user
+    (unix socket) or address (TCP). Root's connections on the unix socket are neither counted
+    nor refused. Beyond a bound a connection is closed as soon as it is accepted (not left in
+    the listen queue, where it would block honest clients behind it), and that is logged.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.servers: list[asyncio.AbstractServer] = []
         self.unix_path: str | None = None
+        config = daemon.config
+        self.handshake_timeout = config.handshake_timeout
+        self.max_connections = config.max_connections
+        self.max_per_peer = config.max_connections_per_uid
+        self.counts: Counter[Hashable] = Counter()  # limit key -> open connections
+        self.total = 0
+        self.limited = LogLimiter(log)
+
+    @staticmethod
+    def limit_key(conn: Connection) -> Hashable:
+        peer = conn.peer
+        return ("address", peer.address) if peer.address is not None else ("uid", peer.uid)
+
+    def admit(self, conn: Connection) -> bool:
+        """Count a new connection, or refuse it (False) when a bound is reached."""
+        if conn.peer.uid == 0:
+            return True
+        key = self.limit_key(conn)
+        if self.total >= self.max_connections or self.counts[key] >= self.max_per_peer:
+            self.limited.warn(("limit", key), "NBD: refused a connection from %s: %d open from"
+                              " it, %d in all (nbd.max_connections_per_uid = %d,"
+                              " nbd.max_connections = %d)", conn.peer.describe(),
+                              self.counts[key], self.total, self.max_per_peer,
+                              self.max_connections)  # fmt: skip
+            return False
+        self.counts[key] += 1
+        self.total += 1
+        conn.counted = True
+        return True
+
+    def release(self, conn: Connection) -> None:
+        if conn.counted:
+            conn.counted = False
+            key = self.limit_key(conn)
+            self.total -= 1
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+
+    def _fit_descriptor_limit(self) -> None:
+        """Raise the soft descriptor limit toward what the connection bound needs; when the
+        hard limit is lower, lower the bound, so that the reserve for root stays free."""
+        want = self.max_connections + FD_RESERVE
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+        if soft < want:
+            fit = max(16, soft - FD_RESERVE)
+            log.warning("nbd.max_connections lowered from %d to %d: the descriptor limit is %d"
+                        " (raise it, e.g. LimitNOFILE= in the unit)", self.max_connections, fit,
+                        soft)  # fmt: skip
+            self.max_connections = fit
+            self.max_per_peer = min(self.max_per_peer, fit)
 
     async def start(self, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
+        self._fit_descriptor_limit()
         if unix_path:
-            os.makedirs(os.path.dirname(unix_path) or ".", exist_ok=True)
-            if os.path.exists(unix_path):
-                _remove_stale_socket(unix_path)
-            server = await loop.create_unix_server(lambda: Connection(self.daemon), unix_path)
-            os.chmod(unix_path, 0o666)
+            sock = self._unix_socket(unix_path)
+            server = await loop.create_unix_server(
+                lambda: Connection(self.daemon, self), sock=sock
+            )
             self.unix_path = unix_path
             self.servers.append(server)
         if tcp:
-            server = await loop.create_server(lambda: Connection(self.daemon), tcp[0], tcp[1])
+            server = await loop.create_server(
+                lambda: Connection(self.daemon, self), tcp[0], tcp[1]
+            )
             self.servers.append(server)
+
+    def _unix_socket(self, path: str) -> socket.socket:
+        """The listening socket, owned by root and ``socket_group``, mode ``socket_mode``.
+
+        It is bound under a temporary name with no permissions for others and only then
+        renamed into place, so there is no moment when the path accepts anyone it should not.
+        """
+        config = self.daemon.config
+        gid = -1
+        if config.socket_group:
+            try:
+                gid = grp.getgrnam(config.socket_group).gr_gid
+            except KeyError:
+                if config.socket_group_required:
+                    raise ConfigError(config.source, "nbd.socket_group",
+                                      f"no group {config.socket_group!r} on this host"
+                                      ) from None  # fmt: skip
+                log.info("nbd.socket_group %r does not exist: the socket %s is root's only",
+                         config.socket_group, path)  # fmt: skip
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            if os.path.exists(path):
+                _remove_stale_socket(path)
+        except OSError as err:
+            raise unusable_path(config.source, "nbd.unix_socket", path, err) from None
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(tmp)
+            finally:
+                os.umask(old_umask)
+            os.chown(tmp, -1, gid)
+            os.chmod(tmp, config.socket_mode)
+            os.rename(tmp, path)
+            sock.listen(1024)
+        except OSError as err:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            rule = f"cannot listen on {path!r}: {err.strerror or err}"
+            raise ConfigError(config.source, "nbd.unix_socket", rule) from None
+        return sock
 
     @property
     def tcp_port(self) -> int | None:
