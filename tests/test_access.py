@@ -190,3 +190,22 @@ def test_temporaries_of_a_killed_daemon_are_removed(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["state.json", f"state.json.tmp.{os.getppid()}", "state.json.tmp.x"]
     )
+
+
+def test_create_with_rules_is_saved_and_restored(tmp_path):
+    from tests.control_helpers import backing, control_daemon
+
+    state = str(tmp_path / "state.json")
+    path = backing(tmp_path, "a.img", 2048)
+    table = f"0 2048 ioband {path} 1 0 0 none weight 0 :40"
+    with control_daemon(state) as ctl:
+        rc, _, err = ctl.run("create", "bad", "--table", table, "--allow", "uid:x")
+        assert rc == 2 and err.startswith("ioband create: allow[0]: 'uid:x': uid: must be")
+        ctl.ok("create", "ioband1", "--table", table, "--allow", "group:users",
+               "--allow-ro", "net:10.0.0.0/8")  # fmt: skip
+        assert [d.name for d in persist.load(state)[0].devices] == ["ioband1"]
+    saved = persist.load(state)[0].devices[0]
+    assert saved.allow == ("group:users",) and saved.allow_ro == ("net:10.0.0.0/8",)
+    with control_daemon(state) as ctl:
+        export = ctl.embedded.daemon.exports["ioband1"]
+        assert export.access == Access.parse(["group:users"], ["net:10.0.0.0/8"])
