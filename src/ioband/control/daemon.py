@@ -440,13 +440,13 @@ class Daemon:
         path = self.config_path
         if path is None:
             return Outcome(refused="no configuration file to re-read: the daemon was not"
-                           " started with --config")  # fmt: skip
+                           " started with --config", errno_name="ENOENT")  # fmt: skip
         log.info("reload: re-reading %s", path)  # SIGHUP and ``ioband reload`` alike
         try:
             new = load_config(path, service_defaults=True)
         except IobandError as err:
             log.error("reload refused, the running state is kept: %s", err.describe())
-            return Outcome(refused=err.describe())
+            return Outcome(refused=err.message, errno_name=err.errno_name)
         return self.reload(new)
 
     def reload(self, new: Config) -> Outcome:
@@ -463,7 +463,7 @@ class Daemon:
             backings = self._open_writable(new, plan)
         except IobandError as err:
             log.error("reload refused, the running state is kept: %s", err.describe())
-            return Outcome(refused=err.describe())
+            return Outcome(refused=err.message, errno_name=err.errno_name)
         if self.config.state_file:
             log.info("reload: state file %s in use: settings the file does not change keep"
                      " their saved state (the state wins)", self.config.state_file)  # fmt: skip

@@ -211,12 +211,13 @@ class Plan:
         }
 
     def lines(self) -> list[str]:
-        """What the plan does, one line each (the log and ``ioband reload``)."""
-        out = [f"removed {n} (no longer in the file)" for n in self.remove]
-        out += [f"re-created {n}: {'; '.join(r)}" for n, r in self.recreate.items()]
-        out += [f"created {n}" for n in self.create]
+        """What the plan does, one line each, in the order it is applied (the log and
+        ``ioband reload``)."""
+        out = [f"remove {n} (no longer in the file)" for n in self.remove]
+        out += [f"re-create {n}: {'; '.join(r)}" for n, r in self.recreate.items()]
         out += [f"message {s}" for s in self.steps]
         out += [f"set {o}" for o in self.options]
+        out += [f"create {n}" for n in self.create]
         out += [f"note: {n}" for n in self.notes]
         out += [f"restart needed: {f} changed (read once at start)" for f in self.restart]
         return out or ["nothing to change"]
@@ -508,7 +509,8 @@ class Outcome:
     """What a reload did: the plan applied, or why the new file was refused (nothing changed)."""
 
     plan: Plan | None = None
-    refused: str | None = None
+    refused: str | None = None  # the error's message
+    errno_name: str = "EINVAL"
 
     def __bool__(self) -> bool:
         return self.refused is None
@@ -517,4 +519,4 @@ class Outcome:
         if self.refused is not None:
             return {"applied": False, "refused": self.refused}
         assert self.plan is not None
-        return {"applied": True, **self.plan.to_json()}
+        return {"applied": True, "summary": self.plan.lines(), **self.plan.to_json()}
