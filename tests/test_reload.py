@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from ioband.control.client import Unreachable, call
+from ioband.control.config import load_config
+from ioband.control.embedded import EmbeddedDaemon
 from ioband.errors import EXIT_STATUS
 from tests.conftest import require_real
 from tests.control_helpers import PYTHON, backing, sock_dir
@@ -136,7 +138,8 @@ def test_sighup_with_a_state_file_says_state_wins(setup):
     assert after["ioband1"].endswith(" :60")  # unchanged in the file: the run-time state stays
     log = (tmp / "daemon.log").read_text()
     assert "the state wins" in log
-    assert "ioband2" in Path(state).read_text()
+    saved = {d["name"]: d["table"] for d in json.loads(Path(state).read_text())["devices"]}
+    assert saved["ioband1"].endswith(" :60") and "ioband2" in saved  # the merge, persisted
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0
 
@@ -241,3 +244,68 @@ def test_reload_command(setup):
     assert tables(sock) == before
     proc.terminate()
     assert proc.wait(30) == 0
+
+
+def test_read_only_changes_in_place(tmp_path):
+    """``read_only`` off: the store is opened read-write and new connections may write, while a
+    read-only connection reads on; ``read_only`` on: new connections are read-only and open
+    read-write ones are closed once drained (a writer must not keep writing). The device is
+    never re-created: its counters go on."""
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed")
+    path = backing(tmp_path, "a.img", SECTORS)
+    sockets = sock_dir()
+
+    def config(read_only: bool):
+        return load_config({
+            "nbd": {"unix_socket": f"{sockets}/nbd.sock"},
+            "device": [{"name": "ioband1", "table": t(path, 1, ":10"), "read_only": read_only}],
+        })  # fmt: skip
+
+    uri = f"nbd+unix:///ioband1?socket={sockets}/nbd.sock"
+
+    def qemu(*commands: str, ro: bool = False) -> str:
+        argv = [qemu_io, "-f", "raw", *(["-r"] if ro else []), uri]
+        for c in commands:
+            argv += ["-c", c]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+    def client(ro: bool) -> subprocess.Popen[str]:
+        return subprocess.Popen([qemu_io, "-f", "raw", *(["-r"] if ro else []), uri],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    def ask(proc: subprocess.Popen[str], command: str) -> str:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+        lines = [proc.stdout.readline()]  # qemu-io: "read 4096/4096 bytes ..." then "4 KiB, ..."
+        while "ops;" not in lines[-1] and lines[-1]:
+            lines.append(proc.stdout.readline())
+        return "".join(lines)
+
+    try:
+        with EmbeddedDaemon(config(True)) as d:
+            reader = client(ro=True)
+            assert "read 4096/4096 bytes" in ask(reader, "read 0 4k")
+            assert "wrote" not in qemu("write -P 0x11 0 4k")  # read-only
+            assert d.call(lambda: d.daemon.reload(config(False)))
+            assert "wrote 4096/4096 bytes" in qemu("write -P 0x22 0 4k")
+            assert "read 4096/4096 bytes" in ask(reader, "read -P 0x22 0 4k")  # reads on
+            writer = client(ro=False)
+            assert "wrote 4096/4096 bytes" in ask(writer, "write -P 0x33 0 4k")
+            writes = d.call(lambda: d.daemon.engine.status("ioband1")).split()[8]
+            outcome = d.call(lambda: d.daemon.reload(config(True)))
+            assert [str(o) for o in outcome.plan.options] == ["ioband1: read_only False -> True"]
+            writer.stdin.write("write -P 0x44 0 4k\nquit\n")
+            writer.stdin.flush()
+            assert "wrote" not in writer.communicate(timeout=30)[0]  # closed
+            assert "wrote" not in qemu("write -P 0x55 0 4k")
+            assert "read 4096/4096 bytes" in qemu("read -P 0x33 0 4k", ro=True)
+            status = d.call(lambda: d.daemon.engine.status("ioband1")).split()
+            assert int(status[8]) == int(writes) and int(status[5]) >= 3  # not reset
+            reader.kill()
+            reader.wait()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+    with open(path, "rb") as f:
+        assert f.read(4096) == b"\x33" * 4096
