@@ -306,3 +306,18 @@ def test_every_device_field_has_a_rule():
     assert {f.name for f in fields(DeviceConfig)} - {"name"} <= set(FIELD_RULES)
     assert FIELD_RULES["read_only"].export is Rule.IN_PLACE
     assert FIELD_RULES["mountpoint"].mount is Rule.RECREATE
+
+
+def test_daemon_settings_wait_for_a_restart(disks, running):
+    old = config(dev("ioband1", disks["d1"], "0 :40"))
+    run = running(old)
+    new = load_config(
+        {
+            "daemon": {"hz": 250, "admin_group": "wheel"},
+            "nbd": {"unix_socket": "/elsewhere/nbd.sock"},
+            "device": [dev("ioband1", disks["d1"], "0 :40")],
+        }
+    )
+    plan = run.plan(old, new)
+    assert plan.restart == ["hz", "unix_socket"] and plan.steps == []
+    assert "restart needed: unix_socket changed (read once at start)" in plan.lines()

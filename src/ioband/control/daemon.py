@@ -468,7 +468,8 @@ class Daemon:
             log.info("reload: state file %s in use: settings the file does not change keep"
                      " their saved state (the state wins)", self.config.state_file)  # fmt: skip
         for line in plan.lines():
-            log.info("reload: %s", line)
+            warn = line.startswith(("re-create", "restart", "note"))
+            log.log(logging.WARNING if warn else logging.INFO, "reload: %s", line)
         for name in (*plan.remove, *plan.recreate):
             if name in self.engine.devices:
                 self.remove_device(name)

@@ -93,17 +93,10 @@ FIELD_RULES: dict[str, FieldRule] = {
     "write_behind": FieldRule(Rule.RECREATE, Rule.RECREATE, "a FUSE worker option"),
 }
 
-#: Daemon-wide settings read once at start (sockets are bound, threads and the clock set up).
-RESTART_FIELDS = (
-    "hz",
-    "io_threads",
-    "cgroup_hierarchy",
-    "unix_socket",
-    "tcp",
-    "control_socket",
-    "state_file",
-    "metrics_listen",
-)
+#: The daemon-wide settings a reload applies; every other ``Config`` field (sockets, ``hz``,
+#: ``io_threads``, ``cgroup_hierarchy``, ``state_file``, ``metrics``, and any field added later)
+#: is read once at start: a change is logged as needing a restart.
+RELOADED_CONFIG_FIELDS = frozenset({"devices", "source", "admin_group"})
 
 
 @dataclass(frozen=True)
@@ -310,7 +303,11 @@ def plan_reload(
     device that cannot be built, or a change that cannot be applied; nothing is changed then
     (this function changes nothing anyway: it works on scratch engines)."""
     plan = Plan()
-    plan.restart = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(old, f)]
+    plan.restart = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in RELOADED_CONFIG_FIELDS and getattr(new, f.name) != getattr(old, f.name)
+    ]
     b_engine, index = _build(new, strict=True)  # every device of the new file is valid
     a_engine, _ = _build(old, strict=False)
     before = {d.name: d for d in old.devices}
@@ -424,11 +421,12 @@ def _plan_device_group(
             p.send(name, (word, str(value)), f"the file changed {word} {now} -> {value}")
     run = p.run(name)
     reset = run.device_group in switched
-    if run.family != "weight":
-        if base is not None and base.token != want.token and run.token != want.token:
+    if run.family != "weight" or want.family != "weight":
+        if (reset or _changed(base, want, "token")) and run.token != want.token:
             p.plan.notes.append(
-                f"{name}: the range-bw token_base only shows in the table and no"
-                " message changes it: kept"
+                f"{name}: token {run.token} -> {want.token} not applied: the running policy is"
+                f" {run.policy} (a range-bw token_base only shows in the table, and no message"
+                " changes it)"
             )
         return
     for word in ("token", "carryover"):
