@@ -321,3 +321,31 @@ def test_daemon_settings_wait_for_a_restart(disks, running):
     plan = run.plan(old, new)
     assert plan.restart == ["hz", "unix_socket"] and plan.steps == []
     assert "restart needed: unix_socket changed (read once at start)" in plan.lines()
+
+
+def test_a_shared_device_group_switches_policy_once(disks, running):
+    old = config(dev("ioband1", disks["d1"], "0 :40 1000:20"), dev("ioband2", disks["d2"], "0 :10"))
+    run = running(old)
+    run.message("ioband2", "weight 15")  # reset by the switch: the file's value comes back
+    new = config(
+        dev("ioband1", disks["d1"], "0 :40 1000:20", policy="weight-iosize"),
+        dev("ioband2", disks["d2"], "0 :10", policy="weight-iosize"),
+    )
+    plan = run.plan(old, new)
+    assert messages(plan) == ["ioband1: policy weight-iosize", "ioband2: weight :10"]
+    run.apply(plan)
+    assert run.table("ioband2").endswith("weight-iosize 6144 :10")
+
+
+def test_a_mount_re_creates_for_read_only(tmp_path, running):
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    data.mkdir()
+    mnt.mkdir()
+    table = f"0 0 ioband {data} 1 0 0 uid weight 0 :100"
+    old = config({"name": "files1", "table": table, "mountpoint": str(mnt)})
+    run = running(old)
+    new = config({"name": "files1", "table": table, "mountpoint": str(mnt), "read_only": True})
+    plan = run.plan(old, new)
+    assert plan.recreate == {
+        "files1": ["read_only changed: a FUSE worker mounts read-only or read-write"]
+    }
