@@ -223,18 +223,20 @@ def test_a_killed_daemon_leaves_no_mount(tmp_path):
 
 
 def test_reload_recreates_a_changed_mount(tmp_path):
-    """SIGHUP with a mount's table changed: the old mount goes (drained, unmounted), the new
-    one comes at the same mount point once the old worker has let go of it."""
+    """A reload that changes a mount's weight applies it in place (the same worker serves on);
+    one that changes ``write_behind`` re-creates the mount: the old one goes (drained,
+    unmounted), the new one comes at the same mount point once the old worker has let go."""
     fuse_prerequisites()
     data, mnt, run = tmp_path / "data", tmp_path / "mnt", tmp_path / "run"
     for p in (data, mnt, run):
         p.mkdir()
     (data / "f").write_text("x")
 
-    def config(weight: int):
+    def config(weight: int, write_behind: bool = True):
         return load_config(
             f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/s"\n'
             f'[[device]]\nname = "files1"\nmountpoint = "{mnt}"\n'
+            f"write_behind = {str(write_behind).lower()}\n"
             f'table = "0 0 ioband {data} 1 0 0 uid weight 0 :{weight}"\n'
         )
 
@@ -242,13 +244,20 @@ def test_reload_recreates_a_changed_mount(tmp_path):
     d.start()
     try:
         assert (mnt / "f").read_text() == "x"
+        worker = d.daemon.mounts["files1"]
         assert d.call(lambda: d.daemon.reload(config(50)))
 
         def table() -> str:
             engine = d.daemon.engine
             return engine.table("files1") if "files1" in engine.devices else ""
 
-        assert wait_until(lambda: d.call(table).endswith(":50"))
+        assert d.call(table).endswith(":50")
+        assert d.daemon.mounts["files1"] is worker  # in place: not re-created
+        outcome = d.call(lambda: d.daemon.reload(config(60, write_behind=False)))
+        assert list(outcome.plan.recreate) == ["files1"]
+        assert "write_behind changed" in outcome.plan.recreate["files1"][0]
+        assert wait_until(lambda: d.call(table).endswith(":60"))
+        assert wait_until(lambda: d.daemon.mounts.get("files1") not in (None, worker))
         assert is_mount(mnt)
         assert (mnt / "f").read_text() == "x"
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -61,8 +62,13 @@ RAW_CLIENT = textwrap.dedent(
         if rep >= 0x80000000:
             print("refused", hex(rep), body.decode(errors="replace")); sys.exit(3)
         if rep == 1: break
-    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 7, 4 << 20, 4096) + b"\\x66" * 4096)
-    magic, error, cookie = struct.unpack(">IIQ", recv(16))
+    if len(sys.argv) > 4:  # hold the connection until told to write
+        print("ready", flush=True); sys.stdin.readline()
+    try:
+        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 7, 4 << 20, 4096) + b"\\x66" * 4096)
+        magic, error, cookie = struct.unpack(">IIQ", recv(16))
+    except (OSError, SystemExit):
+        print("closed"); sys.exit(4)
     print("write", error)
     """
 )
@@ -87,6 +93,16 @@ def as_user(uid: int, *argv: str, groups: int | None = None, timeout: float = 60
 
 def raw_write(uid: int, target: str, export: str, family: str = "unix", **kw):
     return as_user(uid, "/usr/bin/python3", "-c", RAW_CLIENT, target, export, family, **kw)
+
+
+def held_client(uid: int, sock: str, export: str) -> subprocess.Popen[str]:
+    """A client of ``export`` that connects, then writes when a line arrives on its stdin."""
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3",
+            "-c", RAW_CLIENT, sock, export, "unix", "hold"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd="/")  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 def digest(path: Path) -> str:
@@ -260,6 +276,41 @@ def test_tcp_rules_by_network(start, image):
     assert raw_write(INTRUDER, f"127.0.0.1:{port}", "local", "tcp").stdout.split() == [
         "write", "0"]  # fmt: skip
     assert "refused to address 127.0.0.1" in d.log.read_text()
+
+
+def test_reload_applies_new_rules_to_open_connections(start, image):
+    """A SIGHUP that changes the rules: a peer they no longer allow loses its connection once
+    drained, one they now allow gets in; a reload that leaves the rules alone keeps clients."""
+    d = start('socket_mode = "0666"', device("ioband1", image, extra=f'allow = ["uid:{WRITER}"]'))
+    kept, dropped = held_client(WRITER, d.sock, "ioband1"), held_client(WRITER, d.sock, "ioband1")
+    try:
+        # the weight only: nobody loses anything
+        d.config.write_text(d.config.read_text().replace(":40", ":30"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_log(d, "reload:")
+        kept.stdin.write("go\n")
+        kept.stdin.flush()
+        assert kept.stdout.readline().split() == ["write", "0"]
+        # the rules: WRITER out, READER in
+        d.config.write_text(d.config.read_text().replace(f"uid:{WRITER}", f"uid:{READER}"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for_log(d, "no longer allowed by allow")
+        dropped.stdin.write("go\n")
+        dropped.stdin.flush()
+        assert dropped.stdout.readline().strip() == "closed"
+        assert raw_write(WRITER, d.sock, "ioband1").returncode == 3
+        assert raw_write(READER, d.sock, "ioband1").stdout.split() == ["write", "0"]
+    finally:
+        for proc in (kept, dropped):
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_log(d: Daemon, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in d.log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged: {d.log.read_text()}"
+        time.sleep(0.05)
 
 
 # -- bounded resources -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """dmsetup-compatible commands: ``ioband create|remove|message|table|status|ls|suspend|resume|
-targets``, each one request to the daemon's control socket.
+targets``, and ``ioband reload``, each one request to the daemon's control socket.
 
 Output lines are dmsetup's, ``NAME: <start> <len> ioband ...``; ``--json`` prints the daemon's
 answer for scripts. A refused request prints its message and exits with the status of its errno
@@ -141,6 +141,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return _run("info", args, "info", show)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    def show(result: dict[str, Any]) -> None:
+        for line in result["summary"]:
+            print(line)
+
+    return _run("reload", args, "reload", show)
+
+
 def cmd_cgroup(args: argparse.Namespace) -> int:
     value = " ".join(args.value) if args.value else None
 
@@ -208,6 +216,14 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
             )
         _common(p, reads=True)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("reload", help="re-read the daemon's configuration file (as SIGHUP)",
+                       description="Re-read the configuration file the daemon was started with "
+                       "and apply what it changes without closing connections: prints each "
+                       "message sent, device re-created (and why) or created; a file that is "
+                       "refused changes nothing and the error says why.")  # fmt: skip
+    _common(p, reads=True)
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("cgroup", help="the blkio-cgroup files: id, devices, settings, stats",
                        description="ioband cgroup FILE [CGROUP] [VALUE...]: read blkio.FILE of "

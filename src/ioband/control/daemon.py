@@ -26,6 +26,7 @@ from ioband.control.config import (
     unusable_path,
 )
 from ioband.control.metrics import MetricsServer
+from ioband.control.reload import Outcome, Plan, plan_reload
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
 from ioband.core.model import Device
@@ -285,10 +286,7 @@ class Daemon:
             self.removed.add(name)
         self.save_state()
         if export is not None:
-            for conn in list(export.connections):  # read no more; close once answered
-                conn.closing = True
-                conn._update_reading()
-                conn._maybe_close()
+            self._close_drained(list(export.connections))
             self.loop.create_task(self._close_export(export))
 
     async def _close_export(self, export: Export, timeout: float = 30.0) -> None:
@@ -302,6 +300,13 @@ class Daemon:
 
     # -- persistence -------------------------------------------------------------------------
     def current_state(self) -> persist.State:
+        devices = self.running_state()
+        names = {d.name for d in devices}
+        devices += [d for n, d in self.unrestored.items() if n not in names]
+        return persist.State(devices, sorted(self.removed))
+
+    def running_state(self) -> list[persist.DeviceState]:
+        """The running devices as the state file saves them (what a reload merges with)."""
         devices = []
         for name, dev in self.engine.devices.items():
             words = self.engine.table(name).split(" ")
@@ -318,9 +323,7 @@ class Daemon:
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
                                                read_only, control, mountpoint,
                                                writeback, behind, allow, allow_ro))  # fmt: skip
-        names = {d.name for d in devices}
-        devices += [d for n, d in self.unrestored.items() if n not in names]
-        return persist.State(devices, sorted(self.removed))
+        return devices
 
     def save_state(self) -> None:
         path = self.config.state_file
@@ -476,72 +479,182 @@ class Daemon:
         if path is None:
             log.warning("SIGHUP: no configuration file to re-read")
             return
-        log.info("SIGHUP: re-reading %s", path)
+        log.info("SIGHUP")
+        self.reload_file()
+
+    def reload_file(self) -> Outcome:
+        """``ioband reload``: re-read the configuration file, as SIGHUP does."""
+        path = self.config_path
+        if path is None:
+            return Outcome(refused="no configuration file to re-read: the daemon was not"
+                           " started with --config", errno_name="ENOENT")  # fmt: skip
+        log.info("reload: re-reading %s", path)  # SIGHUP and ``ioband reload`` alike
         try:
             new = load_config(path, service_defaults=True)
         except IobandError as err:
             log.error("reload refused, the running state is kept: %s", err.describe())
-            return
-        self.reload(new)
+            return Outcome(refused=err.message, errno_name=err.errno_name)
+        return self.reload(new)
 
-    def reload(self, new: Config) -> bool:
-        """Apply the devices' differences between the running configuration and ``new``: new
-        devices are created, devices no longer listed removed, changed ones removed and created
-        again (their messages re-applied). A file with a device that cannot be created is
-        refused as a whole and nothing changes. Devices the file does not change keep their
-        run-time state."""
-        old = {d.name: d for d in self.config.devices}
-        want = {d.name: d for d in new.devices}
-        gone = [n for n in old if n not in want]
-        changed = [n for n in want if n in old and want[n] != old[n]]
-        added = [n for n in want if n not in old]
-        running = set(self.engine.devices)
-        kept = [n for n in added if n in running]  # made at run time: the running one stays
-        create = [n for n in (*changed, *added) if n not in kept]
-        # Check every device to create on a scratch daemon first: all or nothing.
-        probe = Daemon(dataclasses.replace(new, state_file=None))
-        index = {d.name: i for i, d in enumerate(new.devices)}
+    def reload(self, new: Config) -> Outcome:
+        """Take the running devices to ``new`` without closing connections: the three-way merge
+        of the old file, the new file and the running state (``ioband.control.reload``) gives
+        engine messages, applied here in one go on the loop (between two requests: no suspend
+        is needed), and in-place option changes. Only what cannot change in place (the backing
+        store, the length, the device-group id, ``direct``, a FUSE mount's options) re-creates
+        its device, and the log says why. A file with a device that cannot be built, or a
+        change that cannot be applied, is refused as a whole and nothing changes."""
         try:
-            for name in create:
-                dev = want[name]
-                try:
-                    probe.add_configured(dev, f"device[{index[name]}].")
-                except ConfigError:
-                    raise
-                except IobandError as err:
-                    raise ConfigError(new.source, f"device[{index[name]}].table",
-                                      err.describe()) from None  # fmt: skip
+            plan = plan_reload(self.config, new, self.running_state(), self.removed)
+            self._probe_creates(new, [*plan.create, *plan.recreate])
+            backings = self._open_writable(new, plan)
         except IobandError as err:
             log.error("reload refused, the running state is kept: %s", err.describe())
-            return False
-        finally:
-            for export in probe.exports.values():
-                export.backing.close()
+            return Outcome(refused=err.message, errno_name=err.errno_name)
         if self.config.state_file:
-            log.info("reload: state file %s in use: devices the file does not change keep their"
-                     " saved state (the state wins)", self.config.state_file)  # fmt: skip
-        for field in ("hz", "io_threads", "cgroup_hierarchy", "unix_socket", "tcp",
-                      "control_socket", "state_file", "metrics_listen"):  # fmt: skip
-            if getattr(new, field) != getattr(self.config, field):
-                log.warning("reload: %s changed: takes effect at the next start", field)
-        for name in kept:
-            log.info("reload: %s is already running (created at run time): kept", name)
-        for name in (*gone, *changed):
+            log.info("reload: state file %s in use: settings the file does not change keep"
+                     " their saved state (the state wins)", self.config.state_file)  # fmt: skip
+        for line in plan.lines():
+            warn = line.startswith(("re-create", "restart", "note"))
+            log.log(logging.WARNING if warn else logging.INFO, "reload: %s", line)
+        for name in (*plan.remove, *plan.recreate):
             if name in self.engine.devices:
                 self.remove_device(name)
-                log.info("reload: removed %s", name)
+        now = self.now()
+        for step in plan.steps:
+            try:
+                self.engine.message(step.device, list(step.words), now)
+            except IobandError as err:  # dry-run on a copy first: only a bug gets here
+                log.error("reload: %s refused: %s", step, err.describe())
+        self.pump()
+        for change in plan.options:
+            self.set_option(change.device, change.field, change.new, backings.get(change.device))
+        want = {d.name: d for d in new.devices}
+        gone = {d.name for d in self.config.devices} - set(want)
         self.config = dataclasses.replace(self.config, devices=new.devices,
                                           admin_group=new.admin_group)  # fmt: skip
-        self.removed -= set(want) | set(gone)  # what the file no longer lists is not "removed"
+        self.removed -= gone  # what the file no longer lists is not "removed"
         unmounting = list(self._unmounting)
-        for name in create:
+        for name in (*plan.create, *plan.recreate):
             dev = want[name]
             if dev.mountpoint and unmounting:  # its mount point may still be in use
                 self.loop.create_task(self._create_when_unmounted(dev, unmounting))
             else:
                 self._create_reloaded(dev)
         self.save_state()
-        return True
+        return Outcome(plan=plan)
+
+    def _probe_creates(self, new: Config, names: list[str]) -> None:
+        """Every device the reload creates, created on a scratch daemon first (backing store
+        opened, size checked): all or nothing."""
+        probe = Daemon(dataclasses.replace(new, state_file=None))
+        index = {d.name: i for i, d in enumerate(new.devices)}
+        want = {d.name: d for d in new.devices}
+        try:
+            for name in names:
+                where = f"device[{index[name]}]."
+                try:
+                    probe.add_configured(want[name], where)
+                except ConfigError:
+                    raise
+                except IobandError as err:
+                    raise ConfigError(new.source, f"{where}table", err.describe()) from None
+        finally:
+            for export in probe.exports.values():
+                export.backing.close()
+
+    def _open_writable(self, new: Config, plan: Plan) -> dict[str, Backing]:
+        """Exports that stop being read-only need their backing store opened read-write:
+        opened before anything changes, so that a refusal changes nothing."""
+        out: dict[str, Backing] = {}
+        index = {d.name: i for i, d in enumerate(new.devices)}
+        try:
+            for change in plan.options:
+                export = self.exports.get(change.device)
+                if change.field != "read_only" or change.new or export is None:
+                    continue
+                if not export.backing.read_only:
+                    continue
+                try:
+                    out[change.device] = Backing.open(export.backing.path,
+                                                      direct=export.backing.direct)  # fmt: skip
+                except OSError as err:
+                    raise ConfigError(new.source, f"device[{index[change.device]}].read_only",
+                                      f"cannot open {export.backing.path!r} read-write:"
+                                      f" {err.strerror}") from None  # fmt: skip
+        except BaseException:
+            for backing in out.values():
+                backing.close()
+            raise
+        return out
+
+    def set_option(self, name: str, field: str, value: object,
+                   backing: Backing | None = None) -> None:  # fmt: skip
+        """Change an in-place field (``reload.FIELD_RULES``) of a running export. ``read_only``
+        on: new connections get a read-only export, and the connections already open (they
+        negotiated read-write) are closed once their requests are answered, since a writer
+        must not keep writing an export made read-only. ``read_only`` off: new connections may
+        write (``backing``: the store opened read-write); read-only ones go on. ``control``:
+        every request received from now on, existing connections' too, is scheduled or not
+        (a request is either one or the other: nothing to drain). Another field is set on the
+        export under its own name (read when a client connects)."""
+        export = self.exports.get(name)
+        if export is None:
+            log.warning("reload: %s is not an export: %s not changed", name, field)
+            return
+        if field == "read_only":
+            export.info = dataclasses.replace(export.info, read_only=bool(value))
+            if value:
+                writers = [c for c in export.connections if not c.closed and c.writable]
+                self._close_drained(writers)
+                if writers:
+                    log.warning("reload: %s is read-only now: %d read-write connection(s)"
+                                " closed once drained", name, len(writers))  # fmt: skip
+            elif backing is not None:
+                old, export.backing = export.backing, backing
+                self.loop.create_task(self._close_when_idle(export, old))
+        elif field == "control":
+            export.control = bool(value)
+        elif field in ("allow", "allow_ro"):
+            allow, allow_ro = self.access.get(name, ((), ()))
+            texts = tuple(value) if isinstance(value, tuple | list) else ()
+            rules = (texts, allow_ro) if field == "allow" else (allow, texts)
+            self.access[name] = rules
+            export.access = Access.parse(*rules)
+            # A peer the new rules refuse, or allow read-only while it negotiated read-write,
+            # must not keep its connection.
+            stale = [c for c in export.connections if not c.closed and (
+                (decision := export.access.decide(c.peer)) is None
+                or (decision == "ro" and c.writable))]  # fmt: skip
+            self._close_drained(stale)
+            for conn in stale:
+                log.warning("reload: %s: %s no longer allowed by %s: connection closed once"
+                            " drained", name, conn.peer.describe(), field)  # fmt: skip
+        elif hasattr(export, field):
+            setattr(export, field, value)
+        direct, read_only, control = self.flags.get(name, (False, False, True))
+        if field == "read_only":
+            read_only = bool(value)
+        elif field == "control":
+            control = bool(value)
+        self.flags[name] = (direct, read_only, control)
+
+    @staticmethod
+    def _close_drained(connections: list[Connection]) -> None:
+        """Read no more from these connections; close each once its requests are answered."""
+        for conn in connections:
+            conn.closing = True
+            conn._update_reading()
+            conn._maybe_close()
+
+    async def _close_when_idle(self, export: Export, backing: Backing,
+                               timeout: float = 30.0) -> None:  # fmt: skip
+        """A replaced backing store is closed once the requests that may still use it are
+        answered."""
+        deadline = self.loop.time() + timeout
+        while any(c.inflight for c in export.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        backing.close()
 
     def _create_reloaded(self, dev: DeviceConfig) -> None:
         try:

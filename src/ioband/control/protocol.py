@@ -32,10 +32,11 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "info": {},
     "cgroup": {"file": (_STR, True), "cgroup": (_STR, False), "value": (_STR, False)},
     "stats": {},
+    "reload": {},
 }  # fmt: skip
 
 #: Ops that change the configuration: root and the admin group only.
-CHANGES = frozenset({"create", "remove", "message", "suspend", "resume"})
+CHANGES = frozenset({"create", "remove", "message", "suspend", "resume", "reload"})
 
 #: Optional on every op: act with these credentials instead of the peer's (``SO_PEERCRED``).
 #: Honoured for a root peer only (blkiofs, which serves other users' file writes); the server

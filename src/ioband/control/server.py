@@ -1,7 +1,7 @@
 """The control socket: requests from ``ioband`` commands, answered on the daemon's loop.
 
 Reads (table, status, ls, targets, info) are open to every local user; changes (create, remove,
-message, suspend, resume) to root and members of the admin group, decided from the caller's
+message, suspend, resume, reload) to root and members of the admin group, decided from the caller's
 ``SO_PEERCRED``. A malformed request gets an error reply; it never disturbs the daemon or other
 clients.
 """
@@ -233,6 +233,15 @@ class ControlServer:
         d = self.daemon
         d.engine.resume(req["name"], d.now())
         d.pump()
+
+    def op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``ioband reload``: re-read the configuration file as SIGHUP does; the answer says
+        what was applied, or (an error) why the file was refused and nothing changed."""
+        outcome = self.daemon.reload_file()
+        if not outcome:
+            raise IobandError(f"reload refused, nothing changed: {outcome.refused}",
+                              errno_name=outcome.errno_name)  # fmt: skip
+        return outcome.to_json()
 
     def op_table(self, req: dict[str, Any]) -> list[dict[str, str]]:
         engine = self.daemon.engine

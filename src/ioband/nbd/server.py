@@ -147,6 +147,12 @@ class Connection(asyncio.Protocol):
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
 
+    @property
+    def writable(self) -> bool:
+        """The export was negotiated read-write (the client may send writes)."""
+        codec = self.codec
+        return codec is not None and codec.export is not None and not codec.export.read_only
+
     def _handshake_expired(self) -> None:
         """A client that has not chosen an export in time holds a descriptor for nothing."""
         self._handshake_timer = None
