@@ -11,6 +11,10 @@ admin_group = "ioband"        # members may change the configuration; root alway
 [nbd]
 unix_socket = "/run/ioband/nbd.sock"
 tcp = "127.0.0.1:10809"       # optional
+tls = "off"                   # off | on (offered) | require (TCP clients must use TLS)
+tls_certificates = "/etc/ioband/tls"   # ca-cert.pem, server-cert.pem, server-key.pem
+tls_psk_file = "/etc/ioband/keys.psk"  # username:hexkey lines
+tls_verify_peer = false       # true: TCP clients need a certificate signed by ca-cert.pem
 [metrics]
 listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
@@ -27,6 +31,10 @@ mountpoint = "/mnt/data"
 writeback_cache = false       # true: the kernel delays writes (charged to the file's opener)
 write_behind = true           # ioband delays buffered writes, each writer paced by its share
 ```
+``tls`` applies to the TCP listener: with ``on`` or ``require`` the unix socket offers TLS too
+but never requires it (its peers are known by SO_PEERCRED). TLS needs credentials: a directory of
+X.509 certificates, a PSK file, or both; they are read when the daemon starts.
+
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
 
 ``control_socket`` and ``state_file`` take the defaults above when the configuration is loaded
@@ -87,6 +95,10 @@ class Config:
     state_file: str | None = None
     admin_group: str | None = DEFAULT_ADMIN_GROUP
     metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint
+    tls: str = "off"  # [nbd] tls: off | on | require (see ioband.nbd.tls)
+    tls_certificates: str | None = None  # directory: ca-cert.pem, server-cert.pem, server-key.pem
+    tls_psk_file: str | None = None  # username:hexkey lines
+    tls_verify_peer: bool = False  # X.509 clients must present a certificate signed by the CA
 
 
 _SECTIONS = {
@@ -98,7 +110,7 @@ _SECTIONS = {
         "state_file",
         "admin_group",
     ),
-    "nbd": ("unix_socket", "tcp"),
+    "nbd": ("unix_socket", "tcp", "tls", "tls_certificates", "tls_psk_file", "tls_verify_peer"),
     "metrics": ("listen",),
 }
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
@@ -227,5 +239,28 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
                            DEFAULT_STATE_FILE if service_defaults else None)  # fmt: skip
     admin = values.get("admin_group", DEFAULT_ADMIN_GROUP)
     _typed(src, "daemon.admin_group", admin, str, "a group name ('' for root only)")
+    tls = _tls(src, values)
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
-                  admin or None, listen)  # fmt: skip
+                  admin or None, listen, *tls)  # fmt: skip
+
+
+TLS_MODES = ("off", "on", "require")
+
+
+def _tls(src: str, values: dict[str, Any]) -> tuple[str, str | None, str | None, bool]:
+    """[nbd] tls, tls_certificates, tls_psk_file, tls_verify_peer; the files are read later,
+    when the daemon starts (ioband.nbd.tls.load_credentials)."""
+    mode = _typed(src, "nbd.tls", values.get("tls", "off"), str, "'off', 'on' or 'require'")
+    if mode not in TLS_MODES:
+        raise ConfigError(src, "nbd.tls", f"must be 'off', 'on' or 'require', got {mode!r}")
+    certs = _optional_path(src, "nbd.tls_certificates", values, None)
+    psk = _optional_path(src, "nbd.tls_psk_file", values, None)
+    verify = _typed(src, "nbd.tls_verify_peer", values.get("tls_verify_peer", False), bool,
+                    "true or false")  # fmt: skip
+    if mode != "off" and not certs and not psk:
+        raise ConfigError(src, "nbd.tls", f"{mode!r} needs credentials: tls_certificates (a"
+                          " directory of X.509 PEM files) or tls_psk_file (or both)")  # fmt: skip
+    if verify and not certs:
+        raise ConfigError(src, "nbd.tls_verify_peer", "needs tls_certificates (its ca-cert.pem"
+                          " signs the client certificates)")  # fmt: skip
+    return mode, certs, psk, verify

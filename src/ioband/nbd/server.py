@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ioband.cgroup.proc import Hierarchy, identity
 from ioband.core.request import WAITING, Request, Submitter
 from ioband.nbd import protocol as nbd
+from ioband.nbd import tls
 from ioband.nbd.backing import Backing
 from ioband.nbd.replies import nbd_error
 
@@ -95,6 +96,8 @@ class Connection(asyncio.Protocol):
         self.closing = False  # DISC received or protocol error: close once drained
         self.closed = False
         self.tcp = False
+        self.upgrading = False  # STARTTLS acknowledged, TLS handshake not over: hands off
+        self._tls_task: asyncio.Task[None] | None = None
         self._corked: list[bytes | memoryview] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -113,7 +116,8 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.tcp = sock.family != socket.AF_UNIX
         self.codec = nbd.ServerConnection(
-            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names
+            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names,
+            tls=self.daemon.nbd.tls_mode(self.tcp),
         )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
@@ -125,7 +129,9 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.closing = True
         self._maybe_close()
-        return True
+        # Half-closed: replies still go out. The event loop's TLS transport cannot half-close
+        # (it warns and closes); ioband.nbd.tls.TlsLayer can.
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -145,6 +151,8 @@ class Connection(asyncio.Protocol):
 
     # -- flow control --------------------------------------------------------------------------
     def _update_reading(self) -> None:
+        if self.upgrading:  # the TLS handshake owns the socket
+            return
         want = (
             not self.closing
             and self.waiting is None
@@ -199,12 +207,36 @@ class Connection(asyncio.Protocol):
         finally:
             if corked:
                 self._uncork()
+        if self.upgrading:
+            self._start_tls()
+            return
         self._update_reading()
         self._maybe_close()
 
+    def _start_tls(self) -> None:
+        """After the STARTTLS ACK is queued: stop reading (the ClientHello is not for the
+        codec) and hand the socket to the TLS handshake."""
+        if self._tls_task is None and not self.closed:
+            self.transport.pause_reading()
+            self._tls_task = self.daemon.loop.create_task(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        peer = self.transport.get_extra_info("peername") or "unix socket peer"
+        try:
+            self.transport = await tls.upgrade(self.transport, self, self.daemon.nbd.tls)
+        except tls.TlsHandshakeError as err:
+            log.warning("NBD TLS handshake with %s failed: %s", peer, err)  # once, no traceback
+            if not self.closed:
+                self.connection_lost(None)
+            return
+        log.info("NBD TLS session with %s: %s", peer, tls.peer_description(self.transport))
+        self.upgrading = False
+        self.reading = True
+        self._process()
+
     def _process_events(self) -> None:
         codec = self.codec
-        while self.waiting is None and not self.closing:
+        while self.waiting is None and not self.closing and not self.upgrading:
             event = codec.next_event()
             out = codec.data_to_send()
             if out:
@@ -218,6 +250,8 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, nbd.ExportChosen):
                 self.export = self.daemon.exports[event.name]
                 self.export.connections.add(self)
+            elif isinstance(event, nbd.StartTls):
+                self.upgrading = True
             elif isinstance(event, nbd.Disconnect):
                 self.closing = True
             elif isinstance(event, nbd.ProtocolError):
@@ -305,9 +339,20 @@ class NbdServer:
         self.daemon = daemon
         self.servers: list[asyncio.AbstractServer] = []
         self.unix_path: str | None = None
+        self.tls: tls.TlsCredentials | None = None
+
+    def tls_mode(self, tcp: bool) -> nbd.TlsMode:
+        """``[nbd] tls`` applies to TCP; the unix socket offers TLS when it is on but never
+        requires it (its peers are authenticated by SO_PEERCRED)."""
+        if self.tls is None:
+            return nbd.TlsMode.OFF
+        return nbd.TlsMode(self.daemon.config.tls) if tcp else nbd.TlsMode.ON
 
     async def start(self, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
+        self.tls = tls.load_credentials(self.daemon.config)  # a bad file refuses the start
+        if self.tls is not None:
+            log.info("NBD TLS %s: %s", self.daemon.config.tls, self.tls.describe())
         if unix_path:
             os.makedirs(os.path.dirname(unix_path) or ".", exist_ok=True)
             if os.path.exists(unix_path):
