@@ -43,6 +43,7 @@ HANDSHAKE_TIMEOUT = 30.0  # seconds a client has to finish the TLS handshake
 _CHUNK = 1 << 18  # ciphertext read from OpenSSL's memory BIO at a time
 # TLS 1.2 suites for PSK clients (TLS 1.3 needs none: it uses TLS_AES_128_GCM_SHA256) and for
 # certificates; forward secrecy first.
+_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 _CIPHERS = b"ECDHE-PSK:DHE-PSK:ECDHE+AESGCM:ECDHE+CHACHA20:PSK:!aNULL:!eNULL:!MD5:!3DES:!RC4"
 
 
@@ -170,6 +171,11 @@ def _openssl_context(
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
     ctx.set_cipher_list(_CIPHERS)
+    # OpenSSL's PSK server callback gives TLS 1.3 a SHA-256 key: a session whose suite hashes
+    # with SHA-384 cannot use it and falls back to the certificate, which a PSK client lacks
+    # (gnutls: "Insufficient credentials"). So the SHA-256 suites come first, server's order.
+    ctx.set_tls13_ciphersuites(_TLS13_SUITES)
+    ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
     if directory:
         ca, cert, key = _x509_paths(directory, source)
         try:
@@ -195,6 +201,7 @@ def _openssl_context(
         layer = _LAYERS.get(int(ffi.cast("uintptr_t", ssl_ptr)))
         if layer is not None:
             layer.psk_identity = user
+            layer.psk_known = secret is not None
         if secret is None or len(secret) > max_len:
             return 0
         ffi.memmove(out, secret, len(secret))
@@ -297,7 +304,8 @@ class TlsLayer(asyncio.Protocol):
         self._handshaken = False
         self._closing = False
         self._app_lost = False
-        self.psk_identity: str | None = None
+        self.psk_identity: str | None = None  # what the client sent (known or not)
+        self.psk_known = False
 
     async def handshake(self, timeout: float) -> TlsLayer:
         raw = self._raw
@@ -374,6 +382,9 @@ class TlsLayer(asyncio.Protocol):
         self._app.resume_writing()
 
     def _fail(self, err: TlsHandshakeError) -> None:
+        if self.psk_identity is not None:
+            known = "" if self.psk_known else ", unknown"
+            err = TlsHandshakeError(f"{err} (PSK user {self.psk_identity!r}{known})")
         if not self._waiter.done():
             self._waiter.set_exception(err)
 
