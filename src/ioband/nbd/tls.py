@@ -240,32 +240,36 @@ async def upgrade(
     transport: asyncio.BaseTransport,
     protocol: asyncio.Protocol,
     creds: TlsCredentials,
-    timeout: float = HANDSHAKE_TIMEOUT,
+    timeout: float | None = None,
 ) -> asyncio.Transport:
     """Run the server side of the TLS handshake on ``transport`` (whose reading the caller
     paused right after queueing the STARTTLS ACK, so no ClientHello reaches ``protocol``);
     ``protocol`` receives the decrypted stream through the transport returned. Raises
     :class:`TlsHandshakeError` (the transport is closed then)."""
     loop = asyncio.get_running_loop()
+    timeout = timeout or HANDSHAKE_TIMEOUT
     if creds.ssl_context is not None:
         try:
             tls = await loop.start_tls(transport, protocol, creds.ssl_context, server_side=True,
                                        ssl_handshake_timeout=timeout)  # fmt: skip
         except (OSError, TimeoutError, ConnectionError) as err:
             transport.close()
-            raise TlsHandshakeError(_describe(err)) from None
+            raise TlsHandshakeError(_describe(err, timeout)) from None
         if tls is None:  # the peer went away during the handshake
-            raise TlsHandshakeError("connection closed during the handshake")
+            raise TlsHandshakeError("the client closed the connection")
         return tls  # type: ignore[return-value]
     layer = TlsLayer(loop, transport, protocol, creds.openssl_context)  # type: ignore[arg-type]
     return await layer.handshake(timeout)
 
 
-def _describe(err: BaseException) -> str:
-    if isinstance(err, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(err, ssl.SSLError):
-        return err.reason or str(err)
+def _describe(err: BaseException, timeout: float) -> str:
+    """One line for the log, the same for both event loops and the PSK layer."""
+    if isinstance(err, TimeoutError) or "taking longer than" in str(err):
+        return f"timed out after {timeout:g} s"
+    if isinstance(err, ssl.SSLError) and err.reason:
+        return err.reason.lower().replace("_", " ")
+    if isinstance(err, ConnectionResetError | BrokenPipeError | EOFError):
+        return "the client closed the connection"
     return str(err) or type(err).__name__
 
 
@@ -315,7 +319,7 @@ class TlsLayer(asyncio.Protocol):
             return await asyncio.wait_for(self._waiter, timeout)
         except TimeoutError:
             raw.abort()
-            raise TlsHandshakeError("timed out") from None
+            raise TlsHandshakeError(_describe(TimeoutError(), timeout)) from None
         except TlsHandshakeError:
             raw.close()
             raise
@@ -363,13 +367,15 @@ class TlsLayer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if not self._handshaken:
-            self._fail(TlsHandshakeError("connection closed during the handshake"))
+            self._fail(TlsHandshakeError("the client closed the connection"))
             return None
         return self._app.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._handshaken:
-            self._fail(TlsHandshakeError(str(exc) if exc else "connection closed"))
+            self._fail(
+                TlsHandshakeError(_describe(exc, 0) if exc else "the client closed the connection")
+            )
             return
         if not self._app_lost:
             self._app_lost = True
