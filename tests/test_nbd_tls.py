@@ -420,7 +420,8 @@ def _leaf(d: Path, ca: str, out: str, cn: str, ext: str) -> None:
 def pki(tmp_path_factory) -> dict[str, Path]:
     """Directories laid out as qemu's tls-creds-x509 and libnbd's tls-certificates want them:
     ``server`` (ca-cert, server-cert, server-key), ``client`` (ca-cert, client-cert,
-    client-key), ``nocert`` (ca-cert only), ``untrusted`` (another CA and a client of it);
+    client-key), ``nocert`` (ca-cert only), ``untrusted`` (another CA and a client of it),
+    ``stranger`` (our CA, a client certificate of the other CA);
     ``psk``/``wrongpsk``/``bob`` hold a keys.psk each."""
     need("openssl")
     d = tmp_path_factory.mktemp("pki")
@@ -431,11 +432,11 @@ def pki(tmp_path_factory) -> dict[str, Path]:
           "subjectAltName=IP:127.0.0.1,DNS:localhost\n")  # fmt: skip
     _leaf(d, "ca", "client", "client1", leaf + "extendedKeyUsage=clientAuth\n")
     _leaf(d, "other", "stranger", "stranger", leaf + "extendedKeyUsage=clientAuth\n")
-    dirs = {name: d / name for name in ("server", "client", "nocert", "untrusted", "psk",
-                                        "wrongpsk", "bob")}  # fmt: skip
+    dirs = {name: d / name for name in ("server", "client", "nocert", "untrusted", "stranger",
+                                        "psk", "wrongpsk", "bob")}  # fmt: skip
     for path in dirs.values():
         path.mkdir()
-    for name in ("server", "client", "nocert"):
+    for name in ("server", "client", "nocert", "stranger"):
         shutil.copy(d / "ca-cert.pem", dirs[name] / "ca-cert.pem")
     for name in ("server-cert.pem", "server-key.pem"):
         shutil.copy(d / name, dirs["server"] / name)
@@ -444,6 +445,8 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     shutil.copy(d / "other-cert.pem", dirs["untrusted"] / "ca-cert.pem")
     shutil.copy(d / "stranger-cert.pem", dirs["untrusted"] / "client-cert.pem")
     shutil.copy(d / "stranger-key.pem", dirs["untrusted"] / "client-key.pem")
+    shutil.copy(d / "stranger-cert.pem", dirs["stranger"] / "client-cert.pem")
+    shutil.copy(d / "stranger-key.pem", dirs["stranger"] / "client-key.pem")
     (dirs["psk"] / "keys.psk").write_text(f"alice:{os.urandom(32).hex()}\n")
     (dirs["wrongpsk"] / "keys.psk").write_text(f"alice:{os.urandom(32).hex()}\n")
     (dirs["bob"] / "keys.psk").write_text(f"bob:{os.urandom(32).hex()}\n")
@@ -661,10 +664,37 @@ def test_verify_peer_requires_a_client_certificate(tmp_path, pki, caplog):
         assert result.returncode != 0
         result = run("qemu-img", "info", *x509(pki, "nocert"), qemu_json(d), check=False)
         assert result.returncode != 0
+        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['stranger']}"), check=False)
+        assert result.returncode != 0  # a certificate our CA did not sign
         run("nbdinfo", nbds(d, f"tls-certificates={pki['client']}"))
         run("qemu-img", "info", *x509(pki), qemu_json(d))
-    assert "certificate commonName=client1" in caplog.text
+    assert "certificate CN=client1" in caplog.text
     assert caplog.text.count("failed: peer did not return a certificate") == 2
+
+
+def test_verify_peer_with_psk_too_requires_a_psk_or_a_client_certificate(tmp_path, pki, caplog):
+    """The PSK path can only ask for a certificate (PSK clients have none): a client with
+    neither is refused all the same."""
+    need("nbdinfo")
+    keys = pki["psk"] / "keys.psk"
+    with caplog.at_level(logging.INFO, "ioband.nbd"), tls_daemon(
+        tmp_path, tls="require", tls_certificates=str(pki["server"]), tls_psk_file=str(keys),
+        tls_verify_peer=True,
+    ) as d:  # fmt: skip
+        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['nocert']}"), check=False)
+        assert result.returncode != 0
+        result = run("qemu-img", "info", *x509(pki, "nocert"), qemu_json(d), check=False)
+        assert result.returncode != 0
+        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['stranger']}"), check=False)
+        assert result.returncode != 0  # a certificate our CA did not sign
+        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['untrusted']}"), check=False)
+        assert result.returncode != 0
+        run("nbdinfo", nbds(d, f"tls-certificates={pki['client']}"))
+        run("nbdinfo", nbds(d, f"tls-psk-file={keys}", user="alice"))
+        run("qemu-img", "info", *psk(pki), qemu_json(d))
+    assert caplog.text.count("failed: peer did not return a certificate") == 2
+    assert "certificate CN=client1" in caplog.text
+    assert caplog.text.count("PSK user 'alice', TLS") == 2
 
 
 def test_tls_on_serves_plain_and_tls_clients(tmp_path, pki):

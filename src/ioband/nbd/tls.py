@@ -12,8 +12,10 @@ Two kinds of credentials, which may be given together:
 Python 3.11's :mod:`ssl` has no PSK (it came in 3.13), so a PSK server runs OpenSSL through
 pyOpenSSL and the ``cryptography`` bindings, sans-I/O over memory BIOs: :class:`TlsLayer` sits
 between the socket's transport and the NBD connection, encrypting what the connection writes
-and decrypting what it reads. X.509 alone needs no PSK and goes through the event loop's own
-``start_tls`` (uvloop's is compiled), which measured faster.
+and decrypting what it reads. X.509 alone goes through the event loop's own ``start_tls`` (stdlib
+:mod:`ssl`, uvloop's or asyncio's), the code path every asyncio TLS server uses; with a PSK file
+too, one OpenSSL context serves both kinds of client, so certificates go through the layer then.
+``benchmarks/nbd_tls.py`` compares the two paths and plain TCP.
 
 Loading is done once, when the server starts; a file that cannot be read or parsed refuses the
 start with a :class:`~ioband.control.config.ConfigError` naming the key.
@@ -41,6 +43,7 @@ SERVER_CERT = "server-cert.pem"
 SERVER_KEY = "server-key.pem"
 HANDSHAKE_TIMEOUT = 30.0  # seconds a client has to finish the TLS handshake
 _CHUNK = 1 << 18  # ciphertext read from OpenSSL's memory BIO at a time
+_READ_BUFFER = 1 << 20  # plaintext decrypted into one buffer before it goes to the connection
 # TLS 1.2 suites for PSK clients (TLS 1.3 needs none: it uses TLS_AES_128_GCM_SHA256) and for
 # certificates; forward secrecy first.
 _TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
@@ -176,6 +179,7 @@ def _openssl_context(
     # (gnutls: "Insufficient credentials"). So the SHA-256 suites come first, server's order.
     ctx.set_tls13_ciphersuites(_TLS13_SUITES)
     ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    ctx.set_session_id(b"ioband-nbd")  # OpenSSL refuses to verify peers without one
     if directory:
         ca, cert, key = _x509_paths(directory, source)
         try:
@@ -187,7 +191,8 @@ def _openssl_context(
             raise ConfigError(source, "nbd.tls_certificates", f"{cert} / {key} / {ca}: not"
                               f" usable PEM certificates and key: {err}") from None  # fmt: skip
         if verify_peer:
-            # A PSK client presents no certificate: only ask, and check what is presented.
+            # A PSK client presents no certificate: only ask, and check what is presented;
+            # TlsLayer refuses a handshake that used neither a PSK nor a client certificate.
             ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
 
     @ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)")
@@ -258,7 +263,8 @@ async def upgrade(
         if tls is None:  # the peer went away during the handshake
             raise TlsHandshakeError("the client closed the connection")
         return tls  # type: ignore[return-value]
-    layer = TlsLayer(loop, transport, protocol, creds.openssl_context)  # type: ignore[arg-type]
+    layer = TlsLayer(loop, transport, protocol, creds.openssl_context,  # type: ignore[arg-type]
+                     verify_peer=creds.verify_peer)  # fmt: skip
     return await layer.handshake(timeout)
 
 
@@ -292,6 +298,8 @@ class TlsLayer(asyncio.Protocol):
         raw: asyncio.Transport,
         app: asyncio.Protocol,
         context: Any,
+        *,
+        verify_peer: bool = False,
     ) -> None:
         from cryptography.hazmat.bindings.openssl.binding import Binding
         from OpenSSL import SSL
@@ -302,10 +310,15 @@ class TlsLayer(asyncio.Protocol):
         self._app = app
         self._conn = SSL.Connection(context, None)
         self._conn.set_accept_state()
-        ffi = Binding().ffi
+        binding = Binding()
+        ffi = binding.ffi
+        self._lib = binding.lib
+        self._rbuf = bytearray(_READ_BUFFER)
+        self._rptr = ffi.from_buffer("char[]", self._rbuf)
         _LAYERS[int(ffi.cast("uintptr_t", self._conn._ssl))] = self
         self._waiter: asyncio.Future[TlsLayer] = loop.create_future()
         self._handshaken = False
+        self._verify_peer = verify_peer
         self._closing = False
         self._app_lost = False
         self.psk_identity: str | None = None  # what the client sent (known or not)
@@ -342,28 +355,58 @@ class TlsLayer(asyncio.Protocol):
                 self._flush()  # the alert, so that the client can say why
                 self._fail(TlsHandshakeError(_openssl_reason(err)))
                 return
-            self._handshaken = True
             self._flush()
+            if self._verify_peer and not self.psk_known and conn.get_peer_certificate() is None:
+                # OpenSSL only asked for a certificate (a PSK client has none): the client
+                # proved nothing, so it is refused here as the stdlib's CERT_REQUIRED would.
+                self._raw.close()
+                self._fail(TlsHandshakeError("peer did not return a certificate"))
+                return
+            self._handshaken = True
             if not self._waiter.done():
                 self._waiter.set_result(self)
-        app = self._app
-        while not self._closing:
-            try:
-                chunk = conn.recv(_CHUNK)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:  # close_notify: the client's end of stream
-                if not app.eof_received():
-                    self.close()
-                break
-            except SSL.Error as err:
-                log.info("NBD TLS error from %s: %s", self.get_extra_info("peername"),
-                         _openssl_reason(err))  # fmt: skip
-                self._flush()
-                self._raw.close()
-                break
-            app.data_received(chunk)
+        self._decrypt()
         self._flush()  # TLS 1.3 session tickets and key updates
+
+    def _decrypt(self) -> None:
+        """Everything OpenSSL can decrypt now goes to the connection in one ``data_received``
+        per buffer-full (as uvloop does): SSL_read fills our buffer directly (pyOpenSSL's
+        ``recv`` copies each record twice), and the codec then gets one large chunk of which
+        WRITE payloads are views, instead of assembling them from 16 KiB records."""
+        SSL = self._SSL
+        conn = self._conn
+        ssl_ptr = conn._ssl
+        ssl_read = self._lib.SSL_read
+        buf, ptr, size = self._rbuf, self._rptr, len(self._rbuf)
+        while not self._closing:
+            n = 0
+            end: Exception | None = None
+            while n < size:
+                result = ssl_read(ssl_ptr, ptr + n, size - n)
+                if result > 0:
+                    n += result
+                    continue
+                try:
+                    conn._raise_ssl_error(ssl_ptr, result)
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error as err:  # ZeroReturnError (close_notify) included
+                    end = err
+                break
+            if n:
+                self._app.data_received(bytes(memoryview(buf)[:n]))
+            if end is not None:
+                if isinstance(end, SSL.ZeroReturnError):  # the client's end of stream
+                    if not self._app.eof_received():
+                        self.close()
+                else:
+                    log.info("NBD TLS error from %s: %s", self.get_extra_info("peername"),
+                             _openssl_reason(end))  # fmt: skip
+                    self._flush()
+                    self._raw.close()
+                return
+            if n < size:
+                return
 
     def eof_received(self) -> bool | None:
         if not self._handshaken:
@@ -457,6 +500,13 @@ class TlsLayer(asyncio.Protocol):
             return self._conn.get_protocol_version_name()
         if name == "cipher":
             return self._conn.get_cipher_name()
+        if name == "peercert_der":
+            cert = self._conn.get_peer_certificate()
+            if cert is None:
+                return None
+            from OpenSSL import crypto
+
+            return crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         return self._raw.get_extra_info(name, default)
 
 
@@ -475,19 +525,18 @@ def peer_description(transport: asyncio.BaseTransport) -> str:
     sslobj = transport.get_extra_info("ssl_object")
     if sslobj is not None:
         version, cipher = sslobj.version(), (sslobj.cipher() or ("?",))[0]
+        der = sslobj.getpeercert(binary_form=True)
     else:
-        version, cipher = (
-            transport.get_extra_info("tls_version"),
-            transport.get_extra_info("cipher"),
-        )
+        version = transport.get_extra_info("tls_version")
+        cipher = transport.get_extra_info("cipher")
+        der = transport.get_extra_info("peercert_der")
     identity = transport.get_extra_info("psk_identity")
-    cert = transport.get_extra_info("peercert")
     if identity:
         who = f"PSK user {identity!r}"
-    elif cert:
-        who = "certificate " + ", ".join(
-            "=".join(x) for rdn in cert.get("subject", ()) for x in rdn
-        )
+    elif der:
+        from cryptography import x509
+
+        who = f"certificate {x509.load_der_x509_certificate(der).subject.rfc4514_string()}"
     else:
         who = "no client certificate"
     return f"{who}, {version} {cipher}"
