@@ -14,7 +14,7 @@ tcp = "127.0.0.1:10809"       # optional
 tls = "off"                   # off | on (offered) | require (TCP clients must use TLS)
 tls_certificates = "/etc/ioband/tls"   # ca-cert.pem, server-cert.pem, server-key.pem
 tls_psk_file = "/etc/ioband/keys.psk"  # username:hexkey lines
-tls_verify_peer = false       # true: TCP clients need a certificate signed by ca-cert.pem
+tls_verify_peer = false       # true: clients need a certificate signed by ca-cert.pem (or a PSK)
 [metrics]
 listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]

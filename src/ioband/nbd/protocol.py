@@ -470,6 +470,9 @@ class ServerConnection:
     names for NBD_OPT_LIST. An empty requested name means ``default_export`` when that is set
     (otherwise ``exports("")`` decides).
 
+    ``tls`` is the connection's :class:`TlsMode` (see the module doc); after a
+    :class:`StartTls` event ``tls_active`` is true.
+
     The greeting is queued at construction: send :meth:`data_to_send` first.
     """
 

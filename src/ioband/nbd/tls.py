@@ -257,7 +257,7 @@ async def upgrade(
         try:
             tls = await loop.start_tls(transport, protocol, creds.ssl_context, server_side=True,
                                        ssl_handshake_timeout=timeout)  # fmt: skip
-        except (OSError, TimeoutError, ConnectionError) as err:
+        except Exception as err:  # SSLError, reset, timeout: all end this connection only
             transport.close()
             raise TlsHandshakeError(_describe(err, timeout)) from None
         if tls is None:  # the peer went away during the handshake
