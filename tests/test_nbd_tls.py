@@ -77,6 +77,15 @@ from tests.test_nbd_protocol import (
 ERR_POLICY, ERR_TLS_REQD = ERR + 2, ERR + 5
 DF_FLAG = 128
 
+
+@pytest.fixture(autouse=True)
+def no_event_loop_complaints(caplog):
+    """The event loops' own loggers stay quiet: an exception in a protocol callback, or a
+    warning like 'returning true from eof_received() has no effect when using ssl', fails."""
+    yield
+    loud = [r for r in caplog.get_records("call") if r.name == "asyncio" and r.levelno >= 30]
+    assert not loud, [r.getMessage() for r in loud]
+
 # -- the codec -----------------------------------------------------------------------------------
 
 

@@ -98,6 +98,9 @@ class Connection(asyncio.Protocol):
         self.tcp = False
         self.upgrading = False  # STARTTLS acknowledged, TLS handshake not over: hands off
         self._tls_task: asyncio.Task[None] | None = None
+        # The event loop's TLS transport cannot half-close (it warns, and closes); plain
+        # sockets and ioband.nbd.tls.TlsLayer can.
+        self._half_close = True
         self._corked: list[bytes | memoryview] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -129,9 +132,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.closing = True
         self._maybe_close()
-        # Half-closed: replies still go out. The event loop's TLS transport cannot half-close
-        # (it warns and closes); ioband.nbd.tls.TlsLayer can.
-        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
+        return self._half_close  # half-closed: replies still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -230,6 +231,7 @@ class Connection(asyncio.Protocol):
                 self.connection_lost(None)
             return
         log.info("NBD TLS session with %s: %s", peer, tls.peer_description(self.transport))
+        self._half_close = self.transport.get_extra_info("sslcontext") is None
         self.upgrading = False
         self.reading = True
         self._process()
