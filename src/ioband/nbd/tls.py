@@ -29,6 +29,7 @@ import logging
 import os
 import ssl
 import stat
+import threading
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -282,6 +283,21 @@ def _describe(err: BaseException, timeout: float) -> str:
 # -- a sans-I/O TLS layer over OpenSSL memory BIOs (PSK) ------------------------------------------
 
 _LAYERS: weakref.WeakValueDictionary[int, TlsLayer] = weakref.WeakValueDictionary()
+_THREAD = threading.local()
+
+
+def _read_buffer() -> tuple[bytearray, Any]:
+    """The decryption buffer of this thread's event loop, and a cffi pointer to it: one for
+    all connections (what is decrypted is copied out before anything else runs), not a
+    megabyte per connection."""
+    try:
+        return _THREAD.read_buffer
+    except AttributeError:
+        from cryptography.hazmat.bindings.openssl.binding import Binding
+
+        buf = bytearray(_READ_BUFFER)
+        _THREAD.read_buffer = buf, Binding().ffi.from_buffer("char[]", buf)
+        return _THREAD.read_buffer
 
 
 class TlsLayer(asyncio.Protocol):
@@ -313,8 +329,6 @@ class TlsLayer(asyncio.Protocol):
         binding = Binding()
         ffi = binding.ffi
         self._lib = binding.lib
-        self._rbuf = bytearray(_READ_BUFFER)
-        self._rptr = ffi.from_buffer("char[]", self._rbuf)
         _LAYERS[int(ffi.cast("uintptr_t", self._conn._ssl))] = self
         self._waiter: asyncio.Future[TlsLayer] = loop.create_future()
         self._handshaken = False
@@ -377,7 +391,8 @@ class TlsLayer(asyncio.Protocol):
         conn = self._conn
         ssl_ptr = conn._ssl
         ssl_read = self._lib.SSL_read
-        buf, ptr, size = self._rbuf, self._rptr, len(self._rbuf)
+        buf, ptr = _read_buffer()
+        size = len(buf)
         while not self._closing:
             n = 0
             end: Exception | None = None
