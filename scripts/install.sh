@@ -8,8 +8,9 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 # NBD clients and peers used by the tests, the demo and the benchmarks; FUSE (libfuse3 and the
-# headers pyfuse3 builds against); programs the FUSE tests run through a mount.
-DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar)
+# headers pyfuse3 builds against); programs the FUSE tests run through a mount; openssl, whose
+# CLI makes the certificates of the NBD TLS tests.
+DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar openssl)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

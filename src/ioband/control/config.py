@@ -18,6 +18,10 @@ tcp = "127.0.0.1:10809"       # optional
 handshake_timeout = 10        # seconds a client may take to choose an export
 max_connections = 1000        # NBD connections in all (root's on the unix socket not counted)
 max_connections_per_uid = 100 # per peer user (unix socket) or address (TCP)
+tls = "off"                   # off | on (offered) | require (TCP clients must use TLS)
+tls_certificates = "/etc/ioband/tls"   # ca-cert.pem, server-cert.pem, server-key.pem
+tls_psk_file = "/etc/ioband/keys.psk"  # username:hexkey lines
+tls_verify_peer = false       # true: clients need a certificate signed by ca-cert.pem (or a PSK)
 [metrics]
 listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
@@ -36,6 +40,10 @@ mountpoint = "/mnt/data"
 writeback_cache = false       # true: the kernel delays writes (charged to the file's opener)
 write_behind = true           # ioband delays buffered writes, each writer paced by its share
 ```
+``tls`` applies to the TCP listener: with ``on`` or ``require`` the unix socket offers TLS too
+but never requires it (its peers are known by SO_PEERCRED). TLS needs credentials: a directory of
+X.509 certificates, a PSK file, or both; they are read when the daemon starts.
+
 Tables are checked by the engine when the daemon starts (the same grammar as everywhere).
 
 ``control_socket`` and ``state_file`` take the defaults above when the configuration is loaded
@@ -113,6 +121,10 @@ class Config:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
+    tls: str = "off"  # [nbd] tls: off | on | require (see ioband.nbd.tls)
+    tls_certificates: str | None = None  # directory: ca-cert.pem, server-cert.pem, server-key.pem
+    tls_psk_file: str | None = None  # username:hexkey lines
+    tls_verify_peer: bool = False  # X.509 clients must present a certificate signed by the CA
 
 
 _SECTIONS = {
@@ -127,7 +139,8 @@ _SECTIONS = {
         "allowed_mounts",
     ),
     "nbd": ("unix_socket", "tcp", "socket_mode", "socket_group", "handshake_timeout",
-            "max_connections", "max_connections_per_uid"),
+            "max_connections", "max_connections_per_uid", "tls", "tls_certificates",
+            "tls_psk_file", "tls_verify_peer"),
     "metrics": ("listen",),
 }
 _DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
@@ -283,9 +296,15 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
     if per_uid > most:
         rule = f"must not exceed nbd.max_connections ({most}), got {per_uid}"
         raise ConfigError(src, "nbd.max_connections_per_uid", rule)
+    tls_mode, tls_certificates, tls_psk_file, tls_verify_peer = _tls(src, values)
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
-                  admin or None, listen, allowed_backing, allowed_mounts, mode, group or None,
-                  "socket_group" in values, float(timeout), most, per_uid)  # fmt: skip
+                  admin or None, listen, allowed_backing=allowed_backing,
+                  allowed_mounts=allowed_mounts, socket_mode=mode, socket_group=group or None,
+                  socket_group_required="socket_group" in values,
+                  handshake_timeout=float(timeout), max_connections=most,
+                  max_connections_per_uid=per_uid, tls=tls_mode,
+                  tls_certificates=tls_certificates, tls_psk_file=tls_psk_file,
+                  tls_verify_peer=tls_verify_peer)  # fmt: skip
 
 
 def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -322,3 +341,25 @@ def _count(src: str, key: str, values: Mapping[str, Any], default: int) -> int:
     if not 1 <= value <= 1_000_000:
         raise ConfigError(src, key, f"must be in 1..1000000, got {value}")
     return value
+
+
+TLS_MODES = ("off", "on", "require")
+
+
+def _tls(src: str, values: dict[str, Any]) -> tuple[str, str | None, str | None, bool]:
+    """[nbd] tls, tls_certificates, tls_psk_file, tls_verify_peer; the files are read later,
+    when the daemon starts (ioband.nbd.tls.load_credentials)."""
+    mode = _typed(src, "nbd.tls", values.get("tls", "off"), str, "'off', 'on' or 'require'")
+    if mode not in TLS_MODES:
+        raise ConfigError(src, "nbd.tls", f"must be 'off', 'on' or 'require', got {mode!r}")
+    certs = _optional_path(src, "nbd.tls_certificates", values, None)
+    psk = _optional_path(src, "nbd.tls_psk_file", values, None)
+    verify = _typed(src, "nbd.tls_verify_peer", values.get("tls_verify_peer", False), bool,
+                    "true or false")  # fmt: skip
+    if mode != "off" and not certs and not psk:
+        raise ConfigError(src, "nbd.tls", f"{mode!r} needs credentials: tls_certificates (a"
+                          " directory of X.509 PEM files) or tls_psk_file (or both)")  # fmt: skip
+    if verify and not certs:
+        raise ConfigError(src, "nbd.tls_verify_peer", "needs tls_certificates (its ca-cert.pem"
+                          " signs the client certificates)")  # fmt: skip
+    return mode, certs, psk, verify

@@ -26,6 +26,18 @@ A minimal server loop::
             sock.sendall(conn.data_to_send())
             break
 
+TLS (doc/proto.md, "TLS support"): the codec is given a mode, :class:`TlsMode`. ``OFF`` is the
+spec's NOTLS (NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP); ``ON`` offers TLS at the client's choice
+(SELECTIVETLS where no export is TLS-only); ``REQUIRE`` is FORCEDTLS: before TLS every option but
+STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, NBD_OPT_EXPORT_NAME ends the session (it has no
+error reply) and a client without NBD_FLAG_C_FIXED_NEWSTYLE (which must be served NOTLS) is
+closed at once. An accepted STARTTLS is answered ACK and returned as :class:`StartTls`: send the
+ACK, run the TLS handshake, and feed only decrypted bytes from then on. Plaintext that arrived
+after the STARTTLS (a client may send nothing before the ACK: it can only be injected) closes the
+connection, and what was negotiated in plaintext (structured replies, the meta context) is
+forgotten, so a man in the middle cannot slip options into the encrypted session
+(CVE-2021-3716 in nbdkit).
+
 Every request reaching the server as a :class:`Command` has been validated against the export
 (bounds, alignment, flags, read-only, negotiated features); anything else becomes an
 :class:`Invalid` (answer it with an error, do no I/O) or a :class:`ProtocolError` (close).
@@ -122,6 +134,8 @@ __all__ = [
     "NbdError",
     "ProtocolError",
     "ServerConnection",
+    "StartTls",
+    "TlsMode",
     "block_status_chunk",
     "error_chunk",
     "error_offset_chunk",
@@ -397,6 +411,22 @@ class ProtocolError(Event):
     reason: str
 
 
+@dataclass(slots=True)
+class StartTls(Event):
+    """NBD_OPT_STARTTLS was accepted: send :meth:`ServerConnection.data_to_send` (the ACK), then
+    run the TLS handshake as the server before reading anything more; every later byte in
+    both directions goes through TLS. If the handshake fails, close the connection (it is too
+    late to go on in plaintext)."""
+
+
+class TlsMode(Enum):
+    """How a connection offers TLS; the values are the configuration's ``tls`` strings."""
+
+    OFF = "off"  # NOTLS: NBD_OPT_STARTTLS is unsupported
+    ON = "on"  # TLS at the client's choice; plaintext clients are served too
+    REQUIRE = "require"  # FORCEDTLS: nothing but STARTTLS and ABORT before TLS
+
+
 class _NeedData:
     __slots__ = ()
 
@@ -440,6 +470,9 @@ class ServerConnection:
     names for NBD_OPT_LIST. An empty requested name means ``default_export`` when that is set
     (otherwise ``exports("")`` decides).
 
+    ``tls`` is the connection's :class:`TlsMode` (see the module doc); after a
+    :class:`StartTls` event ``tls_active`` is true.
+
     The greeting is queued at construction: send :meth:`data_to_send` first.
     """
 
@@ -451,8 +484,11 @@ class ServerConnection:
         default_export: str | None = None,
         max_option_length: int = DEFAULT_MAX_OPTION_LENGTH,
         max_option_skip: int = DEFAULT_MAX_OPTION_SKIP,
+        tls: TlsMode | str = TlsMode.OFF,
     ) -> None:
         self._exports = exports
+        self.tls_mode = TlsMode(tls)
+        self.tls_active = False  # STARTTLS was acknowledged: everything since goes through TLS
         self._list_exports = list_exports
         self.default_export = default_export
         self._max_option_length = max_option_length
@@ -693,6 +729,9 @@ class ServerConnection:
         self._pos = pos + 4
         if flags & ~_KNOWN_CLIENT_FLAGS:
             return self._fail(f"unknown client flags {flags:#x}")
+        if self.tls_mode is TlsMode.REQUIRE and not flags & ClientFlag.C_FIXED_NEWSTYLE:
+            # The spec serves such a client NOTLS, and this server serves nobody without TLS.
+            return self._fail("TLS is required and needs fixed newstyle negotiation")
         # A client without C_FIXED_NEWSTYLE is served fixed newstyle anyway (the spec allows
         # it); such a client only sends NBD_OPT_EXPORT_NAME, which works the same.
         self.client_flags = flags
@@ -725,6 +764,23 @@ class ServerConnection:
                 reply = _error_reply(option, Rep.ERR_SHUTDOWN, "server is shutting down")
                 self._skip_then(length, reply, None)
                 continue
+            if option == Opt.STARTTLS and self.tls_mode is not TlsMode.OFF:
+                self._pos = pos + 16
+                event = self._starttls(option, name, length)
+                if event is not None:
+                    return event
+                continue
+            if (
+                self.tls_mode is TlsMode.REQUIRE
+                and not self.tls_active
+                and option not in (Opt.ABORT, Opt.STARTTLS)
+            ):
+                if option == Opt.EXPORT_NAME:  # no error reply exists: end the session
+                    return self._fail("NBD_OPT_EXPORT_NAME before TLS, which is required")
+                self._pos = pos + 16
+                msg = f"{name}: TLS is required, send NBD_OPT_STARTTLS first"
+                self._skip_then(length, _error_reply(option, Rep.ERR_TLS_REQD, msg), None)
+                continue
             if option in _BUFFERED_OPTIONS:
                 if option == Opt.EXPORT_NAME and length > MAX_STRING:
                     return self._fail(f"{name}: export name of {length} bytes")
@@ -744,6 +800,27 @@ class ServerConnection:
             self._pos = pos + 16
             self._unbuffered_option(option, name, length)
 
+    def _starttls(self, option: int, name: str, length: int) -> Event | None:
+        """NBD_OPT_STARTTLS in a mode that offers TLS (the header is consumed)."""
+        if length:
+            reply = _error_reply(option, Rep.ERR_INVALID, f"{name} takes no data")
+        elif self.tls_active:
+            reply = _error_reply(option, Rep.ERR_INVALID, "TLS is already active")
+        elif not self.client_flags & ClientFlag.C_FIXED_NEWSTYLE:
+            # Only reachable in ON mode (REQUIRE closed such a client): it is served NOTLS.
+            reply = _error_reply(option, Rep.ERR_POLICY, "TLS needs fixed newstyle negotiation")
+        else:
+            if self._pos < len(self._buf):
+                return self._fail(f"{name}: data after it before the TLS handshake")
+            self.tls_active = True
+            # Nothing negotiated in plaintext survives into the TLS session.
+            self.structured_replies = False
+            self._meta_name = None
+            self._out += _option_reply(option, Rep.ACK)
+            return StartTls()
+        self._skip_then(length, reply, None)
+        return None
+
     def _unbuffered_option(self, option: int, name: str, length: int) -> None:
         """Options whose payload is skipped: the reply goes out once it has been."""
         if option == Opt.ABORT:
@@ -760,7 +837,7 @@ class ServerConnection:
                 reply = _option_reply(option, Rep.ACK)
             self._skip_then(length, reply, None)
             return
-        # STARTTLS (we run NOTLS), EXTENDED_HEADERS, PEEK_EXPORT and anything unknown.
+        # STARTTLS in OFF mode (NOTLS), EXTENDED_HEADERS, PEEK_EXPORT and anything unknown.
         reply = _error_reply(option, Rep.ERR_UNSUP, f"{name} is not supported")
         self._skip_then(length, reply, None)
 

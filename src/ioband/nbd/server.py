@@ -30,6 +30,7 @@ from ioband.control.config import ConfigError, unusable_path
 from ioband.core.request import WAITING, Request, Submitter
 from ioband.logutil import LogLimiter
 from ioband.nbd import protocol as nbd
+from ioband.nbd import tls
 from ioband.nbd.backing import Backing
 from ioband.nbd.replies import nbd_error
 
@@ -117,6 +118,11 @@ class Connection(asyncio.Protocol):
         self.closing = False  # DISC received or protocol error: close once drained
         self.closed = False
         self.tcp = False
+        self.upgrading = False  # STARTTLS acknowledged, TLS handshake not over: hands off
+        self._tls_task: asyncio.Task[None] | None = None
+        # The event loop's TLS transport cannot half-close (it warns, and closes); plain
+        # sockets and ioband.nbd.tls.TlsLayer can.
+        self._half_close = True
         self._corked: list[bytes | memoryview] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -142,7 +148,8 @@ class Connection(asyncio.Protocol):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.codec = nbd.ServerConnection(
-            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names
+            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names,
+            tls=self.server.tls_mode(self.tcp),
         )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
@@ -170,7 +177,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.closing = True
         self._maybe_close()
-        return True
+        return self._half_close  # half-closed: replies still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -194,6 +201,8 @@ class Connection(asyncio.Protocol):
 
     # -- flow control --------------------------------------------------------------------------
     def _update_reading(self) -> None:
+        if self.upgrading:  # the TLS handshake owns the socket
+            return
         want = (
             not self.closing
             and self.waiting is None
@@ -248,12 +257,37 @@ class Connection(asyncio.Protocol):
         finally:
             if corked:
                 self._uncork()
+        if self.upgrading:
+            self._start_tls()
+            return
         self._update_reading()
         self._maybe_close()
 
+    def _start_tls(self) -> None:
+        """After the STARTTLS ACK is queued: stop reading (the ClientHello is not for the
+        codec) and hand the socket to the TLS handshake."""
+        if self._tls_task is None and not self.closed:
+            self.transport.pause_reading()
+            self._tls_task = self.daemon.loop.create_task(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        peer = self.transport.get_extra_info("peername") or "unix socket peer"
+        try:
+            self.transport = await tls.upgrade(self.transport, self, self.daemon.nbd.tls)
+        except tls.TlsHandshakeError as err:
+            log.warning("NBD TLS handshake with %s failed: %s", peer, err)  # once, no traceback
+            if not self.closed:
+                self.connection_lost(None)
+            return
+        log.info("NBD TLS session with %s: %s", peer, tls.peer_description(self.transport))
+        self._half_close = self.transport.get_extra_info("sslcontext") is None
+        self.upgrading = False
+        self.reading = True
+        self._process()
+
     def _process_events(self) -> None:
         codec = self.codec
-        while self.waiting is None and not self.closing:
+        while self.waiting is None and not self.closing and not self.upgrading:
             event = codec.next_event()
             out = codec.data_to_send()
             if out:
@@ -270,6 +304,8 @@ class Connection(asyncio.Protocol):
                     self._handshake_timer = None
                 self.export = self.daemon.exports[event.name]
                 self.export.connections.add(self)
+            elif isinstance(event, nbd.StartTls):
+                self.upgrading = True
             elif isinstance(event, nbd.Disconnect):
                 self.closing = True
             elif isinstance(event, nbd.ProtocolError):
@@ -371,6 +407,7 @@ class NbdServer:
         self.counts: Counter[Hashable] = Counter()  # limit key -> open connections
         self.total = 0
         self.limited = LogLimiter(log)
+        self.tls: tls.TlsCredentials | None = None
 
     @staticmethod
     def limit_key(conn: Connection) -> Hashable:
@@ -421,9 +458,19 @@ class NbdServer:
             self.max_connections = fit
             self.max_per_peer = min(self.max_per_peer, fit)
 
+    def tls_mode(self, tcp: bool) -> nbd.TlsMode:
+        """``[nbd] tls`` applies to TCP; the unix socket offers TLS when it is on but never
+        requires it (its peers are authenticated by SO_PEERCRED)."""
+        if self.tls is None:
+            return nbd.TlsMode.OFF
+        return nbd.TlsMode(self.daemon.config.tls) if tcp else nbd.TlsMode.ON
+
     async def start(self, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
         self._fit_descriptor_limit()
+        self.tls = tls.load_credentials(self.daemon.config)  # a bad file refuses the start
+        if self.tls is not None:
+            log.info("NBD TLS %s: %s", self.daemon.config.tls, self.tls.describe())
         if unix_path:
             sock = self._unix_socket(unix_path)
             server = await loop.create_unix_server(
