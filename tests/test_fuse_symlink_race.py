@@ -2,13 +2,16 @@
 the mount: between the kernel's LOOKUP of a name and the operation that follows (CREATE, MKNOD,
 MKDIR, SYMLINK, LINK, RENAME, SETATTR, SETXATTR) the user replaces the name in the backing
 directory by a symlink to a root-only file, a dangling symlink into a root-only directory, a
-regular file or a directory (issue 11, item 2).
+regular file, a directory, or a root-only file of the backing tree (a hard link root made in
+the user's directory, which the user may rename but not open).
 
 Whatever the daemon answers (errors are fine), nothing outside the backing tree may change: a
 root-owned 0600 file keeps its content, size, mode, owner and mtime; nothing is created in a
-0700 root directory; no file outside the tree changes owner or mode. A root thread watches for
-bad outcomes while the race runs, counts them and puts things back, so that the count says how
-often the daemon was fooled, not only whether it was.
+0700 root directory; no file outside the tree changes owner or mode. Nor may the root-only file
+inside the tree change (the kernel does not check the caller's right to open what CREATE
+returns, so the daemon must). A root thread watches for bad outcomes while the race runs,
+counts them and puts things back, so that the count says how often the daemon was fooled, not
+only whether it was.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,18 +39,25 @@ RACE_SECONDS = 10.0
 SECRET = b"root-only secret\n" * 64
 
 # As USER, directly in the backing directory: flip each name between absent, a regular file,
-# a symlink to the secret, a dangling symlink into the vault, and a directory. The flips that
-# matter are "absent" followed quickly by a symlink (the kernel saw "absent" and sends CREATE).
+# a symlink to the secret, a dangling symlink into the vault, a directory, and one of root's
+# links to its in-tree file. The flips that matter are "absent" followed quickly by something
+# else (the kernel saw "absent" and sends CREATE).
 FLIPPER = """
-import os, random, shutil, sys, time
+import os, random, shutil, stat, sys, time
 where, secret, vault, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 names = sys.argv[5:]
+links = sorted(n for n in os.listdir(where) if n.startswith(".root-"))
 rng = random.Random(1)
 flips = 0
 end = time.monotonic() + seconds
 
 def clear(p):
     try:
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0:  # root's file: keep it for later
+            os.rename(p, os.path.join(where, f".root-back-{flips}"))
+            links.append(f".root-back-{flips}")
+            return
         os.unlink(p)
     except IsADirectoryError:
         shutil.rmtree(p, ignore_errors=True)
@@ -59,10 +70,12 @@ while time.monotonic() < end:
         clear(p)
         kind = rng.random()
         try:
-            if kind < 0.45:
+            if kind < 0.35:
                 os.symlink(secret, p)
-            elif kind < 0.8:
+            elif kind < 0.6:
                 os.symlink(os.path.join(vault, f"created-{flips}"), p)
+            elif kind < 0.8 and links:
+                os.rename(os.path.join(where, links.pop()), p)
             elif kind < 0.9:  # never blocks on a fifo the prober made meanwhile
                 os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK))
             elif kind < 0.95:
@@ -160,27 +173,32 @@ def outside_listing(base: Path, skip: set[Path]) -> dict[str, tuple[int, int, in
     return out
 
 
+Guarded = tuple[int, int, int, int, int, bytes]  # size, mode, uid, gid, mtime, content
+
+
 @dataclass
 class Watch:
-    """A root thread that checks the secret and the vault every millisecond or so; each change
-    is one bad outcome, recorded and undone."""
+    """A root thread that checks the guarded files (by descriptor: the inode, whatever its
+    names) and the vault every millisecond or so; each change is one bad outcome, recorded
+    and undone."""
 
-    secret: Path
+    files: dict[str, int]  # name -> an O_RDWR descriptor of root's
     vault: Path
-    want: tuple[int, int, int, int, int]
+    want: dict[str, Guarded] = field(default_factory=dict)
     bad: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def state(self) -> tuple[int, int, int, int, int]:
-        st = os.lstat(self.secret)
-        return (st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+    def state(self, fd: int) -> Guarded:
+        st = os.fstat(fd)
+        content = os.pread(fd, len(SECRET) + 100, 0)
+        return (st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, content)
 
     def check(self) -> None:
-        now = self.state()
-        content = self.secret.read_bytes()
-        if now != self.want or content != SECRET:
-            self.bad.append(f"secret changed: {now} {content[:20]!r}")
-            restore_secret(self.secret, self.want)
+        for name, fd in self.files.items():
+            now = self.state(fd)
+            if now != self.want[name]:
+                self.bad.append(f"{name} changed: {now[:5]} {now[5][:20]!r}")
+                restore(fd, self.want[name])
         for name in os.listdir(self.vault):
             self.bad.append(f"created in the vault: {name}")
             p = self.vault / name
@@ -193,11 +211,20 @@ class Watch:
         self.check()
 
 
-def restore_secret(secret: Path, want: tuple[int, int, int, int, int]) -> None:
-    secret.write_bytes(SECRET)
-    os.chown(secret, want[2], want[3])
-    os.chmod(secret, stat.S_IMODE(want[1]))
-    os.utime(secret, ns=(want[4], want[4]))
+def restore(fd: int, want: Guarded) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, want[5], 0)
+    os.fchown(fd, want[2], want[3])
+    os.fchmod(fd, stat.S_IMODE(want[1]))
+    os.utime(fd, ns=(want[4], want[4]))
+
+
+def guarded(path: Path) -> int:
+    """A root-owned 0600 file holding SECRET, and root's descriptor of it."""
+    path.write_bytes(SECRET)
+    path.chmod(0o600)
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
 @pytest.fixture
@@ -220,17 +247,17 @@ def arena() -> Iterator[tuple[Path, Mounted]]:
 def test_symlink_swaps_never_redirect_the_daemon(arena: tuple[Path, Mounted]) -> None:
     base, m = arena
     secret = base / "secret"
-    secret.write_bytes(SECRET)
-    secret.chmod(0o600)
-    os.utime(secret, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
     vault = base / "vault"
     vault.mkdir(mode=0o700)
     play = m.backing / "play"
     play.mkdir()
     os.chown(play, USER, USER)
+    in_tree = play / ".root-0"  # and 500 more names for it, for the user to move about
+    watch = Watch({"secret": guarded(secret), "in-tree root file": guarded(in_tree)}, vault)
+    for i in range(1, 501):
+        os.link(in_tree, play / f".root-{i}")
+    watch.want = {name: watch.state(fd) for name, fd in watch.files.items()}
     names = ["x", "y"]
-    watch = Watch(secret, vault, (0, 0, 0, 0, 0))
-    watch.want = watch.state()
     before = outside_listing(base, {m.backing, m.mnt})
     seconds = RACE_SECONDS - 1.5  # the rest: starting the interpreters
     watcher = threading.Thread(target=watch.run, daemon=True)
@@ -250,13 +277,17 @@ def test_symlink_swaps_never_redirect_the_daemon(arena: tuple[Path, Mounted]) ->
     assert flipper.returncode == 0, f_err
     tries, succeeded = map(int, p_out.split())
     flips = int(f_out)
+    kinds = Counter(b.partition(":")[0].removesuffix(" changed") for b in watch.bad)
     print(f"\nsymlink race: {tries} tries through the mount ({succeeded} succeeded), "
-          f"{flips} flips in the backing directory, {len(watch.bad)} bad outcomes")  # fmt: skip
+          f"{flips} flips in the backing directory, {len(watch.bad)} bad outcomes "
+          f"{dict(kinds)}")  # fmt: skip
     assert tries > 1000 and flips > 1000, (tries, flips)
     assert watch.bad == [], f"{len(watch.bad)} bad outcomes in {tries} tries: {watch.bad[:10]}"
     # and at the end, checked once more by root
+    for name, fd in watch.files.items():
+        assert watch.state(fd) == watch.want[name], name
+        os.close(fd)
     assert secret.read_bytes() == SECRET
-    assert watch.state() == watch.want
     assert os.listdir(vault) == []
     after = outside_listing(base, {m.backing, m.mnt})
     changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
