@@ -22,7 +22,7 @@ import ctypes.util
 import errno
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
@@ -156,19 +156,21 @@ class Identity:
     loop's thread is the one switched."""
 
     def __init__(self) -> None:
-        self.enabled = os.geteuid() == 0 and _SYS_SETGROUPS is not None
+        self.enabled = os.geteuid() == 0
         self.uid = os.geteuid()
         self.gid = os.getegid()
         self.groups = os.getgroups()
 
     @staticmethod
     def _setgroups(groups: list[int]) -> None:
+        if _SYS_SETGROUPS is None:  # an architecture not listed: the daemon's groups stay
+            return
         arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
         if _libc.syscall(_SYS_SETGROUPS, len(groups), arr) != 0:
             raise _fail("setgroups")
 
     @staticmethod
-    def _setfs(fn: ctypes._CFuncPtr, value: int) -> None:
+    def _setfs(fn: Callable[[int], int], value: int) -> None:
         fn(value)
         if fn(0xFFFFFFFF) != value:  # -1 changes nothing and returns the current value
             raise OSError(errno.EPERM, "cannot switch the file-system identity")
