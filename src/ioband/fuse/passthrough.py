@@ -3,8 +3,15 @@ the core before it touches the backing store.
 
 Inodes are held as ``O_PATH`` descriptors of the backing objects (as libfuse's passthrough_ll
 does), so renames and hard links need no path bookkeeping; operations on an inode go through
-``/proc/self/fd/N`` or the ``*at`` calls. The FUSE inode number is the backing inode number, so
-``stat`` shows what the backing store shows.
+its descriptor (``*at`` calls with AT_EMPTY_PATH) or, for regular files and directories only,
+``/proc/self/fd/N``. The FUSE inode number is the backing inode number, so ``stat`` shows what
+the backing store shows.
+
+Confinement (see ``confine``): the daemon is root and a user may change the backing directory
+under it, so names are resolved one entry at a time, never through a symlink; objects we hold
+are changed through their descriptors; and the calls that create or remove names run with the
+caller's fsuid/fsgid/groups, so that the backing file system checks them as the caller and new
+objects are the caller's from the start (no chown by name afterwards).
 
 Attribution: pyfuse3 gives no caller for read and write, so data I/O is charged to the process
 that opened the file handle (the kernel makes a handle per ``open()``), refreshed from /proc while
@@ -14,6 +21,7 @@ and are charged to its opener: the user-space form of blkio-cgroup's page-owner 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -29,6 +37,7 @@ import pyfuse3
 
 from ioband.cgroup.proc import Hierarchy, identity
 from ioband.core.request import Submitter
+from ioband.fuse import confine
 from ioband.fuse.writebehind import WriteBehind
 
 ROOT = pyfuse3.ROOT_INODE
@@ -182,6 +191,7 @@ class Passthrough(pyfuse3.Operations):
         self.buffers = BufferPool()
         # delayed buffered writes, unless the kernel delays them itself (writeback cache)
         self.behind = WriteBehind() if write_behind and not writeback_cache else None
+        self.identity = confine.Identity()
 
     def init(self) -> None:
         if self.on_init is not None:
@@ -235,7 +245,7 @@ class Passthrough(pyfuse3.Operations):
         return e
 
     def _lookup_at(self, parent: Inode, name: bytes) -> pyfuse3.EntryAttributes:
-        fd = os.open(name, _O_PATH, dir_fd=parent.fd)
+        fd = confine.open_beneath(parent.fd, name, _O_PATH)
         try:
             st = os.fstat(fd)
         except BaseException:
@@ -243,11 +253,12 @@ class Passthrough(pyfuse3.Operations):
             raise
         return self._entry(self._remember(fd, st), st)
 
-    def _owned(self, parent: Inode, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        """A new object belongs to its creator (the daemon creates it as root); in a set-group-id
-        directory the kernel already gave it the directory's group."""
-        gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
-        os.chown(name, ctx.uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+    def _as(self, ctx: pyfuse3.RequestContext) -> contextlib.AbstractContextManager[None]:
+        """Run the calls in the block as the caller (fsuid, fsgid, groups): a new object
+        belongs to its creator from the start (in a set-group-id directory the kernel gives it
+        the directory's group), and the backing file system checks the caller's rights, not
+        root's. No ``await`` inside: it is this thread that is switched."""
+        return self.identity.caller(ctx.uid, ctx.gid, ctx.pid)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -261,11 +272,16 @@ class Passthrough(pyfuse3.Operations):
             parent.lookups += 1
             return self._entry(parent, st)
         if name == b"..":
+            if parent.ino == ROOT:  # never above the backing directory
+                parent.lookups += 1
+                return self._entry(parent, os.fstat(parent.fd))
             fd = os.open(b"..", _O_PATH | os.O_DIRECTORY, dir_fd=parent.fd)
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) not in self.by_key and parent.ino == ROOT:
+            if (st.st_dev, st.st_ino) not in self.by_key:
+                # the kernel holds the parents of what it holds: an unknown parent means the
+                # directory was moved (outside the mount), perhaps out of the backing tree
                 os.close(fd)
-                return self._entry(parent, os.fstat(parent.fd))
+                raise pyfuse3.FUSEError(errno.ESTALE)
             return self._entry(self._remember(fd, st), st)
         return self._lookup_at(parent, name)
 
@@ -287,28 +303,41 @@ class Passthrough(pyfuse3.Operations):
 
     @_errno
     async def setattr(self, inode, attr, fields, fh, ctx):
+        """On the inode's own descriptor: nothing is looked up by name, so nothing can be
+        redirected. Done as root: the kernel has checked the caller against this very inode
+        (default_permissions), and root may set what the caller may (times, a root chown)."""
         node = self._inode(inode)
-        path = node.path
         handle = self.handles.get(fh) if fh is not None else None
         if self.behind is not None:
             await self.behind.settle(node)
+        kind = stat.S_IFMT(os.fstat(node.fd).st_mode)
         if fields.update_mode:
-            os.chmod(path, stat.S_IMODE(attr.st_mode))
+            if kind == stat.S_IFLNK:  # as Linux: a symlink's mode cannot be changed
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            # /proc/self/fd/N of a file or directory is that object itself
+            os.chmod(node.path, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
-            os.chown(path, uid, gid)
+            confine.fchown(node.fd, uid, gid)
         if fields.update_size:
             self._writable()
             if handle is not None:
                 os.ftruncate(handle.fd, attr.st_size)
+            elif kind == stat.S_IFREG:
+                os.truncate(node.path, attr.st_size)
             else:
-                os.truncate(path, attr.st_size)
+                raise pyfuse3.FUSEError(errno.EISDIR if kind == stat.S_IFDIR else errno.EINVAL)
         if fields.update_atime or fields.update_mtime:
             st = os.fstat(node.fd)
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-            os.utime(path, ns=(atime, mtime))
+            try:
+                confine.futimens(node.fd, atime, mtime)
+            except OSError as err:  # a kernel before 5.8: by /proc, but never a symlink's
+                if err.errno != errno.EINVAL or kind == stat.S_IFLNK:
+                    raise
+                os.utime(node.path, ns=(atime, mtime))
         return self._entry(node, os.fstat(node.fd))
 
     @_errno
@@ -321,34 +350,38 @@ class Passthrough(pyfuse3.Operations):
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)) and ctx.uid:
             raise pyfuse3.FUSEError(errno.EPERM)  # device nodes: root only
         parent = self._inode(parent_inode)
-        os.mknod(name, mode & ~ctx.umask, rdev, dir_fd=parent.fd)
-        self._owned(parent, name, ctx)
+        with self._as(ctx):  # mknodat never follows the new name
+            os.mknod(confine.check_name(name), mode & ~ctx.umask, rdev, dir_fd=parent.fd)
         return self._lookup_at(parent, name)
 
     @_errno
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         parent = self._inode(parent_inode)
-        os.mkdir(name, mode & ~ctx.umask, dir_fd=parent.fd)
-        self._owned(parent, name, ctx)
+        with self._as(ctx):  # mkdirat never follows the new name
+            os.mkdir(confine.check_name(name), mode & ~ctx.umask, dir_fd=parent.fd)
         return self._lookup_at(parent, name)
 
     @_errno
     async def unlink(self, parent_inode, name, ctx):
         self._writable()
-        os.unlink(name, dir_fd=self._inode(parent_inode).fd)
+        parent = self._inode(parent_inode)
+        with self._as(ctx):  # the backing file system applies the sticky bit as for the caller
+            os.unlink(confine.check_name(name), dir_fd=parent.fd)
 
     @_errno
     async def rmdir(self, parent_inode, name, ctx):
         self._writable()
-        os.rmdir(name, dir_fd=self._inode(parent_inode).fd)
+        parent = self._inode(parent_inode)
+        with self._as(ctx):
+            os.rmdir(confine.check_name(name), dir_fd=parent.fd)
 
     @_errno
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         parent = self._inode(parent_inode)
-        os.symlink(target, name, dir_fd=parent.fd)
-        self._owned(parent, name, ctx)
+        with self._as(ctx):  # symlinkat never follows the new name
+            os.symlink(target, confine.check_name(name), dir_fd=parent.fd)
         return self._lookup_at(parent, name)
 
     @_errno
@@ -356,17 +389,23 @@ class Passthrough(pyfuse3.Operations):
         self._writable()
         old = self._inode(parent_inode_old).fd
         new = self._inode(parent_inode_new).fd
-        if flags:
-            _renameat2(old, name_old, new, name_new, flags)
-        else:
-            os.rename(name_old, name_new, src_dir_fd=old, dst_dir_fd=new)
+        confine.check_name(name_old)
+        confine.check_name(name_new)
+        with self._as(ctx):  # renameat follows neither name
+            if flags:
+                _renameat2(old, name_old, new, name_new, flags)
+            else:
+                os.rename(name_old, name_new, src_dir_fd=old, dst_dir_fd=new)
 
     @_errno
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         node = self._inode(inode)
         parent = self._inode(new_parent_inode)
-        os.link(node.path, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        # from the inode's descriptor (no name, no /proc), as root: AT_EMPTY_PATH needs
+        # CAP_DAC_READ_SEARCH, which an fsuid switch drops. The kernel has checked the caller
+        # (protected_hardlinks, the directory's permissions) on these very inodes.
+        confine.link_fd(node.fd, parent.fd, new_name)
         node.lookups += 1
         return self._entry(node, os.fstat(node.fd))
 
@@ -380,23 +419,41 @@ class Passthrough(pyfuse3.Operations):
         return out
 
     # -- extended attributes -----------------------------------------------------------------
+    # A file's or directory's attributes by /proc/self/fd/N: that object itself. A symlink's
+    # have no race-free call (the *xattrat calls of Linux 6.13 refuse O_PATH descriptors), so a
+    # symlink shows none and takes none, as in libfuse's passthrough_ll (Linux refuses user.*
+    # attributes on symlinks anyway).
+    def _xattr_path(self, inode: int) -> str | None:
+        node = self._inode(inode)
+        return None if stat.S_ISLNK(os.fstat(node.fd).st_mode) else node.path
+
     @_errno
     async def setxattr(self, inode, name, value, ctx):
         self._writable()
-        os.setxattr(self._inode(inode).path, name, value)
+        path = self._xattr_path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        os.setxattr(path, name, value)
 
     @_errno
     async def getxattr(self, inode, name, ctx):
-        return os.getxattr(self._inode(inode).path, name)
+        path = self._xattr_path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return os.getxattr(path, name)
 
     @_errno
     async def listxattr(self, inode, ctx):
-        return [n.encode() for n in os.listxattr(self._inode(inode).path)]
+        path = self._xattr_path(inode)
+        return [] if path is None else [n.encode() for n in os.listxattr(path)]
 
     @_errno
     async def removexattr(self, inode, name, ctx):
         self._writable()
-        os.removexattr(self._inode(inode).path, name)
+        path = self._xattr_path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        os.removexattr(path, name)
 
     # -- directories -------------------------------------------------------------------------
     @_errno
@@ -420,7 +477,7 @@ class Passthrough(pyfuse3.Operations):
             self.dirs[fh] = (node, names)
         for i in range(start_id, len(names)):
             try:
-                fd = os.open(names[i], _O_PATH, dir_fd=node.fd)
+                fd = confine.open_beneath(node.fd, names[i], _O_PATH)
             except FileNotFoundError:  # removed since the snapshot
                 continue
             st = os.fstat(fd)
@@ -494,17 +551,45 @@ class Passthrough(pyfuse3.Operations):
 
     @_errno
     async def create(self, parent_inode, name, mode, flags, ctx):
+        """The kernel sends CREATE when it saw no such name, and then skips its own check of
+        the caller's right to open what it gets (it was "created"). So: create exclusively,
+        as the caller, never through a symlink; the entry and the inode are those of the file
+        we opened (its descriptor), not of whatever the name is a moment later."""
         self._writable()
         parent = self._inode(parent_inode)
-        real, direct = self._open_flags(flags | os.O_CREAT)
-        fd = os.open(name, real, mode & ~ctx.umask, dir_fd=parent.fd)
+        real, direct = self._open_flags(flags)
+        real &= ~(os.O_CREAT | os.O_EXCL)
+        with self._as(ctx):
+            fd = self._create_at(parent, name, real, mode & ~ctx.umask, bool(flags & os.O_EXCL))
         try:
-            self._owned(parent, name, ctx)
-            entry = self._lookup_at(parent, name)
+            st = os.fstat(fd)
+            # an O_PATH descriptor of the same (regular) file, for the inode table
+            path_fd = os.open(f"{_PROC_FD}{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
             raise
-        return self._handle(fd, self.inodes[entry.st_ino], flags, direct, ctx), entry
+        inode = self._remember(path_fd, st)
+        return self._handle(fd, inode, flags, direct, ctx), self._entry(inode, st)
+
+    @staticmethod
+    def _create_at(parent: Inode, name: bytes, flags: int, mode: int, exclusive: bool) -> int:
+        try:
+            return confine.open_beneath(parent.fd, name, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            if exclusive:
+                raise
+        # The name appeared since the kernel's lookup (made in the backing directory, not
+        # through the mount): open it as open(2) would, but only a regular file (not what a
+        # symlink points to, not a fifo that would block us, not a device), and with the
+        # caller's rights (we run as the caller here).
+        path_fd = confine.open_beneath(parent.fd, name, os.O_PATH)
+        try:
+            kind = stat.S_IFMT(os.fstat(path_fd).st_mode)
+            if kind != stat.S_IFREG:
+                raise OSError(errno.EISDIR if kind == stat.S_IFDIR else errno.EEXIST, "")
+            return os.open(f"{_PROC_FD}{path_fd}", flags)  # that very file
+        finally:
+            os.close(path_fd)
 
     def _refresh_owner(self, h: Handle) -> Submitter:
         """The opener's group and cgroup, re-read from /proc once a second while it lives."""
