@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ioband.control.config import load_config
+from ioband.control.embedded import EmbeddedDaemon
 from ioband.nbd.allocation import DATA, HOLE, MAX_EXTENTS, allocation_extents
 from ioband.nbd.backing import Backing
 from tests.conftest import require_real
@@ -277,3 +280,110 @@ def test_backing_on_a_block_device_is_all_data(tmp_path):
             backing.close()
     finally:
         subprocess.run([losetup, "-d", loop], check=False, timeout=30)
+
+
+# -- real clients against the daemon -------------------------------------------------------------
+
+IMAGE = 1 * GiB
+IMAGE_DATA = [(0, MiB), (300 * MiB, 301 * MiB), (700 * MiB, 701 * MiB), (IMAGE - MiB, IMAGE)]
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    require_real(path is not None, f"{tool} is not installed (scripts/install.sh installs it)")
+    return path  # type: ignore[return-value]
+
+
+def run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    """A sparse 1 GiB image with 4 MiB of random data (the first and last MiB among them)."""
+    path = tmp_path_factory.mktemp("image") / "sparse.img"
+    require_holes(path.parent)
+    sparse_file(path, IMAGE, IMAGE_DATA)
+    return path
+
+
+@pytest.fixture
+def daemon(image: Path, tmp_path: Path):
+    config = load_config(
+        {
+            "nbd": {"unix_socket": str(tmp_path / "nbd.sock")},
+            "device": [{"name": "sparse", "read_only": True,
+                        "table": f"0 {IMAGE // 512} ioband {image} 1 0 0 none weight 0 :10"}],
+        }
+    )  # fmt: skip
+    with EmbeddedDaemon(config) as d:
+        d.uri = f"nbd+unix:///sparse?socket={tmp_path / 'nbd.sock'}"
+        yield d
+
+
+def bytes_read(d) -> int:
+    """Read sectors of the device's (only, default) group in its ``status``, in bytes."""
+    status = d.call(lambda: d.daemon.engine.status("sparse")).split()
+    # '0 <len> ioband 1 -1 <reads> <delayed> <read sectors> <writes> <delayed> <write sectors>'
+    return int(status[7]) * 512
+
+
+def expected_map() -> list[tuple[int, int, bool]]:
+    """(start, length, data) of the image, holes included."""
+    out, pos = [], 0
+    for start, end in IMAGE_DATA:
+        if start > pos:
+            out.append((pos, start - pos, False))
+        out.append((start, end - start, True))
+        pos = end
+    return out
+
+
+def test_nbdinfo_map_shows_the_holes_and_costs_no_io(daemon):
+    nbdinfo = need("nbdinfo")
+    extents = json.loads(run(nbdinfo, "--map", "--json", daemon.uri).stdout)
+    got = [(e["offset"], e["length"], e["type"] == 0) for e in extents]
+    assert got == expected_map()
+    assert {e["type"] for e in extents} == {0, 3}  # data, and hole|zero
+    assert bytes_read(daemon) == 0  # metadata: it bypassed the core, nothing was charged
+
+
+def test_qemu_img_map_shows_holes_and_data(daemon):
+    qemu_img = need("qemu-img")  # qemu asks with NBD_CMD_FLAG_REQ_ONE
+    entries = json.loads(run(qemu_img, "map", "--output=json", "-f", "raw", daemon.uri).stdout)
+    got = [(e["start"], e["length"], e["data"]) for e in entries]
+    assert got == expected_map()
+    assert all(e["zero"] is not e["data"] for e in entries)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(a), str(b)], timeout=120).returncode == 0
+
+
+def test_nbdcopy_reads_only_the_data(daemon, image, tmp_path):
+    nbdcopy = need("nbdcopy")
+    need("cmp")
+    out = tmp_path / "copy.img"
+    before = bytes_read(daemon)
+    run(nbdcopy, "--no-extents", daemon.uri, str(out))  # the client ignores base:allocation
+    everything = bytes_read(daemon) - before
+    assert same_file(image, out)
+    out.unlink()
+    before = bytes_read(daemon)
+    run(nbdcopy, daemon.uri, str(out))
+    skipping = bytes_read(daemon) - before
+    assert same_file(image, out)
+    assert everything == IMAGE
+    assert 4 * MiB <= skipping <= 8 * MiB, skipping  # the 4 MiB of data (and little else)
+
+
+def test_qemu_img_convert_reads_only_the_data(daemon, image, tmp_path):
+    qemu_img = need("qemu-img")
+    need("cmp")
+    out = tmp_path / "convert.img"
+    before = bytes_read(daemon)
+    run(qemu_img, "convert", "-f", "raw", "-O", "raw", daemon.uri, str(out))
+    read = bytes_read(daemon) - before
+    assert same_file(image, out)
+    assert 4 * MiB <= read <= 8 * MiB, read
+    assert os.stat(out).st_blocks * 512 < 64 * MiB  # and the copy is sparse too

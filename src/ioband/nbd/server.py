@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ioband.nbd")
 
-READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES = (
+READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS = (
     int(nbd.CMD_READ), int(nbd.CMD_WRITE), int(nbd.CMD_FLUSH), int(nbd.CMD_TRIM),
-    int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES),
+    int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES), int(nbd.CMD_BLOCK_STATUS),
 )  # fmt: skip
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
 SEND_BUFFER = 4 << 20
@@ -227,6 +227,9 @@ class Connection(asyncio.Protocol):
     def _command(self, cmd: nbd.Command) -> None:
         export = self.export
         kind = cmd.kind
+        if kind == BLOCK_STATUS:
+            self._block_status(cmd)
+            return
         length = cmd.length
         fua = cmd.fua
         if kind in (READ, CACHE):
@@ -242,6 +245,21 @@ class Connection(asyncio.Protocol):
         if req.state == WAITING:
             self.waiting = req
         daemon.pump()
+
+    def _block_status(self, cmd: nbd.Command) -> None:
+        """BLOCK_STATUS bypasses the core and goes straight to the I/O pool.
+
+        It moves no data to or from the device: it asks the file system for the backing
+        file's holes (lseek SEEK_DATA/SEEK_HOLE, a bounded number per request), and
+        dm-ioband only ever scheduled bios. Charging it as a request would cost its group
+        tokens for I/O that never happens (and skew the status counters and iosize weights),
+        and holding it behind the group's queued reads would delay exactly the query that
+        lets a client skip reading the holes. It still runs in a worker thread, not on the
+        event loop, because lseek may block (cold extent trees, network and FUSE file
+        systems); it counts as in flight, so the per-connection cap and draining apply.
+        """
+        self.inflight += 1
+        self.start_io(Request(False, cmd.offset, 0, self.owner, tag=(self, cmd)))
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: do its I/O."""
@@ -272,6 +290,8 @@ class Connection(asyncio.Protocol):
                                                      fua=fua), (), done)  # fmt: skip
         elif kind == CACHE:
             pool.submit(backing.cache, (cmd.offset, cmd.length), done)
+        elif kind == BLOCK_STATUS:
+            pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
         else:
             done(None, OSError(errnos.EINVAL, "unsupported command"))
 
@@ -292,6 +312,8 @@ class Connection(asyncio.Protocol):
                     self.transport.writelines(reply)
                     if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
                         self.export.backing.recycle(result)
+            elif cmd.kind == BLOCK_STATUS:
+                self._send(self.codec.block_status_reply(cmd.cookie, result))
             else:
                 self._send(self.codec.ok_reply(cmd.cookie))
         self._update_reading()
