@@ -5,6 +5,7 @@ becomes a core ``Request`` carrying the identity of the connection's peer, the c
 it runs, worker threads do the backing-store I/O, and the reply goes back when it completes.
 A request the core makes wait (its "submitter" would sleep in the kernel) pauses reading from
 that connection until the core admits it: backpressure, as dm-ioband put the process to sleep.
+BLOCK_STATUS alone is no I/O and bypasses the core (``Connection._block_status``).
 """
 
 from __future__ import annotations
