@@ -17,7 +17,11 @@ import itertools
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from ioband.control.config import load_config
 from ioband.control.embedded import EmbeddedDaemon
 from ioband.nbd.allocation import DATA, HOLE, MAX_EXTENTS, allocation_extents
 from ioband.nbd.backing import Backing
+from ioband.nbd.server import MAX_BLOCK_STATUS
 from tests.conftest import require_real
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -387,3 +392,86 @@ def test_qemu_img_convert_reads_only_the_data(daemon, image, tmp_path):
     assert same_file(image, out)
     assert 4 * MiB <= read <= 8 * MiB, read
     assert os.stat(out).st_blocks * 512 < 64 * MiB  # and the copy is sparse too
+
+
+# -- the wire, with a raw client: replies, REQ_ONE, pipelining, the per-connection cap -----------
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        assert chunk, "the server closed the connection"
+        buf += chunk
+    return bytes(buf)
+
+
+def option(sock: socket.socket, opt: int, data: bytes = b"") -> list[tuple[int, bytes]]:
+    """Send an option (literal values of doc/proto.md); its replies up to the final one."""
+    sock.sendall(struct.pack(">QII", 0x49484156454F5054, opt, len(data)) + data)
+    replies = []
+    while True:
+        magic, _opt, rep, length = struct.unpack(">QIII", recv_exactly(sock, 20))
+        assert magic == 0x0003E889045565A9
+        replies.append((rep, recv_exactly(sock, length)))
+        if rep == 1 or rep & 0x80000000:  # ACK, or an error
+            return replies
+
+
+def block_status_client(path: str, export: bytes) -> tuple[socket.socket, int]:
+    """Connected with structured replies and base:allocation; returns (socket, context id)."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(30)
+    sock.connect(path)
+    recv_exactly(sock, 18)  # greeting
+    sock.sendall(struct.pack(">I", 3))  # C_FIXED_NEWSTYLE | C_NO_ZEROES
+    assert option(sock, 8) == [(1, b"")]  # NBD_OPT_STRUCTURED_REPLY: ACK
+    query = b"base:allocation"
+    meta = struct.pack(">I", len(export)) + export + struct.pack(">II", 1, len(query)) + query
+    [(rep, body), ack] = option(sock, 10, meta)  # NBD_OPT_SET_META_CONTEXT
+    assert rep == 4 and body[4:] == query and ack == (1, b"")  # NBD_REP_META_CONTEXT, ACK
+    context = struct.unpack(">I", body[:4])[0]
+    go = struct.pack(">I", len(export)) + export + struct.pack(">H", 0)
+    assert option(sock, 7, go)[-1][0] == 1  # NBD_OPT_GO: ACK
+    return sock, context
+
+
+def test_pipelined_block_status_replies_and_per_connection_cap(daemon, monkeypatch):
+    running, peak, lock = [0], [0], threading.Lock()
+    original = Backing.block_status
+
+    def slow(self, *args, **kw):  # widens the window in which requests could overlap
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.005)
+            return original(self, *args, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Backing, "block_status", slow)
+    sock, context = block_status_client(daemon.uri.split("socket=")[1], b"sparse")
+    queries = {}
+    for cookie in range(1, 41):
+        offset = (cookie * 37 * MiB) % (IMAGE - 2 * MiB)
+        req_one = cookie % 2 == 0
+        queries[cookie] = (offset, req_one)
+        sock.sendall(struct.pack(">IHHQQI", 0x25609513, 8 if req_one else 0, 7, cookie, offset,
+                                 IMAGE - offset))  # fmt: skip
+    model = model_seek(IMAGE_DATA, IMAGE)
+    for _ in range(len(queries)):
+        magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", recv_exactly(sock, 20))
+        assert (magic, flags, rtype) == (0x668E33EF, 1, 5)  # one BLOCK_STATUS chunk, DONE
+        body = recv_exactly(sock, length)
+        assert struct.unpack(">I", body[:4])[0] == context
+        got = list(struct.iter_unpack(">II", body[4:]))
+        offset, req_one = queries.pop(cookie)
+        want = allocation_extents(model, offset, IMAGE - offset, 1 if req_one else MAX_EXTENTS)
+        assert got == want, (cookie, offset, req_one)
+    assert not queries
+    sock.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 0, 0, 0))  # NBD_CMD_DISC
+    sock.close()
+    assert 1 <= peak[0] <= MAX_BLOCK_STATUS, peak  # without the cap: the whole pool (16)
+    assert bytes_read(daemon) == 0

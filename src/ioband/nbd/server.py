@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS = (
     int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES), int(nbd.CMD_BLOCK_STATUS),
 )  # fmt: skip
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
+MAX_BLOCK_STATUS = 2  # BLOCK_STATUS requests of one connection in the I/O pool at once
 SEND_BUFFER = 4 << 20
 _PEERCRED = struct.Struct("3i")
 
@@ -247,6 +249,11 @@ class Connection(asyncio.Protocol):
             self.waiting = req
         daemon.pump()
 
+    # BLOCK_STATUS requests of this connection in the I/O pool, and those waiting for a turn
+    # (class-level defaults: most connections never send one).
+    _block_status_running = 0
+    _block_status_queue: deque[Request] | None = None
+
     def _block_status(self, cmd: nbd.Command) -> None:
         """BLOCK_STATUS bypasses the core and goes straight to the I/O pool.
 
@@ -258,9 +265,35 @@ class Connection(asyncio.Protocol):
         lets a client skip reading the holes. It still runs in a worker thread, not on the
         event loop, because lseek may block (cold extent trees, network and FUSE file
         systems); it counts as in flight, so the per-connection cap and draining apply.
+        Unscheduled work must not crowd out the scheduled I/O in the shared pool: at most
+        ``MAX_BLOCK_STATUS`` of a connection run at once (a 1024-extent reply costs ~2 ms),
+        the rest wait their turn in order.
         """
         self.inflight += 1
-        self.start_io(Request(False, cmd.offset, 0, self.owner, tag=(self, cmd)))
+        req = Request(False, cmd.offset, 0, self.owner, tag=(self, cmd))
+        if self._block_status_running < MAX_BLOCK_STATUS:
+            self._block_status_running += 1
+            self._run_block_status(req)
+        else:
+            if self._block_status_queue is None:
+                self._block_status_queue = deque()
+            self._block_status_queue.append(req)
+
+    def _run_block_status(self, req: Request) -> None:
+        cmd: nbd.Command = req.tag[1]
+        backing = self.export.backing
+
+        def done(result: object, error: BaseException | None) -> None:
+            try:
+                self.daemon.io_done(req, result, error)  # not the core's: it only replies
+            finally:
+                queue = self._block_status_queue
+                if queue:
+                    self._run_block_status(queue.popleft())
+                else:
+                    self._block_status_running -= 1
+
+        self.daemon.pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: do its I/O."""
@@ -291,8 +324,6 @@ class Connection(asyncio.Protocol):
                                                      fua=fua), (), done)  # fmt: skip
         elif kind == CACHE:
             pool.submit(backing.cache, (cmd.offset, cmd.length), done)
-        elif kind == BLOCK_STATUS:
-            pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
         else:
             done(None, OSError(errnos.EINVAL, "unsupported command"))
 
