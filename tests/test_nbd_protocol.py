@@ -34,6 +34,7 @@ from ioband.nbd.protocol import (
     Event,
     ExportChosen,
     ExportInfo,
+    ExportRefused,
     Invalid,
     ProtocolError,
     ServerConnection,
@@ -434,6 +435,42 @@ def test_list_with_vanished_export_and_empty_list():
     conn.data_to_send()
     assert feed(conn, struct.pack(">I", 3) + opt(LIST)) == []
     assert conn.data_to_send() == rep(LIST, ACK)
+
+
+def test_list_leaves_out_exports_refused_to_this_client():
+    """An export the ``exports`` callable refuses (ExportRefused) is not listed, and the
+    connection goes on: LIST used to let the exception escape the codec."""
+
+    def exports(name: str) -> ExportInfo | None:
+        if name == "secret":
+            raise ExportRefused("not for you")
+        return EXPORTS.get(name)
+
+    conn = ServerConnection(exports, lambda: ["disk", "secret", "ro", "gone"])
+    conn.data_to_send()
+    assert feed(conn, struct.pack(">I", 3) + opt(LIST)) == []
+    listed = (
+        rep(LIST, SERVER, b"\x00\x00\x00\x04disk" + b"the disk")
+        + rep(LIST, SERVER, b"\x00\x00\x00\x02ro")
+        + rep(LIST, SERVER, b"\x00\x00\x00\x04gone")  # vanished (None): still listed
+    )
+    assert conn.data_to_send() == listed + rep(LIST, ACK)
+    assert conn.state is ConnectionState.OPTIONS
+    # Asking for it anyway gives the refusal, and the session still goes on to a GO.
+    assert feed(conn, opt(INFO, go_data(b"secret"))) == []
+    assert conn.data_to_send() == rep_err(INFO, ERR + 2, "not for you")  # NBD_REP_ERR_POLICY
+    [event] = feed(conn, opt(GO, go_data(b"disk")))
+    assert isinstance(event, ExportChosen) and event.name == "disk"
+
+
+def test_list_when_every_export_is_refused():
+    def exports(name: str) -> ExportInfo | None:
+        raise ExportRefused(f"{name} refused")
+
+    conn = ServerConnection(exports, lambda: ["a", "b"])
+    conn.data_to_send()
+    assert feed(conn, struct.pack(">I", 3) + opt(LIST) + opt(LIST)) == []
+    assert conn.data_to_send() == rep(LIST, ACK) * 2
 
 
 def test_list_with_data_is_invalid_and_data_discarded():

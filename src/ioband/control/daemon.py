@@ -199,6 +199,7 @@ class Daemon:
             size=size,
             read_only=read_only,
             min_block=4096 if direct else 1,
+            block_status=True,
             description=f"ioband device {name} on {device.backing}",
         )
         export = Export(name, device, backing, size, info, control, access)

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ioband.core.engine import DEFAULT_NR_REQUESTS, BackingInfo
+from ioband.nbd.allocation import MAX_EXTENTS, allocation_extents, fd_seek
 
 BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277
@@ -204,3 +205,14 @@ class Backing:
 
     def cache(self, offset: int, length: int) -> None:
         os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+    def block_status(
+        self, offset: int, length: int, req_one: bool = False, max_extents: int = MAX_EXTENTS
+    ) -> list[tuple[int, int]]:
+        """The ``base:allocation`` extents of ``[offset, offset + length)`` (see
+        :mod:`ioband.nbd.allocation`): holes of a regular file from SEEK_DATA/SEEK_HOLE; a
+        block device is all data (its holes, if thin-provisioned, are not visible to lseek).
+        ``req_one``: one extent. Blocks (lseek can read file-system metadata): call it from a
+        worker thread."""
+        seek = None if self.is_block else fd_seek(self.fd)
+        return allocation_extents(seek, offset, length, 1 if req_one else max_extents)

@@ -848,10 +848,16 @@ class ServerConnection:
         return self._exports(name)
 
     def _list_reply(self) -> bytes:
+        """NBD_REP_SERVER for every export this client may open: one the ``exports``
+        callable refuses it (ExportRefused) is left out, so a client sees no more than it
+        could use (the spec lets a server omit exports, e.g. TLS-only ones)."""
         out = bytearray()
         for name in self._list_exports():
             raw = name.encode("utf-8")
-            export = self._exports(name)
+            try:
+                export = self._exports(name)
+            except ExportRefused:
+                continue
             extra = export.description.encode("utf-8") if export is not None else b""
             out += _option_reply(Opt.LIST, Rep.SERVER, _U32.pack(len(raw)) + raw + extra)
         out += _option_reply(Opt.LIST, Rep.ACK)

@@ -5,6 +5,7 @@ becomes a core ``Request`` carrying the identity of the connection's peer, the c
 it runs, worker threads do the backing-store I/O, and the reply goes back when it completes.
 A request the core makes wait (its "submitter" would sleep in the kernel) pauses reading from
 that connection until the core admits it: backpressure, as dm-ioband put the process to sleep.
+BLOCK_STATUS alone is no I/O and bypasses the core (``Connection._block_status``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import resource
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,11 +41,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ioband.nbd")
 
-READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES = (
+READ, WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS = (
     int(nbd.CMD_READ), int(nbd.CMD_WRITE), int(nbd.CMD_FLUSH), int(nbd.CMD_TRIM),
-    int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES),
+    int(nbd.CMD_CACHE), int(nbd.CMD_WRITE_ZEROES), int(nbd.CMD_BLOCK_STATUS),
 )  # fmt: skip
 MAX_INFLIGHT_PER_CONNECTION = 512  # beyond this, stop reading from the socket
+MAX_BLOCK_STATUS = 2  # BLOCK_STATUS requests of one connection in the I/O pool at once
 SEND_BUFFER = 4 << 20
 #: File descriptors kept for everything but NBD connections (control socket, backing stores,
 #: FUSE workers, I/O threads): ``nbd.max_connections`` is lowered to fit the limit.
@@ -315,6 +317,9 @@ class Connection(asyncio.Protocol):
     def _command(self, cmd: nbd.Command) -> None:
         export = self.export
         kind = cmd.kind
+        if kind == BLOCK_STATUS:
+            self._block_status(cmd)
+            return
         length = cmd.length
         fua = cmd.fua
         if kind in (READ, CACHE):
@@ -330,6 +335,52 @@ class Connection(asyncio.Protocol):
         if req.state == WAITING:
             self.waiting = req
         daemon.pump()
+
+    # BLOCK_STATUS requests of this connection in the I/O pool, and those waiting for a turn
+    # (class-level defaults: most connections never send one).
+    _block_status_running = 0
+    _block_status_queue: deque[Request] | None = None
+
+    def _block_status(self, cmd: nbd.Command) -> None:
+        """BLOCK_STATUS bypasses the core and goes straight to the I/O pool.
+
+        It moves no data to or from the device: it asks the file system for the backing
+        file's holes (lseek SEEK_DATA/SEEK_HOLE, a bounded number per request), and
+        dm-ioband only ever scheduled bios. Charging it as a request would cost its group
+        tokens for I/O that never happens (and skew the status counters and iosize weights),
+        and holding it behind the group's queued reads would delay exactly the query that
+        lets a client skip reading the holes. It still runs in a worker thread, not on the
+        event loop, because lseek may block (cold extent trees, network and FUSE file
+        systems); it counts as in flight, so the per-connection cap and draining apply.
+        Unscheduled work must not crowd out the scheduled I/O in the shared pool: at most
+        ``MAX_BLOCK_STATUS`` of a connection run at once (a 1024-extent reply costs ~2 ms),
+        the rest wait their turn in order.
+        """
+        self.inflight += 1
+        req = Request(False, cmd.offset, 0, self.owner, tag=(self, cmd))
+        if self._block_status_running < MAX_BLOCK_STATUS:
+            self._block_status_running += 1
+            self._run_block_status(req)
+        else:
+            if self._block_status_queue is None:
+                self._block_status_queue = deque()
+            self._block_status_queue.append(req)
+
+    def _run_block_status(self, req: Request) -> None:
+        cmd: nbd.Command = req.tag[1]
+        backing = self.export.backing
+
+        def done(result: object, error: BaseException | None) -> None:
+            try:
+                self.daemon.io_done(req, result, error)  # not the core's: it only replies
+            finally:
+                queue = self._block_status_queue
+                if queue:
+                    self._run_block_status(queue.popleft())
+                else:
+                    self._block_status_running -= 1
+
+        self.daemon.pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: do its I/O."""
@@ -380,6 +431,8 @@ class Connection(asyncio.Protocol):
                     self.transport.writelines(reply)
                     if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
                         self.export.backing.recycle(result)
+            elif cmd.kind == BLOCK_STATUS:
+                self._send(self.codec.block_status_reply(cmd.cookie, result))
             else:
                 self._send(self.codec.ok_reply(cmd.cookie))
         self._update_reading()
