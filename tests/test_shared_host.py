@@ -13,6 +13,7 @@ Needs root, setpriv, nbdinfo and qemu-io; under CI (IOBAND_REQUIRE_REAL=1) a mis
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -276,6 +277,10 @@ def test_tcp_rules_by_network(start, image):
     assert raw_write(INTRUDER, f"127.0.0.1:{port}", "local", "tcp").stdout.split() == [
         "write", "0"]  # fmt: skip
     assert "refused to address 127.0.0.1" in d.log.read_text()
+    # The list shows a client only what it may open.
+    listing = subprocess.run(["nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    assert {e["export-name"] for e in json.loads(listing.stdout)["exports"]} == {"local"}
 
 
 def test_reload_applies_new_rules_to_open_connections(start, image):
