@@ -3,6 +3,7 @@ in-process against it (``ioband.cli.main``), or as a separate process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ioband.cli import main
-from ioband.control.config import load_config
+from ioband.control.config import Config, load_config
+from ioband.control.daemon import Daemon
 from ioband.control.embedded import EmbeddedDaemon
+from ioband.errors import IobandError
 
 PYTHON = sys.executable
 
@@ -79,3 +82,20 @@ def control_daemon(state: str | None = None, **daemon: Any) -> Iterator[Ctl]:
             yield Ctl(embedded, f"{sockets}/control.sock")
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def start_error(config: Config) -> IobandError:
+    """The error a daemon with ``config`` refuses to start with (it must refuse)."""
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        try:
+            await daemon.start()
+        finally:
+            await daemon.close()
+
+    try:
+        asyncio.run(main())
+    except IobandError as err:
+        return err
+    raise AssertionError("the daemon started")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import pytest
@@ -10,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ioband.control.config import ConfigError, load_config
-from ioband.control.daemon import Daemon
-from ioband.errors import IobandError
+from tests.control_helpers import start_error
 
 GOOD = {
     "nbd": {"unix_socket": "/tmp/x.sock"},
@@ -75,34 +73,22 @@ def test_bad_toml_syntax(tmp_path):
     assert str(path) in str(info.value) and "not valid TOML" in str(info.value)
 
 
-def start(config) -> IobandError:
-    async def main():
-        daemon = Daemon(config)
-        try:
-            await daemon.start()
-        finally:
-            await daemon.close()
-
-    with pytest.raises(IobandError) as info:
-        asyncio.run(main())
-    return info.value
-
 
 def test_refused_table_and_message_name_the_device_key(tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(8192))
     sock = str(tmp_path / "s.sock")
-    err = start(load_config({"nbd": {"unix_socket": sock}, "device": [
+    err = start_error(load_config({"nbd": {"unix_socket": sock}, "device": [
         {"name": "a", "table": f"0 16 ioband {img} 1 0 99999 none weight 0 :40"}]}))  # fmt: skip
     assert err.key == "device[0].table" and "Invalid io_limit" in str(err)
-    err = start(load_config({"nbd": {"unix_socket": sock}, "device": [
+    err = start_error(load_config({"nbd": {"unix_socket": sock}, "device": [
         {"name": "a", "table": f"0 16 ioband {img} 1 0 0 none weight 0 :40",
          "messages": ["attach 5"]}]}))  # fmt: skip
     assert err.key == "device[0].messages[0]" and "no ioband group type" in str(err)
-    err = start(load_config({"nbd": {"unix_socket": sock}, "device": [
+    err = start_error(load_config({"nbd": {"unix_socket": sock}, "device": [
         {"name": "a", "table": f"0 64 ioband {img} 1 0 0 none weight 0 :40"}]}))  # fmt: skip
     assert err.key == "device[0].table" and "larger than" in str(err)
-    err = start(
+    err = start_error(
         load_config(
             {
                 "nbd": {"unix_socket": sock},

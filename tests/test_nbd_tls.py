@@ -8,7 +8,6 @@ Certificates are made here with the ``openssl`` CLI: a CA, a server certificate 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -27,9 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ioband.control.config import ConfigError, load_config
-from ioband.control.daemon import Daemon
 from ioband.control.embedded import EmbeddedDaemon
-from ioband.errors import IobandError
 from ioband.nbd import tls as nbdtls
 from ioband.nbd.protocol import (
     Disconnect,
@@ -39,6 +36,7 @@ from ioband.nbd.protocol import (
     TlsMode,
 )
 from tests.conftest import require_real
+from tests.control_helpers import start_error
 from tests.test_nbd_protocol import (
     ABORT,
     ACK,
@@ -338,18 +336,6 @@ def test_tls_refusals_name_key_and_rule(nbd, key, rule):
     assert info.value.key == key
     assert rule in str(info.value)
 
-
-def start_error(config) -> IobandError:
-    async def main():
-        daemon = Daemon(config)
-        try:
-            await daemon.start()
-        finally:
-            await daemon.close()
-
-    with pytest.raises(IobandError) as info:
-        asyncio.run(main())
-    return info.value
 
 
 def tls_config(tmp_path: Path, **nbd: Any):
