@@ -104,15 +104,21 @@ def process_group(pid: int) -> int | None:
     return int(fields[2])
 
 
+_READ = "read"  # identity(): no cgroup path given, read it from /proc
+
+
 def identity(
-    pid: int, uid: int, gid: int, hierarchy: Hierarchy | None, *, client: int | None = None
+    pid: int, uid: int, gid: int, hierarchy: Hierarchy | None, *, client: int | None = None,
+    path: str | None = _READ,
 ) -> Submitter:
     """Everything classification needs about process ``pid`` (credentials as the kernel gave
-    them, e.g. SO_PEERCRED)."""
+    them, e.g. SO_PEERCRED). ``path``: its cgroup path when the caller has read it already
+    (None: unknown)."""
     pgrp = process_group(pid)
     cg = 0
     if hierarchy is not None:
-        path = cgroup_path(pid, hierarchy)
+        if path is _READ:
+            path = cgroup_path(pid, hierarchy)
         if path is not None:
             cg = cgroup_id(path, hierarchy) or 0
     return Submitter(pid=pid, pgrp=pgrp if pgrp is not None else pid, uid=uid, gid=gid,

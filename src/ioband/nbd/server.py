@@ -91,8 +91,9 @@ def peer_identity(sock: socket.socket, hierarchy: Hierarchy | None) -> tuple[Pee
     if sock.family == socket.AF_UNIX:
         pid, uid, gid = peer_credentials(sock)
         gids = peer_groups(sock, pid) | {gid}
-        peer = Peer(uid=uid, gids=gids, cgroup=peer_cgroup(sock, pid, hierarchy), pid=pid)
-        return peer, identity(pid, uid, gid, hierarchy, client=pid)
+        path = peer_cgroup(sock, pid, hierarchy)
+        peer = Peer(uid=uid, gids=gids, cgroup=path, pid=pid)
+        return peer, identity(pid, uid, gid, hierarchy, client=pid, path=path)
     host = sock.getpeername()[0]
     address = ipaddress.ip_address(host.partition("%")[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
