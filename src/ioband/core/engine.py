@@ -30,6 +30,7 @@ from ioband.core.grammar import (
 )
 from ioband.core.model import Device, DeviceGroup, Group
 from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
+from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
 from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
 
@@ -175,6 +176,14 @@ class Engine:
         req.device.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
+        adaptive = dp.adaptive
+        if adaptive is not None and adaptive.completed(self.now):
+            dp.window = adaptive.value  # it grew: held requests may go
+            if dp.blocked[0] + dp.blocked[1] > 0 and not dp.conductor_pending:
+                dp.conductor_pending = True
+                self._ready.append(dp)
+        elif adaptive is not None:
+            dp.window = adaptive.value
         g.ticks[req.dir] += took
         g.time_in_queue += took
         g.active -= 1
@@ -232,7 +241,7 @@ class Engine:
     def _map_admitted(self, g: Group, req: Request) -> bool:
         dp = g.dp
         sync = req.sync
-        if g.blocked[sync] == 0 and dp.issued[sync] < dp.io_limit:
+        if g.blocked[sync] == 0 and dp.issued[sync] < dp.window:
             policy = dp.policy
             if policy.can_submit(g) != 0:
                 dp.issued[sync] += 1
@@ -242,9 +251,13 @@ class Engine:
                 req.state = ISSUED
                 req.issue_time = self.now
                 req.device.inflight += 1
+                if dp.adaptive is not None:
+                    dp.adaptive.issued(self.now)
                 return True
             if dp.blocked[0] + dp.blocked[1] == 0 and dp.issued[0] + dp.issued[1] == 0:
                 self._queue_conductor(dp, 1)  # nothing will complete to kick it
+        elif dp.adaptive is not None and dp.issued[sync] >= dp.window:
+            dp.adaptive.wanted_more()
         self._hold(g, req)
         return False
 
@@ -333,7 +346,7 @@ class Engine:
         dp.conductor_pending = False
         out = self._issued
         before = len(out)
-        limit = dp.io_limit
+        limit = dp.window
         issued = dp.issued
         urgent = dp.urgent
         while urgent and issued[0] < limit:  # the original checks the async class only
@@ -348,12 +361,19 @@ class Engine:
             if g is not None and self._release(g) == R_YIELD:
                 self._queue_conductor(dp, 0)
         flags = dp.blocked_flag
-        if flags[0] and dp.blocked[0] < limit:
+        io_limit = dp.io_limit  # urgent submitters sleep on held requests, not the window
+        if flags[0] and dp.blocked[0] < io_limit:
             flags[0] = False
             self.wake(dp.waitq[0])
-        if flags[1] and dp.blocked[1] < limit:
+        if flags[1] and dp.blocked[1] < io_limit:
             flags[1] = False
             self.wake(dp.waitq[1])
+        if (
+            dp.adaptive is not None
+            and dp.blocked[0] + dp.blocked[1] > 0
+            and (issued[0] >= limit or issued[1] >= limit)
+        ):
+            dp.adaptive.wanted_more()
         if (
             dp.blocked[0] + dp.blocked[1] > 0
             and issued[0] < limit
@@ -370,7 +390,7 @@ class Engine:
         policy = dp.policy
         may_issue = policy.may_issue
         issued = dp.issued
-        limit = dp.io_limit
+        limit = dp.window
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:
@@ -423,6 +443,8 @@ class Engine:
         req.device.inflight += 1
         self._issued.append(req)
         dp.issued[c] += 1
+        if dp.adaptive is not None:
+            dp.adaptive.issued(self.now)
         return dp.policy.charge(g, req, False)
 
     def _mark_issued(self, req: Request) -> None:
@@ -430,6 +452,9 @@ class Engine:
         req.issue_time = self.now
         req.device.inflight += 1
         self._issued.append(req)
+        adaptive = req.group.dp.adaptive
+        if adaptive is not None:
+            adaptive.issued(self.now)
 
     def _issue_now(self, req: Request) -> None:
         """Issue without scheduling (device removal): counted in flight, not charged."""
@@ -530,6 +555,7 @@ class Engine:
         dp = self.device_groups.get(spec.group_name)
         if dp is None:
             dp = DeviceGroup(spec.group_name, self, throttle, limit, info.nr_requests)
+            self._set_window(dp, adaptive=spec.io_limit == 0)
             dp.policy = policy_cls(dp, token_base)
             dp.policy_name = spec.policy
             self._apply_scan_mode(dp)
@@ -550,6 +576,19 @@ class Engine:
         self.devices[name] = dev
         self._settle()
         return dev
+
+    def _set_window(self, dp: DeviceGroup, adaptive: bool) -> None:
+        """``io_limit 0``: the window adapts (up to the io_limit derived from the queue);
+        ``io_limit N``: it is N, dm-ioband's fixed limit."""
+        if not adaptive:
+            dp.adaptive = None
+            dp.window = dp.io_limit
+            return
+        if dp.adaptive is None:
+            dp.adaptive = AdaptiveWindow(self.hz, dp.io_limit, self.now)
+        dp.adaptive.maximum = dp.io_limit
+        dp.adaptive.value = min(dp.adaptive.value, dp.io_limit)
+        dp.window = dp.adaptive.value
 
     def remove(self, name: str, now: int = 0) -> None:
         """``dmsetup remove``: what the device holds is issued at once (flushed downwards);
@@ -745,13 +784,14 @@ class Engine:
                 raise InvalidArgument(f"Invalid io_throttle: {v} is above io_limit {dp.io_limit}")
             dp.io_throttle = v
         elif cmd == "io_limit":
-            v = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
-            v = v or default_io_limit(dp.nr_requests, f"device group {dp.name!r}")
+            given = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
+            v = given or default_io_limit(dp.nr_requests, f"device group {dp.name!r}")
             if v < dp.io_throttle:
                 raise InvalidArgument(
                     f"Invalid io_limit: {v} is below io_throttle {dp.io_throttle}"
                 )
             dp.io_limit = v
+            self._set_window(dp, adaptive=given == 0)
             dp.policy.io_limit_changed()
         else:
             assert arg is not None
@@ -772,7 +812,8 @@ class Engine:
         dev = self.device(name)
         dp = dev.dp
         return format_table(
-            dev.start, dev.length, dev.display, dp.name, dp.io_throttle, dp.io_limit,
+            dev.start, dev.length, dev.display, dp.name, dp.io_throttle,
+            0 if dp.adaptive is not None else dp.io_limit,
             dev.type_name, dp.policy_name, dp.policy.show_table(dev),
         )  # fmt: skip
 

@@ -16,6 +16,7 @@ from ioband.core.classify import IdOf
 if TYPE_CHECKING:
     from ioband.core.engine import Engine
     from ioband.core.request import Request
+    from ioband.core.window import AdaptiveWindow
     from ioband.policies.base import Policy
 
 
@@ -87,7 +88,11 @@ class DeviceGroup:
         self.name = name
         self.engine = engine
         self.io_throttle = io_throttle
-        self.io_limit = io_limit
+        self.io_limit = io_limit  # as set, or derived from nr_requests when adaptive
+        # The dispatch window: requests of each class in flight at most. io_limit when pinned;
+        # with ``io_limit 0`` (adaptive) what ``adaptive`` measures the store needs.
+        self.window = io_limit
+        self.adaptive: AdaptiveWindow | None = None
         self.nr_requests = nr_requests
         self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
         self.policy_name = ""
