@@ -40,7 +40,7 @@ def test_sim_builtin_prints_table_and_writes_json(tmp_path, capsys):
     out_file = tmp_path / "out.json"
     assert main(["sim", "users-30-20", *SHORT, "--json", str(out_file)]) == 0
     out = capsys.readouterr().out
-    assert "ioband1: 0 20971520 ioband sda1 1 4 192 user weight 768 :40 1000:30 2000:20" in out
+    assert "ioband1: 0 20971520 ioband sda1 1 4 0 user weight 768 :40 1000:30 2000:20" in out
     assert "ioband2: 0 20971520 ioband 1 -1 " in out
     doc = json.loads(out_file.read_text())
     assert [w["name"] for w in doc["workloads"]] == [

@@ -65,15 +65,15 @@ def test_getting_started_and_extra_groups(ctl, tmp_path):
     for words in ("type user", "attach 1000", "attach 2000", "weight 1000:30", "weight 2000:20"):
         ctl.ok("message", "ioband1", "0", *words.split())
     assert [dev_aside(x) for x in ctl.ok("table").splitlines()] == [
-        "ioband1: 0 4096 ioband DEV 1 4 192 user weight 768 :40 1000:30 2000:20",
-        "ioband2: 0 4096 ioband DEV 1 4 192 none weight 768 :10",
+        "ioband1: 0 4096 ioband DEV 1 4 0 user weight 768 :40 1000:30 2000:20",  # io_limit 0: 0
+        "ioband2: 0 4096 ioband DEV 1 4 0 none weight 768 :10",
     ]
     ctl.ok("message", "ioband1", "0", "weight", "40")  # the default group
     # "#4" processes, on ioband2: type user, attach 1000, weight 1000:20; then detach
     for words in ("type user", "attach 1000", "weight 1000:20"):
         ctl.ok("message", "ioband2", "0", *words.split())
     assert dev_aside(ctl.ok("table", "ioband2")) == (
-        "ioband2: 0 4096 ioband DEV 1 4 192 user weight 768 :10 1000:20\n"
+        "ioband2: 0 4096 ioband DEV 1 4 0 user weight 768 :10 1000:20\n"
     )
     ctl.ok("message", "ioband2", "0", "detach", "1000")
     assert dev_aside(ctl.ok("table", "ioband2").strip()).endswith("user weight 768 :10")
@@ -125,7 +125,7 @@ def test_two_device_groups_and_xen_blktap(ctl, tmp_path):
         ctl.ok("create", f"ioband{i}", "--table",
                f"0 2048 ioband {path} {group} 0 0 none weight 0 :{weight}")  # fmt: skip
     out = [dev_aside(x) for x in ctl.ok("table").splitlines()]
-    assert out == [f"ioband{i}: 0 2048 ioband DEV {g} 4 192 none weight 768 :{w}"
+    assert out == [f"ioband{i}: 0 2048 ioband DEV {g} 4 0 none weight 768 :{w}"
                    for i, (g, w) in enumerate(lines.values(), 1)]  # fmt: skip
     ctl.ok("message", "ioband1", "0", "policy", "weight-iosize")  # device group 1 only
     out = [x.split()[9] for x in ctl.ok("table").splitlines()]
@@ -136,7 +136,7 @@ def test_two_device_groups_and_xen_blktap(ctl, tmp_path):
                   "weight 15276:40"):  # fmt: skip
         ctl.ok("message", "ioband5", "0", *words.split())
     assert dev_aside(ctl.ok("table", "ioband5").strip()) == (
-        "ioband5: 0 2048 ioband DEV 3 4 192 pid weight 768 :100 15011:80 15276:40"
+        "ioband5: 0 2048 ioband DEV 3 4 0 pid weight 768 :100 15011:80 15276:40"
     )
 
 
@@ -151,7 +151,7 @@ def test_targets_ls_info_json(ctl, tmp_path):
     assert [x["name"] for x in json.loads(ctl.ok("ls", "--json"))] == ["a", "b"]  # sorted
     table = json.loads(ctl.ok("table", "--json"))
     assert [x["name"] for x in table] == ["a", "b"]
-    assert table[0]["table"] == f"0 2048 ioband {path} 1 4 192 none weight 768 :10"
+    assert table[0]["table"] == f"0 2048 ioband {path} 1 4 0 none weight 768 :10"
     assert json.loads(ctl.ok("status", "a", "--json"))[0]["status"].startswith("0 2048 ioband 1")
     assert json.loads(ctl.ok("info", "--json"))["devices"] == 2
     ctl.ok("suspend", "a")

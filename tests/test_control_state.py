@@ -162,7 +162,7 @@ def test_saved_state_wins_over_the_configuration(tmp_path):
         assert d.cli("remove", "ioband2").returncode == 0
         d.kill()
         assert d.start().poll() is None, d.log.read_text()
-        assert d.cli("table").stdout == f"ioband1: 0 4096 ioband {a} 1 4 192 none weight 768 :70\n"
+        assert d.cli("table").stdout == f"ioband1: 0 4096 ioband {a} 1 4 0 none weight 768 :70\n"
     finally:
         d.close()
 

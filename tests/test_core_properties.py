@@ -90,7 +90,7 @@ def snapshot(engine: Engine) -> tuple:
 
 
 def check_counters(engine: Engine, driver: Driver, before: list[int]) -> list[int]:
-    """Counters match the requests; non-urgent in-flight per class stays within io_limit."""
+    """Counters match the requests; non-urgent in-flight per class stays within the window."""
     counts = [0, 0]
     for dp in engine.device_groups.values():
         for c in (ASYNC, SYNC):
@@ -111,8 +111,9 @@ def check_counters(engine: Engine, driver: Driver, before: list[int]) -> list[in
         mine = [r for r in driver.inflight if r.sync == c]
         assert dp.issued[c] == len(mine)
         counts[c] = sum(not r.urgent for r in mine)
-        # Above io_limit only what was in flight before a lower io_limit was set, draining.
-        assert counts[c] <= dp.io_limit or counts[c] <= before[c]
+        # Above the window (io_limit, or less when adaptive: io_limit 0) only what was in flight
+        # before a lower io_limit was set or the adaptive window shrank, draining.
+        assert counts[c] <= dp.window or counts[c] <= before[c]
     return counts
 
 

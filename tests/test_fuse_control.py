@@ -59,7 +59,7 @@ def test_create_mount_ls_remove(daemon, tmp_path):
     r = ioband(sock, "ls")
     assert r.stdout.strip() == f"files1\t(fuse mount {mnt})"
     r = ioband(sock, "table", "files1")
-    assert r.stdout.strip() == f"files1: 0 0 ioband {data} 1 4 192 uid weight 768 :100"
+    assert r.stdout.strip() == f"files1: 0 0 ioband {data} 1 4 0 uid weight 768 :100"
     r = ioband(sock, "status", "files1")
     reads = int(r.stdout.split()[6])
     assert reads >= 1  # the read above went through the core

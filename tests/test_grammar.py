@@ -367,23 +367,26 @@ def test_table_shows_device_as_resolved_major_minor():
 
 
 @pytest.mark.parametrize(
-    ("throttle", "limit", "nr_requests", "shown"),
+    ("throttle", "limit", "nr_requests", "io_limit", "shown"),
     [
-        ("0", "0", 128, "4 192"),  # io_throttle 0 -> 4, io_limit 0 -> 3*128/2
-        ("0", "0", 64, "4 96"),
-        ("0", "0", 5, "4 7"),  # 3*5//2
-        ("0", "0", 1, "4 4"),  # 3*1//2 = 1, raised to io_throttle
-        ("10", "400", 128, "10 400"),
-        ("10", "5", 128, "10 10"),  # io_limit raised to io_throttle
-        ("300", "0", 128, "300 300"),  # default 192 raised to io_throttle 300
-        ("0", "2", 128, "4 4"),
-        ("32767", "0", 128, "32767 32767"),
-        ("0x10", "010", 128, "16 16"),
+        ("0", "0", 128, 192, "4 0"),  # io_throttle 0 -> 4, io_limit 0 -> 3*128/2
+        ("0", "0", 64, 96, "4 0"),
+        ("0", "0", 5, 7, "4 0"),  # 3*5//2
+        ("0", "0", 1, 4, "4 0"),  # 3*1//2 = 1, raised to io_throttle
+        ("10", "400", 128, 400, "10 400"),
+        ("10", "5", 128, 10, "10 10"),  # io_limit raised to io_throttle
+        ("300", "0", 128, 300, "300 0"),  # default 192 raised to io_throttle 300
+        ("0", "2", 128, 4, "4 4"),
+        ("32767", "0", 128, 32767, "32767 0"),
+        ("0x10", "010", 128, 16, "16 16"),
     ],
 )
-def test_io_throttle_io_limit_defaults_and_raise(throttle, limit, nr_requests, shown):
+def test_io_throttle_io_limit_defaults_and_raise(throttle, limit, nr_requests, io_limit, shown):
+    """io_limit 0 is still derived (and raised) as dm-ioband does; the table shows it as 0,
+    adaptive (issue 12)."""
     e = Engine(resolver=lambda dev: BackingInfo(dev, nr_requests))
     e.create("ioband1", table(f"sda1 1 {throttle} {limit} none weight"))
+    assert e.device("ioband1").dp.io_limit == io_limit
     assert e.table("ioband1").split()[5:7] == shown.split()
 
 
@@ -444,7 +447,7 @@ def test_range_bw_displayed_token_is_bucket_times_carryover(e, limit, token_base
 )
 def test_default_group_parameter(e, args, expected):
     e.create("ioband1", table(f"sda1 1 0 0 none {args}"))
-    assert e.table("ioband1") == table(f"sda1 1 4 192 none {expected}")
+    assert e.table("ioband1") == table(f"sda1 1 4 0 none {expected}")  # io_limit 0 shown as 0
 
 
 @pytest.mark.parametrize("gtype", GROUP_TYPES)
@@ -461,14 +464,14 @@ def test_every_policy_is_accepted_and_shown_by_name(e, policy):
 
 def test_delimiter_forms_are_equivalent_and_shown_with_colon(e):
     e.create("a", table("sda1 1 0 0 user weight 0 =40 1000,30 2000=20 3000:10"))
-    assert e.table("a") == table("sda1 1 4 192 user weight 768 :40 1000:30 2000:20 3000:10")
+    assert e.table("a") == table("sda1 1 4 0 user weight 768 :40 1000:30 2000:20 3000:10")
     e.create("b", table("sda2 2 0 0 user range-bw 0 ,1=2 5=3,4 6:7=8"))
-    assert e.table("b") == table("sda2 2 4 192 user range-bw 12288 :1:2 5:3:4 6:7:8")
+    assert e.table("b") == table("sda2 2 4 0 user range-bw 12288 :1:2 5:3:4 6:7:8")
 
 
 def test_extra_groups_are_shown_in_ascending_id_order(e):
     e.create("a", table("sda1 1 0 0 user weight 0 :40 2000:20 0x10:5 1000:80 0:7"))
-    assert e.table("a") == table("sda1 1 4 192 user weight 768 :40 0:7 16:5 1000:80 2000:20")
+    assert e.table("a") == table("sda1 1 4 0 user weight 768 :40 0:7 16:5 1000:80 2000:20")
 
 
 def resolve_test_devices(dev: str) -> BackingInfo | None:
@@ -634,7 +637,7 @@ def test_second_table_ignores_io_throttle_io_limit_and_token_base(e):
 def test_second_table_with_same_policy_keeps_weights(e):
     e.create("a", table("sda1 1 0 0 user weight 0 :40 1000:30"))
     e.create("b", table("sda2 1 0 0 none weight 0 :10"))
-    assert e.table("a") == table("sda1 1 4 192 user weight 768 :40 1000:30")
+    assert e.table("a") == table("sda1 1 4 0 user weight 768 :40 1000:30")
     # weights are shared across the whole device group (§1.2 Table 1 style)
     tokens = {g.device.name + str(g.id): g.token_initial for g in e.device("a").dp.groups}
     assert tokens == {"a-1": 768 * 40 // 80, "a1000": 768 * 30 // 80, "b-1": 768 * 10 // 80}
@@ -661,7 +664,7 @@ def test_second_table_with_a_different_policy_switches_the_group(e):
 def test_default_and_weight_are_different_names_for_the_switch(e):
     e.create("a", table("sda1 1 0 0 user weight 256 :40 7:5"))
     e.create("b", table("sda2 1 0 0 none default 0 :10"))
-    assert e.table("a") == table("sda1 1 4 192 user default 768 :40 7:5")
+    assert e.table("a") == table("sda1 1 4 0 user default 768 :40 7:5")
 
 
 def test_different_ids_are_independent(e):
@@ -685,7 +688,7 @@ def test_device_group_is_freed_with_its_last_member(e):
     e.remove("b")
     assert "g" not in e.device_groups
     e.create("c", table("sda1 g 0 0 none weight"))
-    assert e.table("c") == table("sda1 g 4 192 none weight 768 :100")
+    assert e.table("c") == table("sda1 g 4 0 none weight 768 :100")
 
 
 def test_queue_size_is_checked_even_when_joining_a_device_group():
@@ -695,7 +698,7 @@ def test_queue_size_is_checked_even_when_joining_a_device_group():
     e.create("a", table("sda1 1 0 0 none weight"))
     raises("ENXIO", "Can't get queue size", e.create, "b", table("noq 1 0 0 none weight"))
     e.create("b", table("noq 1 0 5 none weight"))
-    assert e.table("b") == table("noq 1 4 192 none weight 768 :100")
+    assert e.table("b") == table("noq 1 4 0 none weight 768 :100")  # the group's, adaptive
 
 
 # =============================================================================================
@@ -742,11 +745,11 @@ def test_getting_started_example_shares(e):
     # §7.1 "Getting started" + "Extra groups": 30/20/40/10 of the shared bucket
     e.create("ioband1", table("/dev/sda1 1 0 0 none weight 0 :40"))
     e.create("ioband2", table("/dev/sda2 1 0 0 none weight 0 :10"))
-    assert e.table("ioband1") == table("/dev/sda1 1 4 192 none weight 768 :40")
-    assert e.table("ioband2") == table("/dev/sda2 1 4 192 none weight 768 :10")
+    assert e.table("ioband1") == table("/dev/sda1 1 4 0 none weight 768 :40")  # io_limit 0: 0
+    assert e.table("ioband2") == table("/dev/sda2 1 4 0 none weight 768 :10")
     for msg in ("type user", "attach 1000", "attach 2000", "weight 1000:30", "weight 2000:20"):
         e.message("ioband1", msg)
-    assert e.table("ioband1") == table("/dev/sda1 1 4 192 user weight 768 :40 1000:30 2000:20")
+    assert e.table("ioband1") == table("/dev/sda1 1 4 0 user weight 768 :40 1000:30 2000:20")
     shares = {(g.device.name, g.id): g.token_initial for g in e.device("ioband1").dp.groups}
     assert shares == {
         ("ioband1", -1): 768 * 40 // 100,

@@ -35,19 +35,24 @@ def show_device(e: Engine, name: str = "ioband1") -> str:
 
 @pytest.fixture
 def e() -> Engine:
-    """§7.1 "Getting started": ioband1 :40 and ioband2 :10 in device group 1."""
+    """§7.1 "Getting started": ioband1 :40 and ioband2 :10 in device group 1.
+
+    io_limit is pinned at 192, the value dm-ioband derives for ``0`` from a file's queue
+    (nr_requests 128): the documented examples show it, and ioband's ``io_limit 0`` now means an
+    adaptive window, shown as ``0`` (issue 12)."""
     e = Engine(hz=1000)
-    e.create("ioband1", table("sda1 1 0 0 none weight 0 :40"))
-    e.create("ioband2", table("sda2 1 0 0 none weight 0 :10"))
+    e.create("ioband1", table("sda1 1 0 192 none weight 0 :40"))
+    e.create("ioband2", table("sda2 1 0 192 none weight 0 :10"))
     return e
 
 
 @pytest.fixture
 def rb() -> Engine:
-    """A range-bw device group with one attached group (1000) on ioband1."""
+    """A range-bw device group with one attached group (1000) on ioband1 (io_limit pinned at
+    192, dm-ioband's derived value, as in ``e``)."""
     e = Engine(hz=1000)
-    e.create("ioband1", table("sda1 1 0 0 user range-bw 0 :0:0 1000:0:0"))
-    e.create("ioband2", table("sda2 1 0 0 none range-bw 0 :0:0"))
+    e.create("ioband1", table("sda1 1 0 192 user range-bw 0 :0:0 1000:0:0"))
+    e.create("ioband2", table("sda2 1 0 192 none range-bw 0 :0:0"))
     return e
 
 
@@ -331,8 +336,10 @@ def test_io_throttle_0_means_4_and_is_checked_against_io_limit():
 )  # fmt: skip
 def test_io_limit_recomputes_defaulted_token_and_carryover(e, value, limit, token, carryover):
     e.message("ioband1", f"io_limit {value}")
-    assert e.table("ioband1") == table(f"sda1 1 4 {limit} none weight {token} :40")
-    assert e.table("ioband2") == table(f"sda2 1 4 {limit} none weight {token} :10")
+    shown = 0 if value == "0" else limit  # io_limit 0: adaptive, shown as 0 (issue 12)
+    assert e.table("ioband1") == table(f"sda1 1 4 {shown} none weight {token} :40")
+    assert e.table("ioband2") == table(f"sda2 1 4 {shown} none weight {token} :10")
+    assert e.device("ioband1").dp.io_limit == limit
     assert show_device(e) == f" token={token} carryover={carryover}"
 
 
@@ -340,7 +347,9 @@ def test_io_limit_0_uses_the_device_groups_queue_size():
     e = Engine(resolver=lambda dev: BackingInfo(dev, 64))
     e.create("ioband1", table("sda1 1 0 50 none weight"))
     e.message("ioband1", "io_limit 0")
-    assert e.table("ioband1").split()[5:7] == ["4", "96"]
+    assert e.device("ioband1").dp.io_limit == 96  # 3 * 64 / 2
+    assert e.table("ioband1").split()[5:7] == ["4", "0"]  # adaptive, shown as 0 (issue 12)
+    assert show_device(e) == " token=384 carryover=5"  # the token default follows 96
 
 
 def test_io_limit_keeps_a_user_set_token_and_carryover(e):
@@ -352,7 +361,8 @@ def test_io_limit_keeps_a_user_set_token_and_carryover(e):
     assert show_device(e) == " token=256 carryover=8"
     e.message("ioband1", "carryover 5")
     e.message("ioband1", "io_limit 0")
-    assert e.table("ioband1") == table("sda1 1 4 192 none weight 256 :40")
+    assert e.table("ioband1") == table("sda1 1 4 0 none weight 256 :40")  # adaptive (issue 12)
+    assert e.device("ioband1").dp.io_limit == 192
     assert show_device(e) == " token=256 carryover=5"
     e.message("ioband1", "token 0")  # back to the default bucket; the set carryover stays
     assert show_device(e) == " token=768 carryover=5"
@@ -394,7 +404,8 @@ def test_io_limit_0_whose_default_is_below_io_throttle_is_einval():
     e = Engine()
     e.create("ioband1", table("sda1 1 300 0 none weight"))
     raises("EINVAL", "Invalid io_limit", e.message, "ioband1", "io_limit 0")
-    assert e.table("ioband1").split()[5:7] == ["300", "300"]
+    assert e.device("ioband1").dp.io_limit == 300  # the created default, raised to io_throttle
+    assert e.table("ioband1").split()[5:7] == ["300", "0"]  # adaptive, shown as 0 (issue 12)
 
 
 def test_io_limit_0_without_a_queue_is_enxio():
@@ -779,7 +790,7 @@ def test_documented_message_examples_in_sequence(e):
 def test_xen_blktap_example(e):
     """§7.1 "#4 Xen blktap": one device :100, type pid, two tapdisk pids 80 vs 40."""
     e = Engine()
-    e.create("ioband1", table("/dev/sda1 1 0 0 none weight 0 :100"))
+    e.create("ioband1", table("/dev/sda1 1 0 192 none weight 0 :100"))  # dm-ioband's io_limit 0
     for msg in ("type pid", "attach 15011", "weight 15011:80", "attach 15276", "weight 15276:40"):
         e.message("ioband1", msg)
     assert e.table("ioband1") == table("/dev/sda1 1 4 192 pid weight 768 :100 15011:80 15276:40")

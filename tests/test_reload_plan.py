@@ -166,6 +166,47 @@ def test_io_limit_and_io_throttle_in_a_valid_order(disks, running):
     assert " 1 4 16 user weight" in run.table("ioband1")
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "steps", "shown"),
+    [
+        (100, 0, ["ioband1: io_limit 0"], "4 0"),  # pinned -> adaptive
+        (0, 192, ["ioband1: io_limit 192"], "4 192"),  # adaptive -> pinned at its derived value
+        (192, 0, ["ioband1: io_limit 0"], "4 0"),  # pinned at the derived value -> adaptive
+        (0, 0, [], "4 0"),
+    ],
+)
+def test_io_limit_0_adaptive_and_pinned_are_different_settings(
+    disks, running, before, after, steps, shown
+):
+    """Issue 12: ``io_limit 0`` (adaptive, shown as 0) is not ``io_limit 192`` although both
+    have the effective limit 192 on a file: a reload between them sends the message."""
+    old = config(dev("ioband1", disks["d1"], "0 :40", limit=before))
+    run = running(old)
+    plan = run.plan(old, config(dev("ioband1", disks["d1"], "0 :40", limit=after)))
+    assert messages(plan) == steps
+    run.apply(plan)
+    assert f" 1 {shown} user weight 768 :40" in run.table("ioband1")
+
+
+def test_io_limit_pinned_at_run_time_survives_a_reload_that_keeps_0(disks, running):
+    old = config(dev("ioband1", disks["d1"], "0 :40"))
+    run = running(old)
+    run.message("ioband1", "io_limit 192")  # pinned at run time; the file keeps io_limit 0
+    new = config(dev("ioband1", disks["d1"], "0 :20"))
+    assert messages(run.plan(old, new)) == ["ioband1: weight :20"]
+
+
+def test_io_limit_0_rederives_when_the_file_lowers_io_throttle(disks, running):
+    old = config(dev("ioband1", disks["d1"], "0 :40", throttle=300))  # derived 192 -> 300
+    run = running(old)
+    new = config(dev("ioband1", disks["d1"], "0 :40"))  # io_limit 0 derives 192 again
+    plan = run.plan(old, new)
+    assert messages(plan) == ["ioband1: io_throttle 4", "ioband1: io_limit 0"]
+    run.apply(plan)
+    assert " 1 4 0 user weight 768 :40" in run.table("ioband1")
+    assert run.daemon.engine.device("ioband1").dp.io_limit == 192
+
+
 def test_io_limit_of_a_shared_device_group_is_sent_once(disks, running):
     old = config(
         dev("ioband1", disks["d1"], "0 :40", limit=16),

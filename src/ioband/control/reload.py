@@ -106,7 +106,9 @@ class Settings:
     """A device's effective settings, as an engine holds them once its table and messages ran.
     ``token``/``carryover``: what the user set (0: the default) under the weight policies;
     under range-bw ``token`` is the table's display-only pool and ``carryover`` None.
-    ``groups``: group id (-1: the default group) → weight, or (min, max) under range-bw."""
+    ``groups``: group id (-1: the default group) → weight, or (min, max) under range-bw.
+    ``io_limit`` is the effective limit (derived from the queue for ``io_limit 0``);
+    ``adaptive``: the table said ``io_limit 0`` (the window adapts, the table shows 0)."""
 
     backing: str
     length: int
@@ -119,6 +121,12 @@ class Settings:
     carryover: int | None
     type: str
     groups: Mapping[int, object]
+    adaptive: bool = False
+
+    @property
+    def io_limit_word(self) -> int:
+        """io_limit as a table or a message says it: 0 for an adaptive window."""
+        return 0 if self.adaptive else self.io_limit
 
 
 def settings_of(engine: Engine, name: str) -> Settings:
@@ -142,6 +150,7 @@ def settings_of(engine: Engine, name: str) -> Settings:
         carryover,
         dev.type_name,
         groups,
+        dp.adaptive is not None,
     )
 
 
@@ -414,12 +423,19 @@ def _plan_device_group(
         )
         switched.add(run.device_group)
     throttle = want.io_throttle if _changed(base, want, "io_throttle") else run.io_throttle
-    limit = want.io_limit if _changed(base, want, "io_limit") else run.io_limit
-    order = [("io_throttle", throttle, run.io_throttle), ("io_limit", limit, run.io_limit)]
+    # io_limit: pinned at N or adaptive (0, with a derived effective value); either changes it
+    limit_src = run
+    if _changed(base, want, "io_limit") or _changed(base, want, "adaptive"):
+        limit_src = want
+    order = [
+        ("io_throttle", throttle, run.io_throttle, throttle != run.io_throttle),
+        ("io_limit", limit_src.io_limit_word, run.io_limit_word,
+         (limit_src.io_limit, limit_src.adaptive) != (run.io_limit, run.adaptive)),
+    ]  # fmt: skip
     if throttle > run.io_limit:  # the limit must grow first (io_throttle <= io_limit)
         order.reverse()
-    for word, value, now in order:
-        if value != now:
+    for word, value, now, differs in order:
+        if differs:
             p.send(name, (word, str(value)), f"the file changed {word} {now} -> {value}")
     run = p.run(name)
     reset = run.device_group in switched
