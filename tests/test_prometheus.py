@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ioband.control.config import ConfigError, load_config
 from ioband.control.embedded import EmbeddedDaemon
+from ioband.control.metrics import snapshot
 from tests.conftest import require_real
 
 SIZE = 16 << 20
@@ -80,6 +81,15 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_inflight_requests", dl) == 0
     assert v("ioband_io_throttle", dl) >= 0
     assert v("ioband_policy_info", dl, policy="weight") == 1
+    # io_limit 0: an adaptive window, with the latency and queue it is decided from
+    assert v("ioband_window_adaptive", dl) == 1
+    assert 1 <= v("ioband_window_requests", dl) <= v("ioband_io_limit", dl)
+    snap = daemon.call(lambda: snapshot(daemon.daemon))
+    (dev,) = [d for d in snap["devices"] if d["name"] == "ioband1"]
+    assert v("ioband_window_requests", dl) == dev["window"]
+    assert v("ioband_service_latency_seconds", dl) == pytest.approx(dev["latency_ms"] / 1000)
+    assert v("ioband_service_latency_seconds", dl) >= 0
+    assert v("ioband_store_queue_requests", dl) == pytest.approx(dev["store_queue"])
     # the range-bw device: its band per group, its knobs, nothing transferred
     g2 = (("device", "ioband2"), ("device_group", "2"), ("group", "1000"))
     assert v("ioband_min_bw_kbps", g2) == 300
@@ -89,6 +99,11 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_io_throttle", dl2) == 2
     assert v("ioband_io_limit", dl2) == 5
     assert v("ioband_policy_info", dl2, policy="range-bw") == 1
+    # io_limit 5: the window is pinned to it, and no latency is measured
+    assert v("ioband_window_adaptive", dl2) == 0
+    assert v("ioband_window_requests", dl2) == 5
+    assert ("ioband_service_latency_seconds", dl2) not in m
+    assert ("ioband_store_queue_requests", dl2) not in m
 
 
 def test_other_paths_and_methods(daemon):
@@ -125,3 +140,23 @@ def test_unknown_metrics_key():
 
 def test_listen_parsed():
     assert load_config({"metrics": {"listen": "0.0.0.0:9469"}}).metrics_listen == ("0.0.0.0", 9469)
+
+
+def test_window_metrics_follow_the_controller(daemon):
+    """The gauges read the live controller: set its state, scrape, and see it (seconds for the
+    latency, which the engine measures in jiffies)."""
+    engine = daemon.daemon.engine
+    dl = (("device", "ioband1"), ("device_group", "1"))
+
+    def set_state() -> float:
+        dp = engine.device("ioband1").dp
+        dp.window = 3
+        dp.adaptive.latency = engine.hz * 0.025  # 25 ms, in jiffies
+        dp.adaptive.queued = 1.5
+        return dp.adaptive.latency_ms()
+
+    assert daemon.call(set_state) == pytest.approx(25)
+    m = scrape(daemon.daemon.metrics.port)
+    assert m[("ioband_window_requests", dl)] == 3
+    assert m[("ioband_service_latency_seconds", dl)] == pytest.approx(0.025)
+    assert m[("ioband_store_queue_requests", dl)] == pytest.approx(1.5)

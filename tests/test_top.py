@@ -38,6 +38,16 @@ def test_stats_op_counts_io(tmp_path: Path):
         assert g["id"] == -1 and g["weight"] == 60
         assert g["bytes"] == [256 << 10, 256 << 10]
         assert g["ios"][0] >= 1 and g["ios"][1] >= 1
+        # io_limit 0: the window adapts, and what it is decided from is reported
+        assert dev["adaptive"] is True and 1 <= dev["window"] <= dev["io_limit"]
+        assert dev["latency_ms"] >= 0 and dev["base_latency_ms"] >= 0
+        assert dev["store_queue"] is not None and dev["throughput"] >= 0
+        # io_limit 5: pinned, nothing measured
+        disk2 = backing(tmp_path, "d2", SECTORS)
+        ctl.ok("create", "ioband2", "--table", f"0 {SECTORS} ioband {disk2} 2 0 5 none weight 0 :1")
+        dev2 = next(d for d in call(ctl.socket, "stats")["devices"] if d["name"] == "ioband2")
+        assert dev2["adaptive"] is False and dev2["window"] == dev2["io_limit"] == 5
+        assert dev2["latency_ms"] is None and dev2["store_queue"] is None
 
 
 def test_top_once(tmp_path: Path):
@@ -53,6 +63,7 @@ def test_top_once(tmp_path: Path):
         assert "IOPS" in out and "MiB/s" in out and "share" in out
         assert "idle" in out  # no I/O during the interval
         assert "100:200 KB/s" in out
+        assert "(adaptive)" in out and "svc ms" in out
         # as a separate process, the socket from the environment
         env = {"IOBAND_SOCKET": ctl.socket, "COLUMNS": "150", "PATH": "/usr/bin:/bin"}
         res = subprocess.run([PYTHON, "-m", "ioband", "top", "--once", "--interval", "0.1"],
@@ -72,13 +83,13 @@ def test_top_unreachable_and_bad_interval(tmp_path: Path):
     assert "Traceback" not in res.stderr
 
 
-def _snap(now_ms: float, ios: list[int]) -> dict:
+def _snap(now_ms: float, ios: list[int], **device: object) -> dict:
     groups = [{"id": gid, "ios": [n, 0], "bytes": [n * 4096, 0], "delayed": [0, 0],
                "ticks_ms": [n * 2, 0], "held": 0, "weight": w, "tokens": 0}
               for gid, n, w in zip((-1, 1, 2), ios, (10, 40, 20))]  # fmt: skip
     dev = {"name": "ioband1", "device_group": "1", "policy": "weight", "type": "user",
            "io_throttle": 4, "io_limit": 16, "inflight": 0, "suspended": False,
-           "groups": groups}  # fmt: skip
+           "groups": groups, **device}  # fmt: skip
     return {"now_ms": now_ms, "devices": [dev]}
 
 
@@ -88,8 +99,37 @@ def test_render_rates_and_shares():
     console = Console(width=160, record=True)
     console.print(render(_snap(1000, [5, 100, 50]), _snap(3000, [5, 500, 250])))
     text = console.export_text()
-    rows = {ln.replace("│", " ").split()[2]: ln for ln in text.splitlines() if "ioband1" in ln}
+    groups = text.split(" device    dg")[0]  # the groups' table, before the devices'
+    rows = {ln.split()[1]: ln for ln in groups.splitlines() if ln.startswith(" ioband1")}
     # group 1: 400 IOs in 2 s = 200 IOPS, 2/3 of the work, weight 40 of the active 60
     assert "200" in rows["1"] and "66.7%" in rows["1"] and "2.00" in rows["1"]
     assert "100" in rows["2"] and "33.3%" in rows["2"]
     assert "idle" in rows["default"]
+
+
+def test_render_windows_at_80_columns():
+    from rich.console import Console
+
+    adaptive = {"window": 3, "adaptive": True, "latency_ms": 4.213, "base_latency_ms": 1.5,
+                "store_queue": 0.42, "throughput": 700.0}  # fmt: skip
+    fixed = {"name": "ioband2", "device_group": "2", "window": 192, "adaptive": False,
+             "latency_ms": None, "base_latency_ms": None, "store_queue": None,
+             "throughput": None}  # fmt: skip
+    prev = _snap(1000, [5, 100, 50])
+    cur = _snap(3000, [5, 500, 250], **adaptive)
+    cur["devices"].append(_snap(3000, [0, 0, 0], **fixed)["devices"][0])
+    console = Console(width=80, record=True)
+    console.print(render(prev, cur))
+    text = console.export_text()
+    assert "…" not in text  # nothing truncated at 80 columns
+    assert max(map(len, text.splitlines())) <= 80
+    devices = {ln.split()[0]: ln for ln in text.splitlines()
+               if ln.startswith(" ioband") and "weight" in ln}  # fmt: skip
+    assert "3 (adaptive)" in devices["ioband1"] and "4.21" in devices["ioband1"]
+    assert "0.4" in devices["ioband1"]
+    assert "192 (fixed)" in devices["ioband2"]
+    # a daemon that does not report the window yet: shown as unknown, not a crash
+    old = _snap(3000, [5, 500, 250])
+    console = Console(width=80, record=True)
+    console.print(render(prev, old))
+    assert "weight" in console.export_text()

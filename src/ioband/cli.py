@@ -154,12 +154,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="three real NBD clients share a device by weight 40/20/10 (about 30 s)",
         description="Start the daemon on a temporary backing file, drive its NBD export with "
-        "three client processes whose weights are 40/20/10, show the shares converge, print "
-        "them against the weights, write a plot, and clean up. With --sim, run dm-ioband's "
-        f"published benchmark ({DEMO_SCENARIO!r}) in the simulator instead.",
+        "three client processes whose weights are 40/20/10, first with the scheduler bypassed "
+        "and then with it on, show the shares move from the store's own split to the weights, "
+        "print both splits against the weights, write a plot, and clean up. With --sim, run "
+        f"dm-ioband's published benchmark ({DEMO_SCENARIO!r}) in the simulator instead.",
     )
     p.add_argument("--seconds", type=seconds, default=20.0, metavar="S",
-                   help="how long the clients run (default 20)")  # fmt: skip
+                   help="how long the clients run (default 20: the first half without "
+                   "control, the second with)")  # fmt: skip
     p.add_argument("--plot", default="ioband-demo.png", metavar="PNG",
                    help="the plot's path (default ./ioband-demo.png; '' for none)")  # fmt: skip
     p.add_argument("--sim", action="store_true", help="the simulated benchmark instead")

@@ -51,6 +51,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
                 item["weight"] = g.weight
                 item["tokens"] = getattr(g, "token", 0)
             groups.append(item)
+        window = getattr(dp, "window", None)
+        adaptive = getattr(dp, "adaptive", None)
         devices.append({
             "name": name,
             "device_group": dp.name,
@@ -60,10 +62,34 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
             "io_limit": dp.io_limit,
             "inflight": dev.inflight,
             "suspended": bool(dev.suspended),
+            **window_fields(window if window is not None else dp.io_limit, adaptive, engine.hz),
             "groups": groups,
         })  # fmt: skip
     clock = daemon.loop.time() - daemon._t0 if daemon.loop is not None else 0.0
     return {"now_ms": round(clock * 1000, 3), "devices": devices}
+
+
+def window_fields(window: int, adaptive: Any, hz: int) -> dict[str, Any]:
+    """The dispatch window of a device group: ``window`` requests of each class in flight at
+    most; ``adaptive``: whether it is measured (``io_limit 0``) or pinned (``io_limit N``).
+    Measured only when adaptive (else None): ``latency_ms``, the last period's mean service
+    latency from dispatch to completion; ``base_latency_ms``, the least recent one;
+    ``store_queue``, the estimate of requests waiting inside the backing store;
+    ``throughput``, completions per second. 0 until the first period is judged."""
+
+    def number(name: str, scale: float = 1.0) -> float | None:
+        value = getattr(adaptive, name, None)
+        return None if value is None else round(value * scale, 3)
+
+    per_ms = 1000 / hz
+    return {
+        "window": window,
+        "adaptive": adaptive is not None,
+        "latency_ms": number("latency", per_ms),
+        "base_latency_ms": number("base", per_ms),
+        "store_queue": number("queued"),
+        "throughput": number("throughput"),
+    }
 
 
 class EngineCollector:
@@ -96,12 +122,30 @@ class EngineCollector:
                                      labels=dlabels)  # fmt: skip
         limit = GaugeMetricFamily("ioband_io_limit", "Device group io_limit", labels=dlabels)
         policy = InfoMetricFamily("ioband_policy", "Device group policy", labels=dlabels)
+        window = GaugeMetricFamily("ioband_window_requests",
+                                   "Dispatch window: requests of each class in flight at most",
+                                   labels=dlabels)  # fmt: skip
+        adaptive = GaugeMetricFamily("ioband_window_adaptive",
+                                     "1: the window is measured (io_limit 0); 0: pinned",
+                                     labels=dlabels)  # fmt: skip
+        latency = GaugeMetricFamily("ioband_service_latency_seconds",
+                                    "Mean service latency, dispatch to completion, last period"
+                                    " (adaptive window)", labels=dlabels)  # fmt: skip
+        store_queue = GaugeMetricFamily("ioband_store_queue_requests",
+                                        "Estimated requests waiting inside the backing store"
+                                        " (adaptive window)", labels=dlabels)  # fmt: skip
         for dev in snap["devices"]:
             dl = [dev["name"], dev["device_group"]]
             inflight.add_metric(dl, dev["inflight"])
             throttle.add_metric(dl, dev["io_throttle"])
             limit.add_metric(dl, dev["io_limit"])
             policy.add_metric(dl, {"policy": dev["policy"]})
+            window.add_metric(dl, dev["window"])
+            adaptive.add_metric(dl, 1 if dev["adaptive"] else 0)
+            if dev["latency_ms"] is not None:
+                latency.add_metric(dl, dev["latency_ms"] / 1000)
+            if dev["store_queue"] is not None:
+                store_queue.add_metric(dl, dev["store_queue"])
             for g in dev["groups"]:
                 gl = [*dl, str(g["id"])]
                 for i, direction in enumerate(DIRS):
@@ -116,7 +160,7 @@ class EngineCollector:
                     min_bw.add_metric(gl, g["min_bw"])
                     max_bw.add_metric(gl, g["max_bw"])
         yield from (requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw, inflight,
-                    throttle, limit, policy)  # fmt: skip
+                    throttle, limit, policy, window, adaptive, latency, store_queue)  # fmt: skip
 
 
 class MetricsServer:

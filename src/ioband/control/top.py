@@ -1,5 +1,6 @@
 """``ioband top``: a live view of every group's IOPS, MiB/s, share against its weight and latency,
-read through the control socket's ``stats`` op and refreshed every ``--interval`` seconds."""
+and of every device's dispatch window and the backing store's measured service latency, read
+through the control socket's ``stats`` op and refreshed every ``--interval`` seconds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -22,8 +24,36 @@ def _groups(snap: dict[str, Any]) -> dict[Key, tuple[dict[str, Any], dict[str, A
     return {(d["name"], g["id"]): (d, g) for d in snap["devices"] for g in d["groups"]}
 
 
-def render(prev: dict[str, Any], cur: dict[str, Any]) -> Table:
-    """One frame: rates over the time between the two snapshots."""
+def window_text(dev: dict[str, Any]) -> str:
+    """``3 (adaptive)`` or ``192 (fixed)``; ``-`` from a daemon that does not report it."""
+    window = dev.get("window")
+    if window is None:
+        return "-"
+    return f"{window} ({'adaptive' if dev.get('adaptive') else 'fixed'})"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_devices(cur: dict[str, Any]) -> Table:
+    """Per device: its device group, policy, dispatch window and what the window was decided
+    from (the store's service latency and queue, measured only when the window is adaptive)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, caption_justify="left",
+                  caption="svc ms: mean service latency of the store (dispatch to completion),"
+                  " store q: requests it holds waiting (estimated)")  # fmt: skip
+    for col in ("device", "dg", "policy", "window", "svc ms", "store q", "in flight"):
+        table.add_column(col, justify="left" if col in ("device", "policy") else "right")
+    for dev in cur["devices"]:
+        table.add_row(dev["name"], dev["device_group"], dev["policy"], window_text(dev),
+                      _number(dev.get("latency_ms"), 2), _number(dev.get("store_queue"), 1),
+                      str(dev["inflight"]))  # fmt: skip
+    return table
+
+
+def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group | Table:
+    """One frame: the groups' rates over the time between the two snapshots, then the
+    devices' windows as of the second."""
     seconds = max((cur["now_ms"] - prev["now_ms"]) / 1000, 1e-9)
     before = _groups(prev)
     rows = []
@@ -41,10 +71,11 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Table:
         pool = dev["device_group"]
         weights[pool] = weights.get(pool, 0) + (g.get("weight", 0) if ios else 0)
         done[pool] = done.get(pool, 0) + (nbytes if dev["policy"] == "weight-iosize" else ios)
-    table = Table(title=f"ioband top — every {seconds:.1f}s", title_justify="left")
-    for col in ("device", "dg", "group", "policy", "weight/band", "target", "share", "IOPS",
-                "MiB/s", "lat ms", "held"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("device", "policy") else "right")
+    table = Table(title=f"ioband top — every {seconds:.1f}s", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False)  # fmt: skip
+    for col in ("device", "group", "weight/bw", "target", "share", "IOPS", "MiB/s", "lat ms",
+                "held"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "device" else "right")
     for dev, g, ios, nbytes, ticks in rows:
         pool = dev["device_group"]
         gid = "default" if g["id"] == -1 else str(g["id"])
@@ -57,12 +88,12 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Table:
         else:
             setting, target, share = f"{g['min_bw']}:{g['max_bw']} KB/s", "-", "-"
         latency = f"{ticks / ios:.2f}" if ios else "-"
-        table.add_row(dev["name"], pool, gid, dev["policy"], setting, target, share,
-                      f"{ios / seconds:.0f}", f"{nbytes / seconds / (1 << 20):.2f}", latency,
-                      str(g["held"]))  # fmt: skip
+        table.add_row(dev["name"], gid, setting, target, share, f"{ios / seconds:.0f}",
+                      f"{nbytes / seconds / (1 << 20):.2f}", latency, str(g["held"]))  # fmt: skip
     if not rows:
         table.caption = "No devices found"
-    return table
+        return table
+    return Group(table, render_devices(cur))
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -99,7 +130,9 @@ def add_top(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top", help="live view of every group's IOPS, MiB/s, share and latency",
                        description="A live table of every group of every device: IOPS, MiB/s, "
                        "its share of its device group against its weight's share, mean latency "
-                       "and held requests, over the last interval. Ctrl-C quits.")  # fmt: skip
+                       "and held requests, over the last interval; then every device's dispatch "
+                       "window (adaptive or fixed) and the store's measured service latency. "
+                       "Ctrl-C quits.")  # fmt: skip
     p.add_argument("--socket", metavar="PATH",
                    help=f"the daemon's control socket (default ${SOCKET_ENV}, else "
                    "/run/ioband/control.sock)")  # fmt: skip

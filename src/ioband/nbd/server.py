@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.export: Export | None = None
         self.inflight = 0  # commands received and not yet answered
+        self.answered = 0  # commands answered, scheduled or not (``ioband demo`` counts them)
         self.waiting: Request | None = None  # the core made this request's submitter sleep
         self.reading = True
         self.write_paused = False
@@ -419,6 +420,7 @@ class Connection(asyncio.Protocol):
         """The I/O of ``req`` is done (the core already knows): reply."""
         cmd: nbd.Command = req.tag[1]
         self.inflight -= 1
+        self.answered += 1
         if not self.closed:
             if error is not None:
                 if not isinstance(error, OSError):
