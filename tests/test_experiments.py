@@ -97,6 +97,8 @@ def test_shallow_vs_deep_imbalance_under_ioband_fairness_under_sfq(reports):
     for n, row in d["part1"]["SFQ(D=1)"].items():
         assert abs(row["b_io_share"] - 0.5) / 0.5 <= 0.02, n
     assert d["part1"]["SFQ(D=4)"]["1"]["b_io_share"] < 0.25  # depth matters
+    adaptive = d["part1"]["ioband adaptive"]["1"]  # the default io_limit 0, beside it
+    assert 0 < adaptive["b_disk_time_share"] < 1 and adaptive["eta"] > 0
     part2 = d["part2"]
     assert part2["ioband"]["seq_kibps"] < 0.1 * part2["seq alone"]["seq_kibps"]
     assert d["part1_published_b_share"]["dm-ioband + CFQ"]["1"] == pytest.approx(
@@ -128,10 +130,11 @@ def test_fair_by_default_quick(reports):
     res = d["results"]
     assert list(res) == ["ssd", "hdd", "throttle"]
     for model, rows in res.items():
-        assert list(rows) == ["4/4/4", "1/4/32", "1/8/32", "1v32"], model
-        none = rows["4/4/4"]["none"]["share"]
-        assert all(abs(s - 1 / 3) < 0.02 for s in none.values())  # FIFO: a third each
-        assert rows["4/4/4"]["adaptive"]["max_rel_error"] <= 0.10  # the adaptive default
+        assert list(rows) == ["4/4/4", "8x4/4/4", "8x1/4/32", "1/8/32", "1v32"], model
+        for case in ("4/4/4", "8x4/4/4"):
+            none = rows[case]["none"]["share"]
+            assert all(abs(s - 1 / 3) < 0.02 for s in none.values())  # FIFO: a third each
+        assert rows["8x4/4/4"]["adaptive"]["max_rel_error"] <= 0.10  # the adaptive default
     assert d["models"]["throttle"]["queue_depth"] == 1  # serial: one request at a time
 
 
