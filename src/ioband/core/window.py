@@ -8,7 +8,7 @@ time, an NVMe drive needs dozens for its throughput. So this controller measures
 
 It is a delay-based controller in the spirit of TCP Vegas, fed only with what the engine sees:
 requests going out and coming back, at jiffy times (sans-I/O: the simulator runs the same code).
-Every period (100 ms, longer when few requests completed) it computes, by Little's law,
+Every period (50 ms, longer when few requests completed) it computes, by Little's law,
 
     mean service latency  L = (in flight * time) / completions
     throughput            X = completions / time
@@ -20,7 +20,7 @@ served:  ``queued = mean in flight - X * base``. Then:
 - ``queued`` above ``BETA``: requests wait in the store, where no weight applies: shrink the
   window (at most halving it per period), so that they wait in ioband instead;
 - ``queued`` below ``ALPHA`` while requests waited for room in the window: the store serves more
-  in parallel than it is given: grow it by a quarter;
+  in parallel than it is given: grow it by a quarter (double it while nothing waits at all);
 - otherwise keep it. It never grows while clients do not fill it (no knee to find at low load),
   and a request is never held while the window has room (work conserving).
 
@@ -39,8 +39,8 @@ from collections import deque
 ALPHA = 1.0
 #: Shrink when more than this many requests wait in the store.
 BETA = 2.5
-#: Periods whose least latency forms ``base`` (at 100 ms: 5 s).
-BASE_PERIODS = 50
+#: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
+BASE_PERIODS = 100
 #: Completions a period needs before it is judged (it is extended up to a second for them).
 MIN_COMPLETIONS = 8
 #: The window a device group starts with.
@@ -76,7 +76,7 @@ class AdaptiveWindow:
         self.hz = hz
         self.maximum = max(1, maximum)
         self.value = min(START, self.maximum)
-        self.period = max(1, hz // 10)
+        self.period = max(1, hz // 20)
         self.period_start = now
         self.last = now
         self.area = 0  # requests in flight * jiffies, this period
@@ -126,7 +126,9 @@ class AdaptiveWindow:
         if queued > BETA:
             self.value = max(1, old // 2, int(old - (queued - BETA)))
         elif queued < ALPHA and self.full:
-            self.value = min(self.maximum, old + max(1, old // 4))
+            # Nothing waits in the store at all: it has room to spare, double (slow start).
+            step = old if queued < ALPHA / 4 else max(1, old // 4)
+            self.value = min(self.maximum, old + step)
         self.period_start = now
         self.area = 0
         self.done = 0

@@ -93,7 +93,7 @@ class Policy:
         """``choose_best_group``: the backlogged group with the highest ``can_submit``, the first
         in creation order on a tie. This reference version scans every group, as the original."""
         dp = self.dp
-        limit = dp.io_limit
+        limit = dp.window  # the dispatch cap: io_limit, or the adaptive window
         issued = dp.issued
         if issued[0] >= limit and issued[1] >= limit:
             return None

@@ -315,7 +315,7 @@ class WeightPolicy(Policy):
         Groups being flushed get a priority boost: then we scan, as the original.
         """
         dp = self.dp
-        limit = dp.io_limit
+        limit = dp.window  # the dispatch cap: io_limit, or the adaptive window
         issued = dp.issued
         if issued[0] >= limit and issued[1] >= limit:
             return None
