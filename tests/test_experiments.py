@@ -35,6 +35,7 @@ def test_the_suite_has_the_experiments_the_issue_asks_for():
         "shallow-vs-deep",
         "scale-groups",
         "knob-sweep",
+        "fair-by-default",
     ]
 
 
@@ -96,6 +97,8 @@ def test_shallow_vs_deep_imbalance_under_ioband_fairness_under_sfq(reports):
     for n, row in d["part1"]["SFQ(D=1)"].items():
         assert abs(row["b_io_share"] - 0.5) / 0.5 <= 0.02, n
     assert d["part1"]["SFQ(D=4)"]["1"]["b_io_share"] < 0.25  # depth matters
+    adaptive = d["part1"]["ioband adaptive"]["1"]  # the default io_limit 0, beside it
+    assert 0 < adaptive["b_disk_time_share"] < 1 and adaptive["eta"] > 0
     part2 = d["part2"]
     assert part2["ioband"]["seq_kibps"] < 0.1 * part2["seq alone"]["seq_kibps"]
     assert d["part1_published_b_share"]["dm-ioband + CFQ"]["1"] == pytest.approx(
@@ -120,6 +123,19 @@ def test_knob_sweep_quick(reports):
     assert d["io_throttle_users_30_20"]["32"]["eta"] > d["io_throttle_users_30_20"]["4"]["eta"]
     assert d["io_limit_partitions_40_20_10"]["8"]["eta"] < 0.5
     assert d["io_limit_hdd_shallow"]["1"]["1"]["b_io_share"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_fair_by_default_quick(reports):
+    d = data(reports, "fair-by-default")
+    res = d["results"]
+    assert list(res) == ["ssd", "hdd", "throttle"]
+    for model, rows in res.items():
+        assert list(rows) == ["4/4/4", "8x4/4/4", "8x1/4/32", "1/8/32", "1v32"], model
+        for case in ("4/4/4", "8x4/4/4"):
+            none = rows[case]["none"]["share"]
+            assert all(abs(s - 1 / 3) < 0.02 for s in none.values())  # FIFO: a third each
+        assert rows["8x4/4/4"]["adaptive"]["max_rel_error"] <= 0.10  # the adaptive default
+    assert d["models"]["throttle"]["queue_depth"] == 1  # serial: one request at a time
 
 
 def test_same_seed_same_json_and_small_plots(tmp_path):

@@ -222,6 +222,22 @@ def test_devices_on_one_disk_share_it():
     assert a.disk == b.disk == "sda"
 
 
+def test_disk_time_is_the_service_of_each_workloads_requests():
+    data = scenario(iodepth=2)  # requests queue in the disk: waiting there is not disk time
+    data["device"].append(
+        {"name": "ioband2", "table": "0 2048 ioband sda2 1 0 0 none weight 0 :10"}
+    )
+    data["workload"].append(
+        {"name": "v", "device": "ioband2", "pattern": "randread", "block_size": "8KiB"}
+    )
+    data["disk"][0] = {"name": "sda", "model": "fixed", "service_time": TICK / 2,
+                       "byte_time": TICK / 2 / 4096}  # fmt: skip
+    result, _ = simulate(data)
+    a, b = result.workloads
+    assert a.disk_time == a.ios * TICK and b.disk_time == b.ios * 1.5 * TICK
+    assert a.disk_time + b.disk_time == 1.0  # the disk was busy all the time
+
+
 def test_status_line_gets_the_dmsetup_prefix():
     result, _ = simulate(scenario())
     dev = result.devices["ioband1"]

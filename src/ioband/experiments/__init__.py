@@ -19,6 +19,7 @@ MODULES = (
     "shallow_vs_deep",
     "scale_groups",
     "knob_sweep",
+    "fair_by_default",
 )
 
 

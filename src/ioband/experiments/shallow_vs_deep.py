@@ -6,6 +6,10 @@ requests" when ioband decides whether to refill tokens, so the deep group is ref
 again and B gets what the disk's FIFO gives it. Part 2 (Ryo Tsuruta, 2009): equal weights, random
 readers against sequential readers: fairness in requests makes the sequential stream seek after
 every request, and the disk's throughput collapses. This experiment measures; it fixes nothing.
+
+The row "ioband" is the faithful engine: its tables pin dm-ioband's ``io_limit 192`` (the
+published behaviour this experiment reproduces). The row "ioband adaptive" runs the same tables
+at the default ``io_limit 0``, the adaptive dispatch window of issue 12.
 """
 
 from __future__ import annotations
@@ -34,15 +38,22 @@ GOYAL = {
 # Tsuruta's comparison (peers-and-metrics.md (b)): KiB/s of the random and sequential readers.
 TSURUTA = {"dm-ioband": (314, 631), "io-controller": (161, 9556)}
 TABLE = "0 83886080 ioband sda1 1 0 0 user weight 0 :100 1000:100 2000:100"
+FAITHFUL = 192  # dm-ioband's io_limit for this disk (3 x nr_requests / 2), pinned
+LABELS = {"ioband": "ioband (io_limit 192)", "ioband adaptive": "ioband adaptive (default)"}
 
 
-def goyal_scenario(ctx: Context, n: int) -> Scenario:
+def with_limit(table: str, io_limit: int) -> str:
+    """``table`` with its ``<io_throttle> <io_limit>`` fields ``0 <io_limit>``."""
+    return table.replace(" 1 0 0 ", f" 1 0 {io_limit} ", 1)
+
+
+def goyal_scenario(ctx: Context, n: int, io_limit: int = 0) -> Scenario:
     return scenario(
         f"shallow-{n}",
         duration=ctx.dur(120, 60),
         seed=ctx.seed,
         disks=[hdd()],
-        devices=[{"name": "ioband1", "disk": "sda", "table": TABLE}],
+        devices=[{"name": "ioband1", "disk": "sda", "table": with_limit(TABLE, io_limit)}],
         workloads=[
             {"name": "A", "device": "ioband1", "uid": 1000, "processes": 16,
              "pattern": "randread", "direct": True},
@@ -53,7 +64,7 @@ def goyal_scenario(ctx: Context, n: int) -> Scenario:
     )  # fmt: skip
 
 
-def rand_vs_seq_scenario(ctx: Context, which: str = "both") -> Scenario:
+def rand_vs_seq_scenario(ctx: Context, which: str = "both", io_limit: int = 0) -> Scenario:
     workloads = [
         {"name": "rand", "device": "ioband1", "processes": 4, "pattern": "randread",
          "direct": True},
@@ -69,22 +80,27 @@ def rand_vs_seq_scenario(ctx: Context, which: str = "both") -> Scenario:
         disks=[hdd()],
         devices=[
             {"name": "ioband1", "disk": "sda",
-             "table": "0 83886080 ioband sda1 1 0 0 none weight 0 :100"},
+             "table": f"0 83886080 ioband sda1 1 0 {io_limit} none weight 0 :100"},
             {"name": "ioband2", "disk": "sda",
-             "table": "0 83886080 ioband sda2 1 0 0 none weight 0 :100"},
+             "table": f"0 83886080 ioband sda2 1 0 {io_limit} none weight 0 :100"},
         ],
         workloads=workloads,
         windows=[10.0],
     )  # fmt: skip
 
 
-def variants() -> list[tuple[str, str, int | None]]:
-    """(label, scheduler, SFQ depth)."""
+def variants() -> list[tuple[str, str, int | None, int]]:
+    """(label, scheduler, SFQ depth, io_limit in the tables)."""
     return [
-        ("no control", "none", None),
-        ("ioband", "ioband", None),
-        *((f"SFQ(D={d})", "sfq", d) for d in DEPTHS),
+        ("no control", "none", None, 0),
+        ("ioband", "ioband", None, FAITHFUL),
+        ("ioband adaptive", "ioband", None, 0),
+        *((f"SFQ(D={d})", "sfq", d, 0) for d in DEPTHS),
     ]
+
+
+def label_of(label: str) -> str:
+    return LABELS.get(label, label)
 
 
 def simulate(sc: Scenario, sch: str, depth: int | None) -> Result:
@@ -93,28 +109,33 @@ def simulate(sc: Scenario, sch: str, depth: int | None) -> Result:
 
 def run_part1(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, sch, depth in variants():
+    for label, sch, depth, limit in variants():
         rows = {}
         for n in READERS:
-            r = simulate(goyal_scenario(ctx, n), sch, depth)
+            r = simulate(goyal_scenario(ctx, n, limit), sch, depth)
             a, b = r.workloads
             rows[str(n)] = {
                 "a_kibps": a.kibps,
                 "b_kibps": b.kibps,
                 "b_io_share": b.ios / (a.ios + b.ios),
                 "b_byte_share": b.bytes / (a.bytes + b.bytes),
+                "b_disk_time_share": b.disk_time / (a.disk_time + b.disk_time),
                 "b_p99_ms": 1000 * (b.latency_p99 or 0),
+                "bytes": a.bytes + b.bytes,
             }
         out[label] = rows
+    for rows in out.values():  # eta: bytes against no control, same n
+        for n, row in rows.items():
+            row["eta"] = row["bytes"] / out["no control"][n]["bytes"]
     return out
 
 
 def run_part2(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, sch, depth in variants():
+    for label, sch, depth, limit in variants():
         if sch == "sfq" and depth != 1:
             continue
-        r = simulate(rand_vs_seq_scenario(ctx), sch, depth)
+        r = simulate(rand_vs_seq_scenario(ctx, io_limit=limit), sch, depth)
         rand, seq = r.workloads
         out[label] = {"rand_kibps": rand.kibps, "seq_kibps": seq.kibps}
     for which in ("rand", "seq"):
@@ -138,12 +159,12 @@ def run(ctx: Context) -> Outcome:
         }
     )
     cols = ["readers in B (A: 16)"]
-    cols += [f"{label}: B share" for label, _, _ in variants()]
+    cols += [f"{label_of(label)}: B share" for label, *_ in variants()]
     cols += ["published dm-ioband B share", "published IO controller B share"]
     rows = []
     for n in READERS:
         row = [str(n)]
-        row += [pct(part1[label][str(n)]["b_io_share"]) for label, _, _ in variants()]
+        row += [pct(part1[label][str(n)]["b_io_share"]) for label, *_ in variants()]
         row += [pct(published["dm-ioband + CFQ"][str(n)]),
                 pct(published["IO controller + CFQ"][str(n)])]  # fmt: skip
         rows.append(row)
@@ -155,11 +176,30 @@ def run(ctx: Context) -> Outcome:
             rows,
         )
     )
+    cols = ["readers in B (A: 16)"]
+    for label in ("no control", "ioband", "ioband adaptive", "SFQ(D=1)"):
+        cols += [f"{label_of(label)}: B disk time", "eta"]
+    rows = []
+    for n in READERS:
+        row = [str(n)]
+        for label in ("no control", "ioband", "ioband adaptive", "SFQ(D=1)"):
+            d = part1[label][str(n)]
+            row += [pct(d["b_disk_time_share"]),
+                    "(baseline)" if label == "no control" else num(d["eta"], ".3f")]  # fmt: skip
+        rows.append(row)
+    out.tables.append(
+        Table(
+            "part 1: group B's share of the disk's busy time, and eta (bytes against no "
+            "control, same n)",
+            cols,
+            rows,
+        )
+    )
     rows = []
     for label, d in part2.items():
         if "alone" in label:
             continue
-        rows.append([label, num(d["rand_kibps"]), num(d["seq_kibps"]),
+        rows.append([label_of(label), num(d["rand_kibps"]), num(d["seq_kibps"]),
                      num(d["rand_kibps"] + d["seq_kibps"])])  # fmt: skip
     for label, (r, s) in TSURUTA.items():
         rows.append([f"published: {label}", num(r), num(s), num(r + s)])
@@ -175,8 +215,8 @@ def run(ctx: Context) -> Outcome:
     )
     io1 = part1["ioband"]["1"]["b_io_share"]
     out.check(
-        "ioband: 1 sequential reader against 16 random readers gets far less than 50 % "
-        "(the published imbalance)",
+        "ioband (faithful, io_limit 192 pinned): 1 sequential reader against 16 random readers "
+        "gets far less than 50 % (the published imbalance)",
         io1 < 0.25,
         f"B gets {pct(io1)} of the I/Os "
         f"(no control: {pct(part1['no control']['1']['b_io_share'])})",
@@ -188,10 +228,21 @@ def run(ctx: Context) -> Outcome:
         worst <= 0.02,
         f"B shares {' / '.join(pct(s) for s in sfq1)}",
     )
+    ad1 = part1["ioband adaptive"]["1"]
+    out.check(
+        "ioband adaptive (default): at equal weights the single sequential reader gets >= 45 % "
+        "of the disk time with eta >= 0.95 (needs anticipation)",
+        ad1["b_disk_time_share"] >= 0.45 and ad1["eta"] >= 0.95,
+        f"B gets {pct(ad1['b_disk_time_share'])} of the disk time "
+        f"({pct(ad1['b_io_share'])} of the I/Os), eta {ad1['eta']:.3f}; faithful "
+        f"{pct(part1['ioband']['1']['b_disk_time_share'])}, no control "
+        f"{pct(part1['no control']['1']['b_disk_time_share'])}",
+    )
     ib = part2["ioband"]
     seq_alone = part2["seq alone"]["seq_kibps"]
     out.check(
-        "random vs sequential under ioband: the sequential readers lose their throughput",
+        "random vs sequential under ioband (faithful): the sequential readers lose their "
+        "throughput",
         ib["seq_kibps"] < 0.1 * seq_alone,
         f"sequential readers {num(ib['seq_kibps'])} KiB/s, alone {num(seq_alone)} KiB/s",
     )
@@ -199,7 +250,8 @@ def run(ctx: Context) -> Outcome:
     ours = " / ".join(pct(part1["ioband"][str(n)]["b_io_share"]) for n in READERS)
     theirs = " / ".join(pct(v) for v in published["dm-ioband + CFQ"].values())
     out.summary = (
-        f"With equal weights and one sequential reader against 16 random readers, ioband gives "
+        f"With equal weights and one sequential reader against 16 random readers, ioband with "
+        f"dm-ioband's io_limit of 192 (pinned in the table) gives "
         f"the single reader {pct(io1)} of the I/Os, the same as no control "
         f"({pct(none['1']['b_io_share'])}): the disk's FIFO serves requests, and requests come "
         f"from processes. The reader never has a request held inside ioband, so it is never "
@@ -219,7 +271,13 @@ def run(ctx: Context) -> Outcome:
         f"for dm-ioband (631 KiB/s) against 9 556 KiB/s for the time-slicing io-controller. "
         f"Our uncontrolled disk collapses too: it is a FIFO (noop) disk without CFQ's "
         f"anticipatory idling, so nothing here keeps a sequential stream together. io_limit is "
-        f"the knob that makes ioband hold requests on such a disk (see knob-sweep)."
+        f"the knob that makes ioband hold requests on such a disk (see knob-sweep). "
+        f"The adaptive window (the default io_limit 0) holds what the disk does not need: "
+        f"the single reader gets {pct(ad1['b_io_share'])} of the I/Os and "
+        f"{pct(ad1['b_disk_time_share'])} of the disk time (eta {ad1['eta']:.3f}), four "
+        f"readers {pct(part1['ioband adaptive']['4']['b_io_share'])}; a reader with one "
+        f"request in flight still has nothing held when the policy decides, which is what "
+        f"anticipation (idling briefly for it) is for."
     )
     out.published = (
         "Goyal 2009 (dm-ioband-interface.md 7.3; 16 sequential readers in A, n in B; KB/s A / B): "
@@ -239,11 +297,13 @@ def run(ctx: Context) -> Outcome:
     def fig(axes: list) -> None:
         ax = axes[0]
         colors = {"no control": COLORS["none"], "ioband": COLORS["ioband"],
-                  "SFQ(D=1)": COLORS["sfq"], "SFQ(D=4)": PALETTE[4]}  # fmt: skip
-        for label, _, _ in variants():
+                  "ioband adaptive": PALETTE[1], "SFQ(D=1)": COLORS["sfq"],
+                  "SFQ(D=4)": PALETTE[4]}  # fmt: skip
+        for label, *_ in variants():
             ys = [100 * part1[label][str(n)]["b_io_share"] for n in READERS]
             wide = label == "no control"  # drawn under ioband's line, which it often equals
-            ax.plot(READERS, ys, marker="o", color=colors[label], label=f"{label} (ours)",
+            ax.plot(READERS, ys, marker="o", color=colors[label],
+                    label=f"{label_of(label)} (ours)",
                     markersize=10 if wide else 5, linewidth=4 if wide else 1.5,
                     alpha=0.6 if wide else 1.0)  # fmt: skip
         for label, style in (("dm-ioband + CFQ", "s"), ("IO controller + CFQ", "^")):
@@ -260,11 +320,11 @@ def run(ctx: Context) -> Outcome:
         ax.set_title("one shallow group vs a deep one, equal weights (HDD)")
         ax.legend(loc="upper center", ncol=2, fontsize=7)
         ax = axes[1]
-        labels = ["no control", "ioband", "SFQ(D=1)", "published\ndm-ioband",
-                  "published\nio-controller"]  # fmt: skip
+        labels = ["no control", "ioband", "ioband adaptive", "SFQ(D=1)",
+                  "published\ndm-ioband", "published\nio-controller"]  # fmt: skip
         pub = [TSURUTA["dm-ioband"], TSURUTA["io-controller"]]
-        rand = [part2[k]["rand_kibps"] for k in labels[:3]] + [p[0] for p in pub]
-        seq = [part2[k]["seq_kibps"] for k in labels[:3]] + [p[1] for p in pub]
+        rand = [part2[k]["rand_kibps"] for k in labels[:4]] + [p[0] for p in pub]
+        seq = [part2[k]["seq_kibps"] for k in labels[:4]] + [p[1] for p in pub]
         xs = list(range(len(labels)))
         ax.bar([x - 0.2 for x in xs], rand, 0.4, color=PALETTE[1], label="random readers")
         ax.bar([x + 0.2 for x in xs], seq, 0.4, color=PALETTE[0], label="sequential readers")
@@ -273,7 +333,8 @@ def run(ctx: Context) -> Outcome:
         ax.set_yscale("log")
         ax.set_ylim(50, 2e5)
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels([label.replace("ioband adaptive", "ioband\nadaptive")
+                            for label in labels], fontsize=7)  # fmt: skip
         ax.set_ylabel("KiB/s (log scale)")
         ax.set_title("random vs sequential readers, equal weights (HDD)")
         ax.legend(loc="upper left", ncol=2)

@@ -48,6 +48,9 @@ class WorkloadResult:
     delay_p999: float | None
     timeline_ios: list[int] = field(default_factory=list)  # completions per interval
     timeline_bytes: list[int] = field(default_factory=list)
+    # Seconds the disk spent serving this workload's completed requests (slot-seconds on a
+    # parallel model): its share of the disk time.
+    disk_time: float = 0.0
 
     @property
     def kibps(self) -> float:

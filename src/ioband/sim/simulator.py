@@ -247,7 +247,9 @@ class Simulator:
                 req: SimRequest = entry[3]
                 proc = req.proc
                 nxt = proc.disk.finish(req, t)
+                proc.workload.disk_time += t - req.t_start
                 if nxt is not None:
+                    nxt[0].t_start = t
                     self.seq += 1
                     heappush(heap, (nxt[1], self.seq, COMPLETE, nxt[0]))
                 eng.complete(req, self.now_j)
@@ -320,6 +322,7 @@ class Simulator:
                 req.t_issue = t
                 done = proc.disk.submit(req, t)
                 if done is not None:
+                    req.t_start = t
                     self.seq += 1
                     heapq.heappush(self.heap, (done, self.seq, COMPLETE, req))
                 drain()
@@ -341,6 +344,7 @@ class Simulator:
                 req.t_issue = t
                 done = req.proc.disk.submit(req, t)
                 if done is not None:
+                    req.t_start = t
                     self.seq += 1
                     heapq.heappush(heap, (done, self.seq, COMPLETE, req))
         admitted = eng.take_admitted()
@@ -411,6 +415,7 @@ class Simulator:
                     delay_p999=percentile(delay, 99.9),
                     timeline_ios=list(wl.timeline_ios),
                     timeline_bytes=list(wl.timeline_bytes),
+                    disk_time=wl.disk_time,
                 )
             )
             per_device[spec.device][0] += wl.ios

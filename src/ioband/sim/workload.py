@@ -28,7 +28,7 @@ FIRST_AUTO_PID = 1000
 class SimRequest(Request):
     """A request plus what the simulator needs to know about it."""
 
-    __slots__ = ("lba", "proc", "t_issue", "t_submit")
+    __slots__ = ("lba", "proc", "t_issue", "t_start", "t_submit")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class SimRequest(Request):
         self.proc = proc
         self.t_submit = now
         self.t_issue = -1.0
+        self.t_start = -1.0  # when the disk began serving it (it may queue in the disk first)
         self.lba = offset  # the byte offset on the whole disk; the workload adds its base
 
 
@@ -159,6 +160,7 @@ class Workload:
         self.reads = self.writes = 0
         self.read_bytes = self.write_bytes = 0
         self.submitted = 0
+        self.disk_time = 0.0  # seconds of disk (slot) service of the completed requests
         self.latencies = array("d")  # submit -> completion, seconds
         self.delays = array("d")  # submit -> issued to the disk (time spent in ioband)
         self.interval = interval
