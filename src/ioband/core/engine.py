@@ -40,10 +40,6 @@ DEFAULT_NR_REQUESTS = 128
 # next jiffy. Legitimate runs of empty epochs are bounded by debt / token_initial (a huge
 # request under weight-iosize with 10 000 groups: a few thousand).
 _SETTLE_LIMIT = 100_000
-#: Anticipation: a group's think time counts up to this (jiffies); waited for at most
-#: ``Engine.idle_max`` (8 ms, BFQ's slice_idle); only while the store queues at least this many.
-THINK_CAP = 1_000
-ANTICIPATE_QUEUED = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,6 @@ class Engine:
         self._issued: list[Request] = []
         self._admitted: list[Request] = []
         self.stalls = 0  # conductor livelocks broken by deferring (always 0 unless a bug)
-        self.idle_max = max(1, hz * 8 // 1000)  # the longest wait for a shallow group
 
     # ======================================================================================
     # Outboxes, time and timers
@@ -158,12 +153,6 @@ class Engine:
             dev.suspend_waiters.append(req)
             return False
         g = self._classify(dev, req)
-        dp = g.dp
-        if dp.adaptive is not None and g.blocked[0] + g.blocked[1] == 0 and g.last_done >= 0:
-            # Its think time: from its last completion to this request, while it held nothing.
-            g.think += (min(self.now - g.last_done, THINK_CAP) - g.think) / 4
-            if dp.anticipating is g:
-                dp.idle_until = 0  # it came back: no deadline while its request is out
         wq = self._burst_wait(g, req)
         if wq is not None:
             req.state = WAITING
@@ -202,56 +191,11 @@ class Engine:
         g.active -= 1
         if g.active == 0:
             g.io_ticks += self.now - g.busy_since
-        if adaptive is not None:
-            g.last_done = self.now
-            if req.sync:
-                self._anticipate(dp, g)
-            elif dp.anticipating is g and g.active == 0:
-                dp.anticipating = None
         if dp.blocked[0] + dp.blocked[1] > 0 and not dp.conductor_pending:
             dp.conductor_pending = True  # _queue_conductor(dp, 0), inlined
             self._ready.append(dp)
         if self._ready or self._runnable:
             self._settle()
-
-    # ======================================================================================
-    # Anticipation (adaptive window only)
-    # ======================================================================================
-    def _anticipate(self, dp: DeviceGroup, g: Group) -> None:
-        """A sync request of ``g`` completed. If ``g`` holds nothing but usually comes back
-        within a short think time, while others wait and the store queues (a serial store:
-        giving the slot away would put ``g``'s next request behind theirs), keep waiting for
-        it: one slot stays free for it and the policy starts no new epoch, until it comes back
-        or ``idle`` jiffies pass (BFQ's ``slice_idle``). A parallel store (nothing queued in
-        it) is never idled: a shallow client there is limited by its own latency, and holding
-        the others back would cost throughput without giving it more."""
-        if (
-            g.blocked[0] + g.blocked[1] == 0
-            and dp.blocked[0] + dp.blocked[1] > 0
-            and g.think < self.idle_max
-            and dp.adaptive.queued >= ANTICIPATE_QUEUED  # type: ignore[union-attr]
-            and dp.policy.deserves_anticipation(g)
-        ):
-            dp.anticipating = g
-            dp.idle_seq += 1
-            dp.idle_until = self.now + min(self.idle_max, int(2 * g.think) + 1)
-            self.set_timer(dp.idle_until, self._idle_expired, dp, dp.idle_seq)
-        elif dp.anticipating is g:
-            dp.anticipating = None
-
-    def _idle_expired(self, dp: DeviceGroup, seq: int) -> None:
-        if seq == dp.idle_seq and dp.anticipating is not None and dp.idle_until:
-            dp.anticipating = None
-            if dp.blocked[0] + dp.blocked[1] > 0:
-                self._queue_conductor(dp, 0)
-
-    def _room(self, dp: DeviceGroup, g: Group) -> int:
-        """The window ``g`` may use: one slot less while another group is waited for and
-        has nothing in flight."""
-        other = dp.anticipating
-        if other is None or other is g or other.active:
-            return dp.window
-        return dp.window - 1
 
     def _classify(self, dev: Device, req: Request) -> Group:
         id_of = dev.id_of
@@ -299,7 +243,7 @@ class Engine:
     def _map_admitted(self, g: Group, req: Request) -> bool:
         dp = g.dp
         sync = req.sync
-        if g.blocked[sync] == 0 and dp.issued[sync] < self._room(dp, g):
+        if g.blocked[sync] == 0 and dp.issued[sync] < dp.window:
             policy = dp.policy
             if policy.can_submit(g) != 0:
                 dp.issued[sync] += 1
@@ -314,7 +258,7 @@ class Engine:
                 return True
             if dp.blocked[0] + dp.blocked[1] == 0 and dp.issued[0] + dp.issued[1] == 0:
                 self._queue_conductor(dp, 1)  # nothing will complete to kick it
-        elif dp.adaptive is not None and dp.issued[sync] >= self._room(dp, g):
+        elif dp.adaptive is not None and dp.issued[sync] >= dp.window:
             dp.adaptive.wanted_more()
         self._hold(g, req)
         return False
@@ -437,7 +381,6 @@ class Engine:
             and issued[0] < limit
             and issued[1] < limit
             and len(out) == before
-            and dp.anticipating is None  # its return, or its timer, runs the conductor
             and policy.restart()
         ):
             self._queue_conductor(dp, 0)
@@ -449,7 +392,7 @@ class Engine:
         policy = dp.policy
         may_issue = policy.may_issue
         issued = dp.issued
-        limit = self._room(dp, g)
+        limit = dp.window
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:

@@ -30,8 +30,6 @@ class Group:
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
         "busy_since",
-        # anticipation (adaptive window): when it last completed a request; its think time
-        "last_done", "think",
         # weight policies
         "weight", "my_epoch", "token", "token_initial", "limit", "limit_bucket",
         "consumed", "sched_ver", "dirty",
@@ -64,8 +62,6 @@ class Group:
         self.dirty = False
         self.timer_token = 0
         self.maxbw_waitq: deque[Request] = deque()
-        self.last_done = -1  # jiffy of its last completion (-1: none yet)
-        self.think = 0.0  # mean jiffies from a completion to its next request (when shallow)
 
     def reset_stats(self) -> None:
         self.ios = [0, 0]
@@ -97,11 +93,6 @@ class DeviceGroup:
         # with ``io_limit 0`` (adaptive) what ``adaptive`` measures the store needs.
         self.window = io_limit
         self.adaptive: AdaptiveWindow | None = None
-        # Anticipation: the shallow group the window waits for (one free slot is kept for it,
-        # and the policy starts no new epoch) until ``idle_until`` or its next request.
-        self.anticipating: Group | None = None
-        self.idle_until = 0
-        self.idle_seq = 0  # invalidates the timers of earlier anticipations
         self.nr_requests = nr_requests
         self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
         self.policy_name = ""

@@ -86,11 +86,6 @@ class Policy:
     hold: Callable[[Group, Request], None] | None = None
     pop: Callable[[Group], Request | None] | None = None
 
-    def deserves_anticipation(self, g: Group) -> bool:
-        """Whether waiting for ``g``'s next request keeps its share (the adaptive window's
-        anticipation): only policies that account shares over time say yes."""
-        return False
-
     def backlogged(self, g: Group) -> None:
         """``g`` went from no held requests to some, or its held set changed outside a charge."""
 

@@ -232,20 +232,11 @@ class WeightPolicy(Policy):
             return R_YIELD
         return R_OK
 
-    def deserves_anticipation(self, g: Group) -> bool:
-        """It has tokens left, or a new epoch's share to claim when it comes back."""
-        return g.token > 0 or self.epoch != g.my_epoch
-
     def restart(self) -> bool:
         """``make_global_epoch``: start a new epoch unless the dominant group still holds more
         than ~1/8 of its share while the device is busy (in-flight >= io_throttle, or the
-        whole dispatch window when that is smaller: an adaptive window may be 1), or a
-        shallow group with tokens left is being waited for (anticipation: a new epoch now
-        would throw its share away)."""
+        whole dispatch window when that is smaller: an adaptive window may be below it)."""
         dp = self.dp
-        waited = dp.anticipating
-        if waited is not None and waited.token > 0 and waited.my_epoch == self.epoch:
-            return False
         d = self.dominant
         if (
             d is not None
