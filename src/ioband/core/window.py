@@ -44,7 +44,7 @@ BASE_PERIODS = 100
 #: Completions a period needs before it is judged (it is extended up to a second for them).
 MIN_COMPLETIONS = 8
 #: The window a device group starts with.
-START = 8
+START = 16
 
 
 class AdaptiveWindow:
