@@ -647,6 +647,17 @@ def test_wrong_credentials_are_refused(tmp_path, pki, caplog):
     assert "Traceback" not in caplog.text
 
 
+def refuses_clients_without_our_certificate(d, pki) -> None:
+    """nbdinfo and qemu-img with no client certificate, and nbdinfo with one our CA did not
+    sign, are all refused."""
+    result = run("nbdinfo", nbds(d, f"tls-certificates={pki['nocert']}"), check=False)
+    assert result.returncode != 0
+    result = run("qemu-img", "info", *x509(pki, "nocert"), qemu_json(d), check=False)
+    assert result.returncode != 0
+    result = run("nbdinfo", nbds(d, f"tls-certificates={pki['stranger']}"), check=False)
+    assert result.returncode != 0
+
+
 def test_verify_peer_requires_a_client_certificate(tmp_path, pki, caplog):
     need("nbdinfo")
     with (
@@ -655,12 +666,7 @@ def test_verify_peer_requires_a_client_certificate(tmp_path, pki, caplog):
             tmp_path, tls="require", tls_certificates=str(pki["server"]), tls_verify_peer=True
         ) as d,
     ):
-        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['nocert']}"), check=False)
-        assert result.returncode != 0
-        result = run("qemu-img", "info", *x509(pki, "nocert"), qemu_json(d), check=False)
-        assert result.returncode != 0
-        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['stranger']}"), check=False)
-        assert result.returncode != 0  # a certificate our CA did not sign
+        refuses_clients_without_our_certificate(d, pki)
         run("nbdinfo", nbds(d, f"tls-certificates={pki['client']}"))
         run("qemu-img", "info", *x509(pki), qemu_json(d))
     assert "certificate CN=client1" in caplog.text
@@ -676,12 +682,7 @@ def test_verify_peer_with_psk_too_requires_a_psk_or_a_client_certificate(tmp_pat
         tmp_path, tls="require", tls_certificates=str(pki["server"]), tls_psk_file=str(keys),
         tls_verify_peer=True,
     ) as d:  # fmt: skip
-        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['nocert']}"), check=False)
-        assert result.returncode != 0
-        result = run("qemu-img", "info", *x509(pki, "nocert"), qemu_json(d), check=False)
-        assert result.returncode != 0
-        result = run("nbdinfo", nbds(d, f"tls-certificates={pki['stranger']}"), check=False)
-        assert result.returncode != 0  # a certificate our CA did not sign
+        refuses_clients_without_our_certificate(d, pki)
         result = run("nbdinfo", nbds(d, f"tls-certificates={pki['untrusted']}"), check=False)
         assert result.returncode != 0
         run("nbdinfo", nbds(d, f"tls-certificates={pki['client']}"))
