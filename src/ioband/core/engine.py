@@ -177,15 +177,11 @@ class Engine:
         req.state = DONE
         took = self.now - req.submit_time
         adaptive = dp.adaptive
-        if adaptive is not None and dp.blocked[0] + dp.blocked[1] > 0:
-            adaptive.wanted_more()  # a slot frees while requests wait for one
-        if adaptive is not None and adaptive.completed(self.now):
-            dp.window = adaptive.value  # it grew: held requests may go
-            if dp.blocked[0] + dp.blocked[1] > 0 and not dp.conductor_pending:
-                dp.conductor_pending = True
-                self._ready.append(dp)
-        elif adaptive is not None:
-            dp.window = adaptive.value
+        if adaptive is not None:
+            if dp.blocked[0] + dp.blocked[1] > 0:
+                adaptive.wanted_more()  # a slot frees while requests wait for one
+            adaptive.completed(self.now)
+            dp.window = adaptive.value  # the conductor below lets held requests use it
         g.ticks[req.dir] += took
         g.time_in_queue += took
         g.active -= 1

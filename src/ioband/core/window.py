@@ -25,10 +25,15 @@ served:  ``queued = mean in flight - X * base``. Then:
   and a request is never held while the window has room (work conserving).
 
 A parallel store keeps ``L`` flat as the window grows, so ``queued`` stays near zero and the
-window grows to what the clients use; a serial store makes ``L`` grow with every extra request,
-so the window settles at two or three: enough to keep the store busy, few enough that the policy
-decides the order. ``base`` is the minimum over the last ``BASE_PERIODS`` periods, so that it
-follows a store that became slower (a throttle lowered, a tenant arriving) within seconds.
+window grows to what the clients use; when the store's parallelism drops the latency grows and
+the window follows it down. ``base`` is the minimum over the last ``BASE_PERIODS`` periods.
+
+Known gap (issue 12): ``base`` is only ever measured at the window in use, so on a store that
+serves one request at a time the window stays near where it started (``START``) instead of
+settling at two or three: it holds what goes beyond, so the weights apply, but a group that
+keeps one request outstanding still waits behind ``START`` others. Probing at a window of one
+(measured in the simulator: it finds the serial store's window) cost too much throughput on
+parallel stores as written; anticipation is not built yet either.
 """
 
 from __future__ import annotations
@@ -51,8 +56,7 @@ class AdaptiveWindow:
     """One device group's window (``value``) and what it was decided from.
 
     The engine calls :meth:`issued` and :meth:`completed` as requests go out and come back,
-    and :meth:`wanted_more` when a request had to wait for room; :meth:`completed` returns True
-    when the window grew (the engine then lets held requests out)."""
+    and :meth:`wanted_more` when a request had to wait for room, then reads ``value``."""
 
     __slots__ = (
         "area",
@@ -98,21 +102,20 @@ class AdaptiveWindow:
     def wanted_more(self) -> None:
         self.full = True
 
-    def completed(self, now: int) -> bool:
+    def completed(self, now: int) -> None:
         if now != self.last:
             self.area += self.inflight * (now - self.last)
             self.last = now
         self.inflight -= 1
         self.done += 1
-        if now - self.period_start < self.period:
-            return False
-        return self._evaluate(now)
+        if now - self.period_start >= self.period:
+            self._evaluate(now)
 
-    def _evaluate(self, now: int) -> bool:
+    def _evaluate(self, now: int) -> None:
         elapsed = now - self.period_start
         done = self.done
         if done < MIN_COMPLETIONS and elapsed < self.hz:
-            return False  # too few to judge: extend the period
+            return  # too few to judge: extend the period
         latency = self.area / done
         minima = self.minima
         minima.append(latency)
@@ -133,7 +136,6 @@ class AdaptiveWindow:
         self.area = 0
         self.done = 0
         self.full = False
-        return self.value > old
 
     def latency_ms(self) -> float:
         return self.latency * 1000 / self.hz
