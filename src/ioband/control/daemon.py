@@ -217,6 +217,16 @@ class Daemon:
                                write_behind=dev.write_behind, allow=dev.allow,
                                allow_ro=dev.allow_ro)
 
+    def add_from_file(self, dev: DeviceConfig, where: str) -> None:
+        """A ``[[device]]`` of the configuration file: an engine refusal is reported as the
+        entry's ``table`` key (the start and a reload's check alike)."""
+        try:
+            self.add_configured(dev, where)
+        except ConfigError:
+            raise
+        except IobandError as err:
+            raise ConfigError(self.config.source, f"{where}table", err.describe()) from None
+
     def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
         for i, message in enumerate(messages):
             try:
@@ -355,13 +365,7 @@ class Daemon:
         for i, dev in enumerate(config.devices):
             if dev.name in saved_names or dev.name in self.removed:
                 continue
-            where = f"device[{i}]."
-            try:
-                self.add_configured(dev, where)
-            except ConfigError:
-                raise
-            except IobandError as err:
-                raise ConfigError(config.source, f"{where}table", err.describe()) from None
+            self.add_from_file(dev, f"device[{i}].")
         for dev in saved.devices if saved else ():
             try:
                 self.add_configured(dev)
@@ -553,13 +557,7 @@ class Daemon:
         want = {d.name: d for d in new.devices}
         try:
             for name in names:
-                where = f"device[{index[name]}]."
-                try:
-                    probe.add_configured(want[name], where)
-                except ConfigError:
-                    raise
-                except IobandError as err:
-                    raise ConfigError(new.source, f"{where}table", err.describe()) from None
+                probe.add_from_file(want[name], f"device[{index[name]}].")
         finally:
             for export in probe.exports.values():
                 export.backing.close()

@@ -277,7 +277,7 @@ class Connection(asyncio.Protocol):
     async def _upgrade(self) -> None:
         peer = self.transport.get_extra_info("peername") or "unix socket peer"
         try:
-            self.transport = await tls.upgrade(self.transport, self, self.daemon.nbd.tls)
+            self.transport = await tls.upgrade(self.transport, self, self.server.tls)
         except tls.TlsHandshakeError as err:
             log.warning("NBD TLS handshake with %s failed: %s", peer, err)  # once, no traceback
             if not self.closed:
