@@ -146,7 +146,7 @@ def test_worked_example_through_the_mount(fs):
     fs.ok('echo "vg1 policy weight-iosize" > blkio.devices')
     assert " weight-iosize " in fs.table("vg1-lv0")
     assert fs.ok("cat blkio.devices").splitlines()[3].startswith("vg1 policy=weight-iosize ")
-    fs.ok('mkdir ${P}grp1 ${P}grp2')
+    fs.ok("mkdir ${P}grp1 ${P}grp2")
     assert grp1.is_dir() and grp2.is_dir()  # real cgroups
     id1, id2 = grp1.stat().st_ino, grp2.stat().st_ino
     assert fs.ok("cat ${P}grp1/blkio.id") == f"{id1}\n"
@@ -199,8 +199,8 @@ def test_refused_writes_answer_the_errno_and_change_nothing(fs):
         ('echo "vg0-lv0" > blkio.settings', "Invalid argument"),  # detach the root cgroup
         ('echo "vg0-lv0 x" > ${P}a/blkio.stats', "Invalid argument"),
         ('echo "nope" > ${P}a/blkio.stats', "No such device"),
-        ('echo 5 > ${P}a/blkio.id', "Permission denied"),  # read-only
-        ('echo 1 > blkio.weight_nope', "Permission denied"),  # cgroupfs creates no files
+        ("echo 5 > ${P}a/blkio.id", "Permission denied"),  # read-only
+        ("echo 1 > blkio.weight_nope", "Permission denied"),  # cgroupfs creates no files
     ]
     for script, text in cases:
         res = fs.sh(script)
@@ -249,7 +249,7 @@ def test_a_delegated_cgroup_is_its_owners_only(fs):
         os.chown(path, UID, UID)  # delegation, as with cgroupfs
     fs.ok('echo "vg0-lv0 40" > ${P}mine/blkio.settings', user=UID)
     assert fs.ok("cat ${P}mine/blkio.settings") == "vg0-lv0 weight=40%\n"
-    fs.ok('echo vg0-lv0 > ${P}mine/blkio.stats', user=UID)
+    fs.ok("echo vg0-lv0 > ${P}mine/blkio.stats", user=UID)
     res = fs.sh('echo "vg0-lv0 40" > ${P}other/blkio.settings', user=UID)
     assert res.returncode != 0 and "Permission denied" in res.stderr
     assert fs.ok("cat ${P}other/blkio.settings") == ""

@@ -73,7 +73,6 @@ def test_bad_toml_syntax(tmp_path):
     assert str(path) in str(info.value) and "not valid TOML" in str(info.value)
 
 
-
 def test_refused_table_and_message_name_the_device_key(tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(8192))

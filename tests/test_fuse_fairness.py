@@ -41,7 +41,7 @@ from tests.test_nbd_fairness import (
 )
 
 READ_IOPS = 1500
-RUNTIME = 10
+RUNTIME = 11  # as in the NBD test: shares count the window all clients overlap
 JOBS = 32  # reads outstanding per client
 
 
@@ -75,8 +75,13 @@ def bottleneck(tmp_path: Path):
                 f.write(os.urandom(1 << 20) * 64)
             (backfs / name).chmod(0o644)
         os.sync()
-        daemon_cg = throttled_cgroup(f"ioband-fuse-test-{os.getpid()}-daemon", loop,
-                                     "blkio.throttle.read_iops_device", READ_IOPS, cgroups)
+        daemon_cg = throttled_cgroup(
+            f"ioband-fuse-test-{os.getpid()}-daemon",
+            loop,
+            "blkio.throttle.read_iops_device",
+            READ_IOPS,
+            cgroups,
+        )
         yield backfs, daemon_cg, cgroups
     finally:
         remove_cgroups(cgroups)
@@ -129,7 +134,7 @@ def fio(path: Path, name: str, rw: str = "randread") -> list[str]:
     return [
         "fio", f"--name={name}", f"--filename={path}", f"--rw={rw}", "--bs=4k", "--direct=1",
         "--ioengine=psync", f"--numjobs={JOBS}", "--group_reporting", "--size=64M",
-        "--time_based", "--ramp_time=1", f"--runtime={RUNTIME}", "--output-format=json",
+        "--time_based", f"--runtime={RUNTIME}", "--output-format=json", "--status-interval=1",
     ]  # fmt: skip
 
 

@@ -84,6 +84,7 @@ def no_event_loop_complaints(caplog):
     loud = [r for r in caplog.get_records("call") if r.name == "asyncio" and r.levelno >= 30]
     assert not loud, [r.getMessage() for r in loud]
 
+
 # -- the codec -----------------------------------------------------------------------------------
 
 
@@ -335,7 +336,6 @@ def test_tls_refusals_name_key_and_rule(nbd, key, rule):
         load_config({"nbd": {"unix_socket": "/tmp/x.sock", **nbd}})
     assert info.value.key == key
     assert rule in str(info.value)
-
 
 
 def tls_config(tmp_path: Path, **nbd: Any):
