@@ -142,6 +142,7 @@ def serve(mountpoint: str, root: Path, sock: str, ready_fd: int | None = None) -
         import signal
 
         async with trio.open_nursery() as nursery:
+
             async def on_signal() -> None:
                 nonlocal stopped
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -351,7 +351,7 @@ class BlkioFS(pyfuse3.Operations):
         if off == 0 or h.content is None:  # a fresh read: what the daemon says now
             text = await self._ask(file=h.node.virtual, cgroup=self._cgroup(h.node))
             h.content = str(text).encode()
-        return h.content[off:off + size]
+        return h.content[off : off + size]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]

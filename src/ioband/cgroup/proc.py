@@ -108,7 +108,12 @@ _READ = "read"  # identity(): no cgroup path given, read it from /proc
 
 
 def identity(
-    pid: int, uid: int, gid: int, hierarchy: Hierarchy | None, *, client: int | None = None,
+    pid: int,
+    uid: int,
+    gid: int,
+    hierarchy: Hierarchy | None,
+    *,
+    client: int | None = None,
     path: str | None = _READ,
 ) -> Submitter:
     """Everything classification needs about process ``pid`` (credentials as the kernel gave

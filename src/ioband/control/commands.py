@@ -175,12 +175,22 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
                    help="NBD: who may connect read-write (repeatable): all, unix, tcp, uid:N,"
                    " user:NAME, gid:N, group:NAME, cgroup:/PATH, net:ADDR[/PREFIX];"
                    " none given: whoever can reach the socket")  # fmt: skip
-    p.add_argument("--allow-ro", metavar="RULE", action="append",
-                   help="NBD: who may connect read-only (repeatable), same rules")
-    p.add_argument("--writeback-cache", action="store_true",
-                   help="FUSE: the kernel delays and merges writes (charged to the opener)")
-    p.add_argument("--no-write-behind", action="store_true",
-                   help="FUSE: buffered writes reach the backing store before write() returns")
+    p.add_argument(
+        "--allow-ro",
+        metavar="RULE",
+        action="append",
+        help="NBD: who may connect read-only (repeatable), same rules",
+    )
+    p.add_argument(
+        "--writeback-cache",
+        action="store_true",
+        help="FUSE: the kernel delays and merges writes (charged to the opener)",
+    )
+    p.add_argument(
+        "--no-write-behind",
+        action="store_true",
+        help="FUSE: buffered writes reach the backing store before write() returns",
+    )
     _common(p, reads=False)
     p.set_defaults(func=cmd_create)
 

@@ -138,13 +138,34 @@ _SECTIONS = {
         "allowed_backing",
         "allowed_mounts",
     ),
-    "nbd": ("unix_socket", "tcp", "socket_mode", "socket_group", "handshake_timeout",
-            "max_connections", "max_connections_per_uid", "tls", "tls_certificates",
-            "tls_psk_file", "tls_verify_peer"),
+    "nbd": (
+        "unix_socket",
+        "tcp",
+        "socket_mode",
+        "socket_group",
+        "handshake_timeout",
+        "max_connections",
+        "max_connections_per_uid",
+        "tls",
+        "tls_certificates",
+        "tls_psk_file",
+        "tls_verify_peer",
+    ),
     "metrics": ("listen",),
 }
-_DEVICE_KEYS = ("name", "table", "messages", "direct", "read_only", "control", "mountpoint",
-                "writeback_cache", "write_behind", "allow", "allow_ro")
+_DEVICE_KEYS = (
+    "name",
+    "table",
+    "messages",
+    "direct",
+    "read_only",
+    "control",
+    "mountpoint",
+    "writeback_cache",
+    "write_behind",
+    "allow",
+    "allow_ro",
+)
 
 
 def load_config(

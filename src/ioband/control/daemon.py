@@ -211,11 +211,20 @@ class Daemon:
     def add_configured(self, dev: DeviceConfig | persist.DeviceState, where: str = ""
                        ) -> Export | FuseMount | None:  # fmt: skip
         """A device from the configuration file or the state file."""
-        return self.add_device(dev.name, dev.table, dev.messages, direct=dev.direct,
-                               read_only=dev.read_only, control=dev.control, where=where,
-                               mountpoint=dev.mountpoint, writeback_cache=dev.writeback_cache,
-                               write_behind=dev.write_behind, allow=dev.allow,
-                               allow_ro=dev.allow_ro)
+        return self.add_device(
+            dev.name,
+            dev.table,
+            dev.messages,
+            direct=dev.direct,
+            read_only=dev.read_only,
+            control=dev.control,
+            where=where,
+            mountpoint=dev.mountpoint,
+            writeback_cache=dev.writeback_cache,
+            write_behind=dev.write_behind,
+            allow=dev.allow,
+            allow_ro=dev.allow_ro,
+        )
 
     def add_from_file(self, dev: DeviceConfig, where: str) -> None:
         """A ``[[device]]`` of the configuration file: an engine refusal is reported as the
@@ -269,8 +278,11 @@ class Daemon:
             raise
         self.mounts[name] = mount
         self.flags[name] = (options.direct, options.read_only, options.control)
-        self.mount_options[name] = (options.mountpoint, options.writeback_cache,
-                                    options.write_behind)
+        self.mount_options[name] = (
+            options.mountpoint,
+            options.writeback_cache,
+            options.write_behind,
+        )
         return mount
 
     def device_created(self, name: str) -> None:

@@ -96,8 +96,13 @@ def decode_request(line: bytes) -> dict[str, Any]:
 
 def _check_as(op: str, value: Any) -> None:
     """``"as": {"pid": P, "uid": U, "gid": G}``, each a non-negative integer."""
-    if not isinstance(value, dict) or sorted(value) != sorted(AS_KEYS) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value.values()
+    if (
+        not isinstance(value, dict)
+        or sorted(value) != sorted(AS_KEYS)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
+            for v in value.values()
+        )
     ):
         raise ProtocolError(f"{op}: field {AS_FIELD!r} must be an object of non-negative"
                             f" integers {', '.join(AS_KEYS)}")  # fmt: skip

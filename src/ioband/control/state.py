@@ -66,8 +66,10 @@ class State:
                 {
                     "format": FORMAT,
                     "version": VERSION,
-                    "devices": [{**vars(d), **{k: list(getattr(d, k)) for k in _LISTS}}
-                                for d in self.devices],
+                    "devices": [
+                        {**vars(d), **{k: list(getattr(d, k)) for k in _LISTS}}
+                        for d in self.devices
+                    ],
                     "removed": sorted(set(self.removed)),
                 },
                 indent=1,
@@ -94,15 +96,27 @@ def parse(text: str, path: str) -> State:
             isinstance(item, dict)
             and isinstance(item.get("name"), str)
             and isinstance(item.get("table"), str)
-            and all(isinstance(item.get(k, True), bool)
-                    for k in ("direct", "read_only", "control", "writeback_cache",
-                              "write_behind"))
+            and all(
+                isinstance(item.get(k, True), bool)
+                for k in ("direct", "read_only", "control", "writeback_cache", "write_behind")
+            )
             and isinstance(item.get("mountpoint", ""), str | None)
             and all(isinstance(item.get(k, []), list) for k in _LISTS)
             and all(isinstance(m, str) for k in _LISTS for m in item.get(k, []))
-            and set(item) <= {"name", "table", "messages", "direct", "read_only", "control",
-                              "mountpoint", "writeback_cache", "write_behind", "allow",
-                              "allow_ro"}
+            and set(item)
+            <= {
+                "name",
+                "table",
+                "messages",
+                "direct",
+                "read_only",
+                "control",
+                "mountpoint",
+                "writeback_cache",
+                "write_behind",
+                "allow",
+                "allow_ro",
+            }
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")

@@ -205,8 +205,9 @@ async def serve(args: argparse.Namespace) -> None:
         writeback_cache=args.writeback_cache,
         write_behind=not args.no_write_behind,
         # after the kernel has taken the INIT reply, which would lower it again
-        on_init=lambda: loop.call_soon(tune_mount, args.mountpoint, args.readahead_kb,
-                                       args.max_background),
+        on_init=lambda: loop.call_soon(
+            tune_mount, args.mountpoint, args.readahead_kb, args.max_background
+        ),
     )
     options = set(pyfuse3.default_options)
     options |= {"allow_other", f"fsname=ioband:{args.name}", "subtype=ioband"}

@@ -135,4 +135,3 @@ class WriteBehind:
     async def drain(self) -> None:
         while self.tasks:
             await asyncio.wait(list(self.tasks))
-

@@ -152,7 +152,8 @@ class Connection(asyncio.Protocol):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.codec = nbd.ServerConnection(
-            lambda name: self.daemon.nbd_export_info(name, self), self.daemon.nbd_export_names,
+            lambda name: self.daemon.nbd_export_info(name, self),
+            self.daemon.nbd_export_names,
             tls=self.server.tls_mode(self.tcp),
         )
         self._send(self.codec.data_to_send())
@@ -529,15 +530,11 @@ class NbdServer:
             log.info("NBD TLS %s: %s", self.daemon.config.tls, self.tls.describe())
         if unix_path:
             sock = self._unix_socket(unix_path)
-            server = await loop.create_unix_server(
-                lambda: Connection(self.daemon, self), sock=sock
-            )
+            server = await loop.create_unix_server(lambda: Connection(self.daemon, self), sock=sock)
             self.unix_path = unix_path
             self.servers.append(server)
         if tcp:
-            server = await loop.create_server(
-                lambda: Connection(self.daemon, self), tcp[0], tcp[1]
-            )
+            server = await loop.create_server(lambda: Connection(self.daemon, self), tcp[0], tcp[1])
             self.servers.append(server)
 
     def _unix_socket(self, path: str) -> socket.socket:
