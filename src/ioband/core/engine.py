@@ -172,13 +172,14 @@ class Engine:
             self.now = now
         g = req.group
         dp = g.dp
+        full = dp.issued[req.sync] >= dp.window
         dp.issued[req.sync] -= 1
         req.device.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
         adaptive = dp.adaptive
         if adaptive is not None:
-            if dp.blocked[0] + dp.blocked[1] > 0:
+            if full and dp.blocked[0] + dp.blocked[1] > 0:
                 adaptive.wanted_more()  # a slot frees while requests wait for one
             adaptive.completed(self.now)
             dp.window = adaptive.value  # the conductor below lets held requests use it

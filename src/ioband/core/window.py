@@ -6,34 +6,40 @@ nothing, and the backing store's own queue, first come first served, decided the
 right number in flight is a property of the store: a throttle or a disk serves one request at a
 time, an NVMe drive needs dozens for its throughput. So this controller measures it.
 
-It is a delay-based controller in the spirit of TCP Vegas, fed only with what the engine sees:
-requests going out and coming back, at jiffy times (sans-I/O: the simulator runs the same code).
-Every period (50 ms, longer when few requests completed) it computes, by Little's law,
+It is fed only with what the engine sees: requests going out and coming back, at jiffy times
+(sans-I/O: the simulator runs the same code). Every period (50 ms, longer when few requests
+completed) it computes, by Little's law,
 
     mean service latency  L = (in flight * time) / completions
     throughput            X = completions / time
 
-keeps ``base``, the least latency of the recent periods (what a request costs without queueing
-in the store), and estimates how many requests were *waiting inside the store* rather than being
-served:  ``queued = mean in flight - X * base``. Then:
+and from the least latency of the recent periods (``base``) an estimate of how many requests
+wait *inside the store* rather than being served: ``queued = mean in flight - X * base``.
 
-- ``queued`` above ``BETA``: requests wait in the store, where no weight applies: shrink the
-  window (at most halving it per period), so that they wait in ioband instead;
-- ``queued`` below ``ALPHA`` while requests waited for room in the window: the store serves more
-  in parallel than it is given: grow it by a quarter (double it while nothing waits at all);
-- otherwise keep it. It never grows while clients do not fill it (no knee to find at low load),
-  and a request is never held while the window has room (work conserving).
+Throughput decides; latency only hints. Latency alone cannot tell a store that serves one
+request at a time, kept at depth 16, from one that needs 16 in parallel: both show the latency
+of their depth as the least they ever saw (the gap the first version of this controller had).
+So the window *probes*, as a hill climber on throughput:
 
-A parallel store keeps ``L`` flat as the window grows, so ``queued`` stays near zero and the
-window grows to what the clients use; when the store's parallelism drops the latency grows and
-the window follows it down. ``base`` is the minimum over the last ``BASE_PERIODS`` periods.
+- **slow start**: at first it doubles every period while nothing waits in the store and
+  doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods);
+- **probe down**: now and then it tries a quarter less (half while the last step down won, so a
+  serial store goes from 16 to 1 in about two seconds) for two periods after one to settle, and
+  keeps it if the throughput held (``KEEP``); else it returns and waits four times longer before
+  the next try (at most ``DOWN_MOST`` periods: a lost probe costs some throughput for ~0.1 s);
+  latency above ``base`` (``queued > BETA``) makes it probe down sooner, by what waits;
+- **probe up**: when requests waited for room, it tries more (double while that pays, then a
+  quarter) and keeps it only if the throughput rose (``GAIN``), retrying at most every
+  ``UP_MOST`` periods (a lost probe up costs nothing but a little accuracy for a period);
+- **change**: a steady period whose throughput differs from the reference by a quarter means the
+  store changed (a throttle set at run time, another tenant): what was learnt is dropped and it
+  explores both ways at once, so it follows within a second or two.
 
-Known gap (issue 12): ``base`` is only ever measured at the window in use, so on a store that
-serves one request at a time the window stays near where it started (``START``) instead of
-settling at two or three: it holds what goes beyond, so the weights apply, but a group that
-keeps one request outstanding still waits behind ``START`` others. Probing at a window of one
-(measured in the simulator: it finds the serial store's window) cost too much throughput on
-parallel stores as written; anticipation is not built yet either.
+It is judged also when the clients keep at least half of it in flight without filling it, so it
+can go below what they keep outstanding (to hold anything, and so apply the weights, it must);
+never when they use little of it (paced by range-bw, or light), where a smaller window would
+only slow them. A request is never held while the window has room (work conserving).
+
 """
 
 from __future__ import annotations
@@ -47,9 +53,28 @@ BETA = 2.5
 #: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
 BASE_PERIODS = 100
 #: Completions a period needs before it is judged (it is extended up to a second for them).
-MIN_COMPLETIONS = 8
+MIN_COMPLETIONS = 16
 #: The window a device group starts with.
 START = 16
+#: A smaller window is kept if it keeps this fraction of the throughput.
+KEEP = 0.97
+#: A larger window is kept only if it raises the throughput by this fraction.
+GAIN = 1.05
+#: Periods a probe is measured for (after one to settle), so that noise decides less.
+PROBE_PERIODS = 2
+#: A steady period whose throughput differs from the reference by more than this fraction
+#: means the store changed.
+CHANGED = 0.25
+#: A probe downwards that serves less than this fraction ends after one period.
+CLEAR_LOSS = 0.85
+#: Full periods between probes: at first, and at most downwards (a probe down that loses
+#: costs throughput: at 50 ms periods, one in 5 s) and upwards (one that loses costs nothing
+#: but a little accuracy for a period: a store that became faster is found within a second).
+PROBE_FIRST = 8
+DOWN_MOST = 100
+UP_MOST = 20
+
+STEADY, PROBE_DOWN, PROBE_UP = 0, 1, 2
 
 
 class AdaptiveWindow:
@@ -62,6 +87,8 @@ class AdaptiveWindow:
         "area",
         "base",
         "done",
+        "down_streak",
+        "down_wait",
         "full",
         "hz",
         "inflight",
@@ -71,8 +98,18 @@ class AdaptiveWindow:
         "minima",
         "period",
         "period_start",
+        "probe_done",
+        "probe_from",
+        "probe_time",
         "queued",
+        "reference",
+        "settling",
+        "since_probe",
+        "slow_start",
+        "state",
         "throughput",
+        "up_streak",
+        "up_wait",
         "value",
     )
 
@@ -92,6 +129,18 @@ class AdaptiveWindow:
         self.latency = 0.0  # last period's mean service latency, jiffies
         self.throughput = 0.0  # last period's completions per second
         self.queued = 0.0  # last period's estimate of requests waiting in the store
+        self.state = STEADY
+        self.settling = False  # the window just changed: this period shows the transition
+        self.slow_start = True
+        self.reference = 0.0  # throughput at ``value`` while clients filled it (0: unknown)
+        self.probe_from = 0  # the window a probe left, to return to if it lost
+        self.probe_done = 0  # completions and jiffies measured so far in a probe
+        self.probe_time = 0
+        self.since_probe = 0  # full periods since the last probe ended
+        self.down_streak = False  # the last probe downwards won: the next one halves
+        self.down_wait = PROBE_FIRST  # full periods between probes downwards
+        self.up_wait = 1  # and upwards (at once at the start: a slow start)
+        self.up_streak = True
 
     def issued(self, now: int) -> None:
         if now != self.last:
@@ -122,20 +171,121 @@ class AdaptiveWindow:
         base = min(minima)
         self.base = base
         self.latency = latency
-        self.throughput = done * self.hz / elapsed
+        throughput = done * self.hz / elapsed
+        self.throughput = throughput
         queued = (self.area - done * base) / elapsed
         self.queued = queued
-        old = self.value
-        if queued > BETA:
-            self.value = max(1, old // 2, int(old - (queued - BETA)))
-        elif queued < ALPHA and self.full:
-            # Nothing waits in the store at all: it has room to spare, double (slow start).
-            step = old if queued < ALPHA / 4 else max(1, old // 4)
-            self.value = min(self.maximum, old + step)
+        if self.settling:
+            self.settling = False  # what was in flight under the old window drains or fills
+        elif self.full or self.state == PROBE_DOWN or 2 * self.area >= self.value * elapsed:
+            # Judged too when the clients kept at least half the window in flight without
+            # filling it: to hold anything (and so apply the weights), the window must go
+            # below what they keep outstanding. Not when they use little of it (paced by the
+            # policy, as range-bw, or light): a smaller window would only slow them.
+            self._decide(throughput, queued, done, elapsed)
+        elif self.state == PROBE_UP:
+            # The clients did not fill the larger window: nothing learnt. Return.
+            self.value = self.probe_from
+            self.state = STEADY
+            self.since_probe = 0
         self.period_start = now
         self.area = 0
         self.done = 0
         self.full = False
+
+    def _decide(self, throughput: float, queued: float, done: int, elapsed: int) -> None:
+        """One full period's verdict: judge a probe, or react, or start a probe.
+
+        Throughput decides, latency only hints: a smaller window is kept when it serves as
+        much (the store was queueing, not working in parallel), a larger one when it serves
+        more. Latency alone cannot tell a serial store at depth 16 from one that needs 16:
+        both show the latency of their depth as the least they ever saw."""
+        state = self.state
+        if state != STEADY:
+            self.probe_done += done
+            self.probe_time += elapsed
+            periods = PROBE_PERIODS
+            if self.probe_time < periods * self.period:
+                measured = self.probe_done * self.hz / self.probe_time
+                if state == PROBE_DOWN and measured < self.reference * CLEAR_LOSS:
+                    self._end_probe(False)  # lost by far: do not pay for another period
+                return
+            measured = self.probe_done * self.hz / self.probe_time
+            bar = KEEP if state == PROBE_DOWN else GAIN
+            self._end_probe(measured >= self.reference * bar, measured)
+            return
+        old = self.value
+        ref = self.reference
+        self.since_probe += 1
+        if self.slow_start:
+            # At the start, double at once while nothing waits in the store and doubling pays
+            # (TCP's slow start): a parallel store is found in a few periods, not probes.
+            if self.full and queued < ALPHA and old < self.maximum and throughput >= ref * GAIN:
+                self.reference = throughput
+                self.value = min(self.maximum, old * 2)
+                return
+            self.slow_start = False
+            self.reference = ref = 0.0
+        if ref == 0.0:
+            self.reference = throughput
+            return  # the first clean measurement at this window: the bar for a probe
+        if abs(throughput - ref) > CHANGED * ref:
+            # The store changed (a throttle was set, another tenant came or went): what was
+            # learnt about it is void. Measure again and explore both ways at once.
+            self.reference = throughput
+            self.minima.clear()
+            self.down_wait = self.up_wait = 1
+            self.since_probe = 0
+            return
+        self.reference = (3 * ref + throughput) / 4
+        if old > 1 and self.since_probe >= self.down_wait:
+            # A quarter down; half while the last step down won (a serial store found fast).
+            step = max(1, old // 2 if self.down_streak else old // 4)
+            self._start_probe(PROBE_DOWN, old - step)
+        elif queued > BETA and old > 1 and self.since_probe >= min(self.down_wait, PROBE_FIRST):
+            # Requests seem to wait in the store (latency above the least seen): probe down
+            # soon, by what waits (at most half).
+            self._start_probe(PROBE_DOWN, max(1, old // 2, int(old - (queued - BETA))))
+        elif self.full and old < self.maximum and self.since_probe >= self.up_wait:
+            # Double while doubling pays (a slow start), then a quarter at a time.
+            step = old if self.up_streak else max(1, old // 4)
+            self._start_probe(PROBE_UP, min(self.maximum, old + step))
+
+    def _start_probe(self, state: int, value: int) -> None:
+        # What is in flight under the old window drains or fills: the next period shows the
+        # transition, not the window.
+        self.settling = True
+        self.state = state
+        self.probe_done = 0
+        self.probe_time = 0
+        self.probe_from = self.value
+        self.value = value
+
+    def _end_probe(self, won: bool, throughput: float = 0.0) -> None:
+        """Keep the probed window if it ``won`` (and probe that way again soon), else return."""
+        down = self.state == PROBE_DOWN
+        self.state = STEADY
+        self.since_probe = 0
+        self.reference = 0.0  # measured anew at the window kept
+        if won:
+            if down:
+                self.down_wait = 1
+                self.down_streak = True
+            else:
+                self.up_wait = 1
+                self.up_streak = True
+            return
+        self.value = self.probe_from
+        self.settling = True
+        if down:
+            self.down_streak = False
+            self.down_wait = min(DOWN_MOST, self.down_wait * 4)
+            # The latency that suggested it was from another time (the store changed since):
+            # learn the least latency anew.
+            self.minima.clear()
+        else:
+            self.up_streak = False
+            self.up_wait = min(UP_MOST, max(PROBE_FIRST, self.up_wait * 2))
 
     def latency_ms(self) -> float:
         return self.latency * 1000 / self.hz
