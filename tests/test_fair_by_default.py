@@ -15,7 +15,6 @@ import os
 import pytest
 
 from tests.test_nbd_fairness import (
-    READ_IOPS,
     RUNTIME,
     WEIGHTS,
     assert_shares,
