@@ -28,7 +28,7 @@ from ioband.core.grammar import (
     parse_table,
     status_block,
 )
-from ioband.core.model import Device, DeviceGroup, Group
+from ioband.core.model import THINK_CAP, Device, DeviceGroup, Group
 from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
 from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
@@ -88,6 +88,7 @@ class Engine:
         self._issued: list[Request] = []
         self._admitted: list[Request] = []
         self.stalls = 0  # conductor livelocks broken by deferring (always 0 unless a bug)
+        self.idle_max = max(1, hz * 2 // 1000)  # the longest wait for a shallow group: 2 ms
 
     # ======================================================================================
     # Outboxes, time and timers
@@ -153,6 +154,12 @@ class Engine:
             dev.suspend_waiters.append(req)
             return False
         g = self._classify(dev, req)
+        dp = g.dp
+        if dp.adaptive is not None and g.active == 1 and g.blocked[0] + g.blocked[1] == 0:
+            if g.last_done >= 0:  # its think time: from its last completion to this request
+                g.think += (min(self.now - g.last_done, THINK_CAP) - g.think) / 4
+            if dp.anticipating is g:
+                self._end_wait(dp)  # it came back: its request takes the slot kept
         wq = self._burst_wait(g, req)
         if wq is not None:
             req.state = WAITING
@@ -188,11 +195,62 @@ class Engine:
         g.active -= 1
         if g.active == 0:
             g.io_ticks += self.now - g.busy_since
+        if adaptive is not None and req.sync:
+            g.last_done = self.now
+            if g.active == 0 and g.blocked[0] + g.blocked[1] == 0:
+                self._anticipate(dp, g)
         if dp.blocked[0] + dp.blocked[1] > 0 and not dp.conductor_pending:
             dp.conductor_pending = True  # _queue_conductor(dp, 0), inlined
             self._ready.append(dp)
         if self._ready or self._runnable:
             self._settle()
+
+    # ======================================================================================
+    # Anticipation (adaptive window only)
+    # ======================================================================================
+    def _anticipate(self, dp: DeviceGroup, g: Group) -> None:
+        """``g``'s last sync request completed and it has nothing left. If it usually comes
+        back within a short think time, and the policy says it is owed service, keep one slot
+        of the window for it until it does or ``idle_until`` passes (BFQ's ``slice_idle``).
+
+        Without this a group of one synchronous client (QD1) can never be given more than it
+        asks at the moment it asks: on a store that serves one request at a time, its next
+        request would go behind whatever the others got in during its think time, and it
+        would get about one request in two however large its weight."""
+        if (
+            dp.blocked[0] + dp.blocked[1] > 0
+            and g.think < self.idle_max
+            and dp.policy.deserves_anticipation(g)
+        ):
+            dp.anticipating = g
+            # The store idles while it is waited for only if nothing else is in flight: that
+            # time is the price of the wait, not the store's speed (the window leaves it out).
+            dp.idle_since = self.now if dp.issued[0] + dp.issued[1] == 0 else -1
+            dp.idle_seq += 1
+            dp.idle_until = self.now + min(self.idle_max, int(2 * g.think) + 2)
+            self.set_timer(dp.idle_until, self._idle_expired, dp, dp.idle_seq)
+        elif dp.anticipating is g:
+            self._end_wait(dp)
+
+    def _end_wait(self, dp: DeviceGroup) -> None:
+        dp.anticipating = None
+        if dp.idle_since >= 0 and dp.adaptive is not None:
+            dp.adaptive.idled(self.now - dp.idle_since)
+        dp.idle_since = -1
+
+    def _idle_expired(self, dp: DeviceGroup, seq: int) -> None:
+        if seq == dp.idle_seq and dp.anticipating is not None:
+            self._end_wait(dp)  # it did not come back in time: the slot is everyone's
+            if dp.blocked[0] + dp.blocked[1] > 0:
+                self._queue_conductor(dp, 0)
+
+    @staticmethod
+    def _room(dp: DeviceGroup, g: Group | None) -> int:
+        """The window ``g`` may fill: one slot less while another group is waited for."""
+        waited = dp.anticipating
+        if waited is None or waited is g:
+            return dp.window
+        return dp.window - 1
 
     def _classify(self, dev: Device, req: Request) -> Group:
         id_of = dev.id_of
@@ -240,7 +298,7 @@ class Engine:
     def _map_admitted(self, g: Group, req: Request) -> bool:
         dp = g.dp
         sync = req.sync
-        if g.blocked[sync] == 0 and dp.issued[sync] < dp.window:
+        if g.blocked[sync] == 0 and dp.issued[sync] < self._room(dp, g):
             policy = dp.policy
             if policy.can_submit(g) != 0:
                 dp.issued[sync] += 1
@@ -345,7 +403,7 @@ class Engine:
         dp.conductor_pending = False
         out = self._issued
         before = len(out)
-        limit = dp.window
+        limit = self._room(dp, None)  # while a group is waited for, one slot is kept for it
         issued = dp.issued
         urgent = dp.urgent
         while urgent and issued[0] < limit:  # the original checks the async class only
@@ -389,7 +447,7 @@ class Engine:
         policy = dp.policy
         may_issue = policy.may_issue
         issued = dp.issued
-        limit = dp.window
+        limit = self._room(dp, g)
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:

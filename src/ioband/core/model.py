@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from ioband.policies.base import Policy
 
 
+#: A group's think time counts up to this many jiffies (and starts there: a group is waited
+#: for only once it has shown that it comes back fast).
+THINK_CAP = 1000
+
+
 class Group:
     """One bandwidth group. Policy fields live here too (flat slots keep the hot path fast)."""
 
@@ -30,6 +35,8 @@ class Group:
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
         "busy_since",
+        # anticipation (adaptive window): its last completion and its think time
+        "last_done", "think",
         # weight policies
         "weight", "my_epoch", "token", "token_initial", "limit", "limit_bucket",
         "consumed", "sched_ver", "dirty",
@@ -62,6 +69,8 @@ class Group:
         self.dirty = False
         self.timer_token = 0
         self.maxbw_waitq: deque[Request] = deque()
+        self.last_done = -1  # jiffy of its last sync completion (-1: none yet)
+        self.think = float(THINK_CAP)  # mean jiffies from a completion to its next request
 
     def reset_stats(self) -> None:
         self.ios = [0, 0]
@@ -93,6 +102,12 @@ class DeviceGroup:
         # with ``io_limit 0`` (adaptive) what ``adaptive`` measures the store needs.
         self.window = io_limit
         self.adaptive: AdaptiveWindow | None = None
+        # Anticipation (adaptive window only): the shallow group waited for. Until it comes
+        # back or ``idle_until`` passes, the others get one slot less of the window.
+        self.anticipating: Group | None = None
+        self.idle_until = 0
+        self.idle_since = -1  # when the store went idle for the wait (-1: it did not)
+        self.idle_seq = 0  # invalidates the timers of earlier waits
         self.nr_requests = nr_requests
         self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
         self.policy_name = ""

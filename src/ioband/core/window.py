@@ -57,7 +57,7 @@ MIN_COMPLETIONS = 16
 #: The window a device group starts with.
 START = 16
 #: A smaller window is kept if it keeps this fraction of the throughput.
-KEEP = 0.97
+KEEP = 0.95
 #: A larger window is kept only if it raises the throughput by this fraction.
 GAIN = 1.05
 #: Periods a probe is measured for (after one to settle), so that noise decides less.
@@ -91,6 +91,7 @@ class AdaptiveWindow:
         "down_wait",
         "full",
         "hz",
+        "idle",
         "inflight",
         "last",
         "latency",
@@ -104,7 +105,8 @@ class AdaptiveWindow:
         "queued",
         "reference",
         "settling",
-        "since_probe",
+        "since_down",
+        "since_up",
         "slow_start",
         "state",
         "throughput",
@@ -124,6 +126,7 @@ class AdaptiveWindow:
         self.inflight = 0
         self.done = 0  # completions this period
         self.full = False  # a request waited for room this period
+        self.idle = 0  # jiffies the store idled this period while a shallow group was waited for
         self.minima: deque[float] = deque(maxlen=BASE_PERIODS)
         self.base = 0.0  # least recent latency, jiffies (0: nothing measured yet)
         self.latency = 0.0  # last period's mean service latency, jiffies
@@ -136,7 +139,8 @@ class AdaptiveWindow:
         self.probe_from = 0  # the window a probe left, to return to if it lost
         self.probe_done = 0  # completions and jiffies measured so far in a probe
         self.probe_time = 0
-        self.since_probe = 0  # full periods since the last probe ended
+        self.since_down = 0  # judged periods since the last probe down ended
+        self.since_up = 0  # and up
         self.down_streak = False  # the last probe downwards won: the next one halves
         self.down_wait = PROBE_FIRST  # full periods between probes downwards
         self.up_wait = 1  # and upwards (at once at the start: a slow start)
@@ -150,6 +154,11 @@ class AdaptiveWindow:
 
     def wanted_more(self) -> None:
         self.full = True
+
+    def idled(self, jiffies: int) -> None:
+        """The store idled ``jiffies`` because a shallow group was waited for (anticipation):
+        the price of its share, not a sign of the store's speed, so throughput leaves it out."""
+        self.idle += jiffies
 
     def completed(self, now: int) -> None:
         if now != self.last:
@@ -171,7 +180,7 @@ class AdaptiveWindow:
         base = min(minima)
         self.base = base
         self.latency = latency
-        throughput = done * self.hz / elapsed
+        throughput = done * self.hz / max(1, elapsed - self.idle)
         self.throughput = throughput
         queued = (self.area - done * base) / elapsed
         self.queued = queued
@@ -182,16 +191,17 @@ class AdaptiveWindow:
             # filling it: to hold anything (and so apply the weights), the window must go
             # below what they keep outstanding. Not when they use little of it (paced by the
             # policy, as range-bw, or light): a smaller window would only slow them.
-            self._decide(throughput, queued, done, elapsed)
+            self._decide(throughput, queued, done, max(1, elapsed - self.idle))
         elif self.state == PROBE_UP:
             # The clients did not fill the larger window: nothing learnt. Return.
             self.value = self.probe_from
             self.state = STEADY
-            self.since_probe = 0
+            self.since_up = 0
         self.period_start = now
         self.area = 0
         self.done = 0
         self.full = False
+        self.idle = 0
 
     def _decide(self, throughput: float, queued: float, done: int, elapsed: int) -> None:
         """One full period's verdict: judge a probe, or react, or start a probe.
@@ -216,7 +226,8 @@ class AdaptiveWindow:
             return
         old = self.value
         ref = self.reference
-        self.since_probe += 1
+        self.since_down += 1
+        self.since_up += 1
         if self.slow_start:
             # At the start, double at once while nothing waits in the store and doubling pays
             # (TCP's slow start): a parallel store is found in a few periods, not probes.
@@ -235,18 +246,18 @@ class AdaptiveWindow:
             self.reference = throughput
             self.minima.clear()
             self.down_wait = self.up_wait = 1
-            self.since_probe = 0
+            self.since_down = self.since_up = 0
             return
         self.reference = (3 * ref + throughput) / 4
-        if old > 1 and self.since_probe >= self.down_wait:
+        if old > 1 and self.since_down >= self.down_wait:
             # A quarter down; half while the last step down won (a serial store found fast).
             step = max(1, old // 2 if self.down_streak else old // 4)
             self._start_probe(PROBE_DOWN, old - step)
-        elif queued > BETA and old > 1 and self.since_probe >= min(self.down_wait, PROBE_FIRST):
+        elif queued > BETA and old > 1 and self.since_down >= min(self.down_wait, PROBE_FIRST):
             # Requests seem to wait in the store (latency above the least seen): probe down
             # soon, by what waits (at most half).
             self._start_probe(PROBE_DOWN, max(1, old // 2, int(old - (queued - BETA))))
-        elif self.full and old < self.maximum and self.since_probe >= self.up_wait:
+        elif self.full and old < self.maximum and self.since_up >= self.up_wait:
             # Double while doubling pays (a slow start), then a quarter at a time.
             step = old if self.up_streak else max(1, old // 4)
             self._start_probe(PROBE_UP, min(self.maximum, old + step))
@@ -265,7 +276,10 @@ class AdaptiveWindow:
         """Keep the probed window if it ``won`` (and probe that way again soon), else return."""
         down = self.state == PROBE_DOWN
         self.state = STEADY
-        self.since_probe = 0
+        if down:
+            self.since_down = 0
+        else:
+            self.since_up = 0
         self.reference = 0.0  # measured anew at the window kept
         if won:
             if down:

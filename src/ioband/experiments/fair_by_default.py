@@ -184,25 +184,35 @@ def run(ctx: Context) -> Outcome:
             d["max_rel_error"] <= 0.10 and d["eta"] >= 0.95,
             f"shares {shares_text(d)} %, max error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}",
         )
-    # Issue 12's targets for shallow clients need anticipation, which is not built yet: their
-    # numbers are reported here (and in docs/results.md), not checked, until it is.
-    open_targets = []
     for model in SERIAL:
         d = data[model]["4/4/4"]["adaptive"]
-        open_targets.append([
-            f"4/4/4, one client per group, {model}", "within 10 % of 4:2:1, eta >= 0.95",
-            f"{shares_text(d)} %, max error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}",
-        ])  # fmt: skip
+        out.check(
+            f"adaptive default, 4/4/4 with one client per group on the {model} model: shares "
+            f"within 10 % (relative) of 4:2:1 with eta >= 0.95",
+            d["max_rel_error"] <= 0.10 and d["eta"] >= 0.95,
+            f"shares {shares_text(d)} %, max error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}",
+        )
     for model in SERIAL:
         d = data[model]["1v32"]["adaptive"]
-        open_targets.append([
-            f"QD1 vs QD32 at equal weights, {model}", "QD1 client >= 40 %",
+        out.check(
+            f"adaptive default, one QD1 client against one QD32 client at equal weights on the "
+            f"{model} model: the QD1 client gets >= 40 % with eta >= 0.95 (anticipation)",
+            d["share"]["g1"] >= 0.40 and d["eta"] >= 0.95,
             f"QD1 client {pct(d['share']['g1'])} (eta {d['eta']:.3f}); faithful "
             f"{pct(data[model]['1v32']['faithful']['share']['g1'])}, no control "
             f"{pct(data[model]['1v32']['none']['share']['g1'])}",
+        )
+    # Issue 12's 1/8/32 target is not met by the weight policy: reported, not checked.
+    open_targets = []
+    for model in SERIAL:
+        d = data[model]["1/8/32"]["adaptive"]
+        open_targets.append([
+            f"1/8/32, one client per group, {model}", "within 10 % of 4:2:1, eta >= 0.95",
+            f"{shares_text(d)} %, max error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}",
         ])  # fmt: skip
     out.tables.append(
-        Table("Targets not met yet (they need anticipation; reported, not checked)",
+        Table("Target not met (the weight policy gives unused tokens to whoever claims them "
+              "first: the deep groups; reported, not checked)",
               ["case", "target", "adaptive default"], open_targets)
     )  # fmt: skip
     nones = [data[m]["4/4/4"]["none"]["max_rel_error"] for m, *_ in MODELS]
@@ -247,15 +257,18 @@ def run(ctx: Context) -> Outcome:
         f"throughput (eta {s('ssd', '8x1/4/32', 'faithful')['eta']:.3f} faithful, "
         f"{s('ssd', '8x1/4/32', 'adaptive')['eta']:.3f} adaptive): the token policy does not "
         f"give a group's unused share to the others while that group has requests in flight. "
-        f"1/8/32 with one client each gives the QD1 client (weight 40) "
-        f"{pct(s('throttle', '1/8/32', 'adaptive')['share']['g1'])} on the throttle, and one "
-        f"QD1 client against one QD32 client at equal weights gets "
+        f"One QD1 client against one QD32 client at equal weights gets "
         f"{pct(s('hdd', '1v32', 'adaptive')['share']['g1'])} on the HDD and "
         f"{pct(s('throttle', '1v32', 'adaptive')['share']['g1'])} on the throttle under the "
         f"adaptive default (faithful {pct(s('throttle', '1v32', 'faithful')['share']['g1'])}, "
-        f"no control {pct(s('throttle', '1v32', 'none')['share']['g1'])}): a client that "
-        f"never has a request held is never owed anything when the policy decides; "
-        f"anticipation (idling briefly for it) is what closes that gap."
+        f"no control {pct(s('throttle', '1v32', 'none')['share']['g1'])}): when the QD1 "
+        f"client's request completes and it is still owed tokens, the engine keeps a slot for "
+        f"its next request for a few of its think times (anticipation), instead of giving the "
+        f"store to the deep client in between. 1/8/32 with one client each gives the QD1 "
+        f"client (weight 40) {pct(s('throttle', '1/8/32', 'adaptive')['share']['g1'])} on the "
+        f"throttle, short of 57 %: the weight policy hands the tokens a group leaves unused "
+        f"(the idle default group's, the epoch's leftovers) to whichever group claims new "
+        f"tokens first, and a QD1 group is rarely the one."
     )
     out.published = (
         "Issue 12 (wave2-background.md section 1), measured on a 1,500-IOPS throttled loop "

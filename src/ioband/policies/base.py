@@ -86,6 +86,12 @@ class Policy:
     hold: Callable[[Group, Request], None] | None = None
     pop: Callable[[Group], Request | None] | None = None
 
+    def deserves_anticipation(self, g: Group) -> bool:
+        """Whether the adaptive window should keep a slot for ``g``, which just completed its
+        last request and usually comes back soon: only policies that account shares over time
+        say yes, when ``g`` has not had its share yet."""
+        return False
+
     def backlogged(self, g: Group) -> None:
         """``g`` went from no held requests to some, or its held set changed outside a charge."""
 

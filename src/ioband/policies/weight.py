@@ -232,6 +232,10 @@ class WeightPolicy(Policy):
             return R_YIELD
         return R_OK
 
+    def deserves_anticipation(self, g: Group) -> bool:
+        """It has tokens left in this epoch (or an epoch began since it last charged)."""
+        return g.token > 0 or self.epoch != g.my_epoch
+
     def restart(self) -> bool:
         """``make_global_epoch``: start a new epoch unless the dominant group still holds more
         than ~1/8 of its share while the device is busy (in-flight >= io_throttle, or the
