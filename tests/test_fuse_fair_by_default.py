@@ -1,0 +1,44 @@
+"""Fair by default through the FUSE mount (issue 12): the table sets no ``io_limit`` and no
+``io_throttle``. The method is that of ``test_fuse_fairness`` (an ext4 file system on a loop
+device throttled by blkio on the daemon's cgroup, ``direct = true``), with three fio processes
+in three real cgroups at weights 40/20/10 keeping four reads each outstanding: twelve, fewer
+than dm-ioband's io_limit of 192 and than the window the controller starts with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.test_fuse_fairness import (
+    RUNTIME,
+    WEIGHTS,
+    assert_shares,
+    bottleneck,  # noqa: F401  (a fixture)
+    client_cgroups,
+    in_cgroup,
+    measure,
+    start_daemon,
+    stop_daemon,
+)
+
+
+def fio(path: Path, name: str, jobs: int) -> list[str]:
+    return [
+        "fio", f"--name={name}", f"--filename={path}", "--rw=randread", "--bs=4k", "--direct=1",
+        "--ioengine=psync", f"--numjobs={jobs}", "--group_reporting", "--size=64M",
+        "--time_based", f"--runtime={RUNTIME}", "--output-format=json", "--status-interval=1",
+    ]  # fmt: skip
+
+
+def test_weights_hold_at_default_settings(bottleneck, tmp_path):  # noqa: F811
+    backfs, daemon_cg, cgroups = bottleneck
+    cgs = client_cgroups(f"ioband-fuse-fbd-{os.getpid()}", cgroups)
+    groups = " ".join(f"{cgs[n][1]}:{w}" for n, w in WEIGHTS.items())
+    table = f"0 0 ioband {backfs} 1 0 0 cgroup weight 0 :1 {groups}"  # defaults
+    daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
+    try:
+        ios = measure({n: in_cgroup(cgs[n][0], fio(mnt / n, n, 4)) for n in WEIGHTS})
+    finally:
+        stop_daemon(daemon, mnt)
+    assert_shares(ios)
