@@ -13,11 +13,13 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy --strict src/ioband/core src/ioband/policies
 	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy --strict src/ioband/core src/ioband/policies
 
 bench: install
 	$(PY) benchmarks/core_throughput.py

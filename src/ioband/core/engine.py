@@ -80,7 +80,7 @@ class Engine:
         self.linear_scan = linear_scan  # reference mode: every policy scans every group
         self.devices: dict[str, Device] = {}
         self.device_groups: dict[str, DeviceGroup] = {}
-        self._timers: list[tuple[int, int, Callable[..., None], tuple]] = []
+        self._timers: list[tuple[int, int, Callable[..., None], tuple[object, ...]]] = []
         self._timer_seq = 0
         self._group_seq = 0
         self._ready: deque[DeviceGroup] = deque()
@@ -149,7 +149,7 @@ class Engine:
         req.device = dev
         req.submit_time = self.now
         if dev.suspended:
-            req.group = None
+            req.group = None  # type: ignore[assignment]  # classified when it resumes
             req.state = WAITING
             dev.suspend_waiters.append(req)
             return False
@@ -470,9 +470,10 @@ class Engine:
                     return R_OK
                 req = g.queue.popleft()
             else:
-                req = policy.pop(g)
-                if req is None:
+                popped = policy.pop(g)
+                if popped is None:
                     return R_OK
+                req = popped
             c = req.sync
             if issued[c] >= limit:
                 if not g.prio_queue:
@@ -625,9 +626,9 @@ class Engine:
         policy = dp.policy
         dev.head = self._new_group(dev, ID_ANY)
         policy.group_added(dev.head, head_value, reshare=False)
-        for gid, value in extra.items():
+        for gid, group_value in extra.items():
             g = dev.groups[gid] = self._new_group(dev, gid)
-            policy.group_added(g, value, reshare=False)
+            policy.group_added(g, group_value, reshare=False)
         policy.reshare()
         dp.devices.append(dev)
         self.devices[name] = dev
@@ -737,7 +738,7 @@ class Engine:
 
     def _apply_scan_mode(self, dp: DeviceGroup) -> None:
         if self.linear_scan and hasattr(dp.policy, "linear"):
-            dp.policy.linear = True  # type: ignore[attr-defined]
+            dp.policy.linear = True
 
     def _switch_policy(self, dp: DeviceGroup, name: str, token_base: int) -> None:
         """Switch the device group's policy. Groups keep their held requests, which the new

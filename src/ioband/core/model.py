@@ -46,6 +46,25 @@ class Group:
         "timer_token", "maxbw_waitq",
     )  # fmt: skip
 
+    # Fields the owning policy sets in ``group_added`` (declared here for the type checker).
+    my_epoch: int
+    token: int
+    token_initial: int
+    limit_bucket: int
+    consumed: int
+    min_bw: int
+    max_bw: int
+    io_mode: int
+    slice_expired: bool
+    min_bw_token: int
+    max_bw_token: int
+    bw_consumed: int
+    over_max: bool
+    time_slice: int
+    slice_start: int
+    slice_end: int
+    timer_set: bool
+
     def __init__(self, gid: int, device: Device, seq: int) -> None:
         self.id = gid
         self.device = device

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ioband.core.model import Device, Group
 
 SECTOR_SHIFT = 9
 ASYNC = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
@@ -78,8 +82,8 @@ class Request:
         self.urgent = urgent
         self.tag = tag
         self.state: str | None = None
-        self.group = None
-        self.device = None
+        self.group: Group = None  # type: ignore[assignment]  # set when it is classified
+        self.device: Device = None  # type: ignore[assignment]  # set when it is submitted
         self.delayed = False
         self.submit_time = 0
         self.issue_time = 0

@@ -9,7 +9,7 @@ device enters "leftover" mode with random priorities 1..9. Units are KB/s; 1 KB 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
@@ -93,7 +93,7 @@ class RangeBwPolicy(Policy):
         g.slice_start = g.slice_end = 0
         g.time_slice = self.slice_base
         g.timer_set = False
-        lo, hi = value if value is not None else (0, 0)  # type: ignore[misc]
+        lo, hi = cast(tuple[int, int], value) if value is not None else (0, 0)
         self.set_range_bw(g, lo, hi, reshare=reshare)
 
     def group_removed(self, g: Group, *, reshare: bool = True) -> None:
@@ -249,7 +249,7 @@ class RangeBwPolicy(Policy):
     def restart(self) -> bool:
         return True
 
-    def hold_back(self, g: Group) -> deque[Request] | None:  # type: ignore[override]
+    def hold_back(self, g: Group) -> deque[Request] | None:
         """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""
         if g.io_mode != NO_IO_MODE:
             return None

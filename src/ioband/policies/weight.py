@@ -10,7 +10,7 @@ group, which gives the same answer (see ``WeightPolicy.choose``).
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
@@ -117,7 +117,7 @@ class WeightPolicy(Policy):
         g.token = g.token_initial = 1
         g.limit_bucket = 1
         g.weight = 0
-        self._store_weight(g, int(value) if value is not None else DEFAULT_WEIGHT)
+        self._store_weight(g, cast(int, value) if value is not None else DEFAULT_WEIGHT)
         if reshare:
             self.reshare()
 
