@@ -77,6 +77,17 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_weight") == 40
     assert ("ioband_tokens", g) in m
     assert v("ioband_held_requests") == 0
+    # every completed request is in the latency histogram, and held ones in the hold one
+    done = writes + v("ioband_requests_total", direction="read")
+    assert v("ioband_request_latency_seconds_count") == done
+    assert v("ioband_request_latency_seconds_bucket", le="+Inf") == done
+    assert v("ioband_request_hold_seconds_count") == done
+    assert 0 < v("ioband_request_latency_seconds_sum") < 60
+    assert v("ioband_request_hold_seconds_sum") <= v("ioband_request_latency_seconds_sum")
+    edges = sorted((float(lbl[1]), value) for (name, labels), value in m.items()
+                   if name == "ioband_request_latency_seconds_bucket" and ("device", "ioband1")
+                   in labels for lbl in labels if lbl[0] == "le")  # fmt: skip
+    assert [n for _, n in edges] == sorted(n for _, n in edges)  # cumulative
     dl = (("device", "ioband1"), ("device_group", "1"))
     assert v("ioband_inflight_requests", dl) == 0
     assert v("ioband_io_throttle", dl) >= 0

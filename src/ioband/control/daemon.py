@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
@@ -46,7 +47,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.hz = config.hz
-        self.engine = Engine(hz=config.hz, resolver=resolve)
+        # latencies are measured with the monotonic clock in ns (a jiffy is too coarse for them)
+        self.engine = Engine(hz=config.hz, resolver=resolve, clock_ns=time.monotonic_ns)
         self.exports: dict[str, Export] = {}
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None

@@ -15,8 +15,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ioband.core.histogram import counts_from_sparse, prometheus_buckets
 
 if TYPE_CHECKING:
     from ioband.control.daemon import Daemon
@@ -43,6 +50,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
                 "delayed": list(g.delayed),
                 "ticks_ms": [ms(g.ticks[0]), ms(g.ticks[1])],
                 "held": g.blocked[0] + g.blocked[1],
+                "latency": g.latency.sparse(),  # arrival to completion
+                "hold": g.hold.sparse(),  # arrival to dispatch
             }
             if family == "range-bw":
                 item["min_bw"] = g.min_bw
@@ -134,6 +143,16 @@ class EngineCollector:
         store_queue = GaugeMetricFamily("ioband_store_queue_requests",
                                         "Estimated requests waiting inside the backing store"
                                         " (adaptive window)", labels=dlabels)  # fmt: skip
+        latency_hist = HistogramMetricFamily(
+            "ioband_request_latency_seconds",
+            "Requests by time from arrival at ioband to completion (held, queued and served)",
+            labels=glabels,
+        )
+        hold_hist = HistogramMetricFamily(
+            "ioband_request_hold_seconds",
+            "Requests by time from arrival at ioband to dispatch to the store (held)",
+            labels=glabels,
+        )
         for dev in snap["devices"]:
             dl = [dev["name"], dev["device_group"]]
             inflight.add_metric(dl, dev["inflight"])
@@ -153,6 +172,9 @@ class EngineCollector:
                     nbytes.add_metric([*gl, direction], g["bytes"][i])
                     delayed.add_metric([*gl, direction], g["delayed"][i])
                 held.add_metric(gl, g["held"])
+                for family, hist in ((latency_hist, g["latency"]), (hold_hist, g["hold"])):
+                    family.add_metric(gl, prometheus_buckets(counts_from_sparse(hist)),
+                                      hist["sum_ns"] / 1e9)  # fmt: skip
                 if "weight" in g:
                     weight.add_metric(gl, g["weight"])
                     tokens.add_metric(gl, g["tokens"])
@@ -160,7 +182,8 @@ class EngineCollector:
                     min_bw.add_metric(gl, g["min_bw"])
                     max_bw.add_metric(gl, g["max_bw"])
         yield from (requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw, inflight,
-                    throttle, limit, policy, window, adaptive, latency, store_queue)  # fmt: skip
+                    throttle, limit, policy, window, adaptive, latency, store_queue,
+                    latency_hist, hold_hist)  # fmt: skip
 
 
 class MetricsServer:
