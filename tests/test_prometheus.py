@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import ioband
 from ioband.control.config import ConfigError, load_config
 from ioband.control.embedded import EmbeddedDaemon
 from ioband.control.metrics import snapshot
@@ -63,7 +66,7 @@ def test_scrape_after_qemu_io(daemon):
             "-c", "read -P 0xab 64k 64k", f"nbd+unix:///ioband1?socket={daemon.sock}"]  # fmt: skip
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
     m = scrape(port)
-    g = (("device", "ioband1"), ("device_group", "1"), ("group", "-1"))
+    g = (("device", "ioband1"), ("device_group", "1"), ("group", "default"))
 
     def v(name: str, labels: tuple = g, **extra: str) -> float:
         return m[(name, tuple(sorted((*labels, *extra.items()))))]
@@ -77,6 +80,8 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_weight") == 40
     assert ("ioband_tokens", g) in m
     assert v("ioband_held_requests") == 0
+    build = [labels for name, labels in m if name == "ioband_build_info"]
+    assert build and dict(build[0])["version"] == ioband.__version__
     # every completed request is in the latency histogram, and held ones in the hold one
     done = writes + v("ioband_requests_total", direction="read")
     assert v("ioband_request_latency_seconds_count") == done
@@ -103,8 +108,9 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_store_queue_requests", dl) == pytest.approx(dev["store_queue"])
     # the range-bw device: its band per group, its knobs, nothing transferred
     g2 = (("device", "ioband2"), ("device_group", "2"), ("group", "1000"))
-    assert v("ioband_min_bw_kbps", g2) == 300
-    assert v("ioband_max_bw_kbps", g2) == 600
+    assert v("ioband_min_bw_bytes_per_second", g2) == 300 * 1024  # KB/s of 2 sectors
+    assert v("ioband_max_bw_bytes_per_second", g2) == 600 * 1024
+    assert not any(name.endswith("_kbps") for name, _ in m)  # base units only
     assert v("ioband_bytes_total", g2, direction="read") == 0
     dl2 = (("device", "ioband2"), ("device_group", "2"))
     assert v("ioband_io_throttle", dl2) == 2
@@ -171,3 +177,41 @@ def test_window_metrics_follow_the_controller(daemon):
     assert m[("ioband_window_requests", dl)] == 3
     assert m[("ioband_service_latency_seconds", dl)] == pytest.approx(0.025)
     assert m[("ioband_store_queue_requests", dl)] == pytest.approx(1.5)
+
+
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_promtool_checks_the_scrape(daemon):
+    """``promtool check metrics`` (Debian's prometheus package) finds nothing to lint: names,
+    units in base units, _total counters, histograms with help."""
+    promtool = shutil.which("promtool")
+    require_real(promtool is not None, "promtool is not installed (scripts/install.sh does)")
+    text = scrape_text(daemon.daemon.metrics.port)
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip() == "" and res.stderr.strip() == "", (
+        res.stdout + res.stderr
+    )
+    # and Prometheus's own parser reads it whole
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["ioband_request_latency_seconds"].type == "histogram"
+    assert families["ioband_request_hold_seconds"].type == "histogram"
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana-dashboard.json"
+
+
+def test_every_metric_of_the_dashboard_exists_in_a_real_scrape(daemon):
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    named = {name for e in exprs for name in re.findall(r"\bioband_[a-z_]+\b", e)}
+    assert len(named) >= 15
+    text = scrape_text(daemon.daemon.metrics.port)
+    samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert not named - samples, f"the dashboard names metrics no scrape has: {named - samples}"
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["targets"] and panel["gridPos"]["w"] <= 24

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ioband import __version__
 from ioband.core.histogram import counts_from_sparse, prometheus_buckets
 
 if TYPE_CHECKING:
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ioband.metrics")
 DIRS = ("read", "write")
+KB = 1024  # range-bw's bandwidths are in KB/s of 2 sectors (dm-ioband's unit)
+
+
+def group_label(g: dict[str, Any]) -> str:
+    """What a group is called in metrics and ``top``: its cgroup path when the daemon knows one,
+    ``default`` for the default group (id -1), else its id."""
+    if g.get("path"):
+        return str(g["path"])
+    return "default" if g["id"] == -1 else str(g["id"])
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:
@@ -123,8 +134,13 @@ class EngineCollector:
         held = GaugeMetricFamily("ioband_held_requests", "Requests held now", labels=glabels)
         tokens = GaugeMetricFamily("ioband_tokens", "Tokens left (weight policies)", labels=glabels)
         weight = GaugeMetricFamily("ioband_weight", "Configured weight", labels=glabels)
-        min_bw = GaugeMetricFamily("ioband_min_bw_kbps", "range-bw minimum (KB/s)", labels=glabels)
-        max_bw = GaugeMetricFamily("ioband_max_bw_kbps", "range-bw maximum (KB/s)", labels=glabels)
+        min_bw = GaugeMetricFamily("ioband_min_bw_bytes_per_second",
+                                   "range-bw minimum bandwidth", labels=glabels)  # fmt: skip
+        max_bw = GaugeMetricFamily("ioband_max_bw_bytes_per_second",
+                                   "range-bw maximum bandwidth", labels=glabels)  # fmt: skip
+        build = GaugeMetricFamily("ioband_build_info", "ioband's version (always 1)",
+                                  labels=["version", "python"])  # fmt: skip
+        build.add_metric([__version__, platform.python_version()], 1)
         inflight = GaugeMetricFamily("ioband_inflight_requests", "Requests in flight",
                                      labels=dlabels)  # fmt: skip
         throttle = GaugeMetricFamily("ioband_io_throttle", "Device group io_throttle",
@@ -166,7 +182,7 @@ class EngineCollector:
             if dev["store_queue"] is not None:
                 store_queue.add_metric(dl, dev["store_queue"])
             for g in dev["groups"]:
-                gl = [*dl, str(g["id"])]
+                gl = [*dl, group_label(g)]
                 for i, direction in enumerate(DIRS):
                     requests.add_metric([*gl, direction], g["ios"][i])
                     nbytes.add_metric([*gl, direction], g["bytes"][i])
@@ -179,10 +195,10 @@ class EngineCollector:
                     weight.add_metric(gl, g["weight"])
                     tokens.add_metric(gl, g["tokens"])
                 else:
-                    min_bw.add_metric(gl, g["min_bw"])
-                    max_bw.add_metric(gl, g["max_bw"])
-        yield from (requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw, inflight,
-                    throttle, limit, policy, window, adaptive, latency, store_queue,
+                    min_bw.add_metric(gl, g["min_bw"] * KB)
+                    max_bw.add_metric(gl, g["max_bw"] * KB)
+        yield from (build, requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw,
+                    inflight, throttle, limit, policy, window, adaptive, latency, store_queue,
                     latency_hist, hold_hist)  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ioband.control.client import SOCKET_ENV, Unreachable, call, socket_path
+from ioband.control.metrics import group_label
 from ioband.core.histogram import counts_from_sparse, percentile
 from ioband.errors import EXIT_STATUS, IobandError
 
@@ -25,14 +26,6 @@ PERCENTILES = (("p50", 0.50), ("p99", 0.99))
 
 def _groups(snap: dict[str, Any]) -> dict[Key, tuple[dict[str, Any], dict[str, Any]]]:
     return {(d["name"], g["id"]): (d, g) for d in snap["devices"] for g in d["groups"]}
-
-
-def group_label(g: dict[str, Any]) -> str:
-    """What a group is called: its cgroup path when the daemon reports one, ``default`` for
-    the default group (id -1), else its id."""
-    if g.get("path"):
-        return str(g["path"])
-    return "default" if g["id"] == -1 else str(g["id"])
 
 
 def window_text(dev: dict[str, Any]) -> str:
