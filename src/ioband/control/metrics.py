@@ -29,6 +29,8 @@ from ioband.core.histogram import counts_from_sparse, prometheus_buckets
 
 if TYPE_CHECKING:
     from ioband.control.daemon import Daemon
+    from ioband.core.engine import Engine
+    from ioband.core.model import Group
 
 log = logging.getLogger("ioband.metrics")
 DIRS = ("read", "write")
@@ -41,6 +43,22 @@ def group_label(g: dict[str, Any]) -> str:
     if g.get("path"):
         return str(g["path"])
     return "default" if g["id"] == -1 else str(g["id"])
+
+
+def group_counters(engine: Engine, g: Group) -> dict[str, Any]:
+    """A group's status counters by name (``status --json``): what the legacy columns and the
+    diskstats columns hold, times in ms."""
+    ms = engine.ms
+    busy = g.io_ticks + (engine.now - g.busy_since if g.active else 0)
+    return {
+        "id": g.id, "group": "default" if g.id == -1 else str(g.id),
+        "reads": g.ios[0], "read_delayed": g.delayed[0], "read_sectors": g.sectors[0],
+        "read_ms": ms(g.ticks[0]),
+        "writes": g.ios[1], "write_delayed": g.delayed[1], "write_sectors": g.sectors[1],
+        "write_ms": ms(g.ticks[1]),
+        "held": g.blocked[0] + g.blocked[1], "io_ms": ms(busy),
+        "time_in_queue_ms": ms(g.time_in_queue),
+    }  # fmt: skip
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:
