@@ -115,6 +115,7 @@ class ControlServer:
                 writer.close()
                 return
             self._per_uid[uid] += 1
+        log.debug("control connection from pid %d uid %d", cred[0], uid)  # ioband daemon -v
         self._clients.add(writer)
         try:
             while True:

@@ -162,6 +162,7 @@ class Connection(asyncio.Protocol):
         )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
+        log.debug("NBD connection from %s", self.peer.describe())  # ioband daemon -v
 
     @property
     def writable(self) -> bool:
@@ -197,6 +198,10 @@ class Connection(asyncio.Protocol):
         self.daemon.connections.discard(self)
         if self.export is not None:
             self.export.connections.discard(self)
+        if self.codec is not None:  # admitted (a refused one was logged as refused)
+            log.debug("NBD connection from %s closed: %d request(s) answered%s",
+                      self.peer.describe(), self.answered,
+                      f" ({exc})" if exc is not None else "")  # fmt: skip
         # Requests already handed to the core still run to completion: nothing is lost, the
         # replies just have nowhere to go.
 
@@ -323,6 +328,9 @@ class Connection(asyncio.Protocol):
                     self._handshake_timer = None
                 self.export = self.daemon.exports[event.name]
                 self.export.connections.add(self)
+                mode = "read-write" if self.writable else "read-only"
+                log.debug("NBD connection from %s: export %r (%s)", self.peer.describe(),
+                          event.name, mode)  # fmt: skip
             elif isinstance(event, nbd.StartTls):
                 self.upgrading = True
             elif isinstance(event, nbd.Disconnect):
