@@ -34,7 +34,7 @@ fi
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
