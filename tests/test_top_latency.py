@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,24 @@ def start(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subprocess.Popen
     pytest.fail("daemon did not start")
 
 
+def top_in_tmux(control: str) -> str | None:
+    """``ioband top`` in an 80x24 tmux terminal, captured after two frames (None without
+    tmux)."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        return None
+    session = f"ioband-lat-{os.getpid()}"
+    argv = f"{sys.executable} -m ioband top --socket {control} --interval 1"
+    subprocess.run([tmux, "new-session", "-d", "-x", "80", "-y", "24", "-s", session, argv],
+                   check=True, env={"PATH": "/usr/bin:/bin", "TERM": "xterm"})  # fmt: skip
+    try:
+        time.sleep(3.5)
+        return subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False)
+
+
 @pytest.mark.parametrize("io_limit", [0, 16], ids=["adaptive", "io_limit16"])
 def test_top_latency_matches_fio(bottleneck, tmp_path, io_limit):
     """``io_limit 0`` (the default): the window adapts and most of the wait is in the store;
@@ -107,6 +126,7 @@ def test_top_latency_matches_fio(bottleneck, tmp_path, io_limit):
                                 text=True)
             for n in WEIGHTS
         }  # fmt: skip
+        screen = top_in_tmux(control) if io_limit == 0 else None
         fio = {}
         for name, proc in clients.items():
             out, _ = proc.communicate(timeout=RUNTIME + 60)
@@ -121,6 +141,11 @@ def test_top_latency_matches_fio(bottleneck, tmp_path, io_limit):
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+    if screen is not None:  # the live view at 80 columns, during the same run
+        print(screen)
+        assert max(map(len, screen.splitlines())) <= 80 and "…" not in screen
+        for name in WEIGHTS:
+            assert any(ln.split()[-1:] == [str(cgs[name][1])] for ln in screen.splitlines())
     frame = json.loads(out)
     by_id = {g["id"]: g for g in frame["devices"][0]["groups"]}
     misses = []

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ioband.control.client import SOCKET_ENV, Unreachable, call, socket_path
 from ioband.control.metrics import group_label
@@ -139,8 +140,10 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group | Table:
         return table
     parts: list[Any] = [title]
     for dev in data["devices"]:
-        table = Table(title=_device_title(dev), title_justify="left", box=box.SIMPLE_HEAD,
-                      show_edge=False, pad_edge=False, padding=(0, 1),
+        if len(parts) > 1:
+            parts.append(Text(""))
+        parts.append(Text.from_markup(_device_title(dev)))  # as wide as the screen, not the table
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
                       collapse_padding=True)  # fmt: skip
         for col in COLUMNS[:-1]:
             table.add_column(col, justify="right", no_wrap=True)

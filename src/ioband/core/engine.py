@@ -78,7 +78,8 @@ class Engine:
         self.now = 0
         # The fine clock latencies are measured with (a request is far shorter than a jiffy):
         # front ends inject a monotonic nanosecond clock; the default follows the jiffies.
-        self.clock_ns: Callable[[], int] = clock_ns or (lambda: self.now * 1_000_000_000 // hz)
+        ns_per_jiffy = 1_000_000_000 // hz
+        self.clock_ns: Callable[[], int] = clock_ns or (lambda: self.now * ns_per_jiffy)
         self.resolver = resolver or default_resolver
         self.rng = random.Random(seed)
         self.linear_scan = linear_scan  # reference mode: every policy scans every group
