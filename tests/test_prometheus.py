@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -215,3 +219,62 @@ def test_every_metric_of_the_dashboard_exists_in_a_real_scrape(daemon):
     assert not named - samples, f"the dashboard names metrics no scrape has: {named - samples}"
     for panel in dashboard["panels"]:
         assert panel["title"] and panel["targets"] and panel["gridPos"]["w"] <= 24
+
+
+def grafana_queries(dashboard: dict) -> list[str]:
+    """Every panel's PromQL with Grafana's variables given values: all devices, a 10 s rate."""
+    return [t["expr"].replace("$device", ".*").replace("$__rate_interval", "10s")
+            for p in dashboard["panels"] for t in p["targets"]]  # fmt: skip
+
+
+def test_the_dashboard_queries_answer_on_a_real_prometheus(daemon, tmp_path):
+    """A real Prometheus (Debian's) scrapes the daemon every second during real I/O; every
+    query of the dashboard then parses and returns series."""
+    prometheus = shutil.which("prometheus")
+    require_real(prometheus is not None, "prometheus is not installed (scripts/install.sh does)")
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed (scripts/install.sh installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: ioband\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{daemon.daemon.metrics.port}']\n"
+    )
+    server = subprocess.Popen([prometheus, f"--config.file={config}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> dict:
+        url = f"{api}/query?{urllib.parse.urlencode({'query': expr})}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        uri = f"nbd+unix:///ioband1?socket={daemon.sock}"
+        while time.monotonic() < deadline:  # I/O until Prometheus has rates of it
+            subprocess.run([qemu_io, "-f", "raw", "-c", "write -P 1 0 1M", "-c", "read 0 1M", uri],
+                           check=True, capture_output=True, timeout=60)  # fmt: skip
+            with contextlib.suppress(OSError):
+                got = query("rate(ioband_request_latency_seconds_count[10s]) > 0")
+                if len(got["data"]["result"]) >= 1:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("Prometheus never saw a latency rate")
+        dashboard = json.loads(DASHBOARD.read_text())
+        empty = []
+        for expr in grafana_queries(dashboard):
+            answer = query(expr)
+            assert answer["status"] == "success", (expr, answer)
+            if not answer["data"]["result"]:
+                empty.append(expr)
+        assert not empty, f"queries with no series: {empty}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

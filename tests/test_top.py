@@ -88,6 +88,26 @@ def test_top_unreachable_and_bad_interval(tmp_path: Path):
                          timeout=60)  # fmt: skip
     assert res.returncode == 1 and "cannot reach" in res.stderr
     assert "Traceback" not in res.stderr
+    res = subprocess.run([PYTHON, "-m", "ioband", "top", "--once", "--json", "--socket",
+                          str(tmp_path / "none.sock")], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["error"]["errno"] == "EHOSTUNREACH"
+
+
+def test_top_json_against_a_daemon(tmp_path: Path):
+    with control_daemon() as ctl:
+        disk = backing(tmp_path, "d1", SECTORS)
+        ctl.ok("create", "ioband1", "--table", f"0 {SECTORS} ioband {disk} 1 0 0 none weight 0 :40")
+        _io(ctl, "ioband1", "write -P 1 0 1M")
+        (line,) = ctl.ok("top", "--once", "--json", "--interval", "0.2").splitlines()
+        data = json.loads(line)
+        (dev,) = data["devices"]
+        (g,) = dev["groups"]
+        assert g["group"] == "default" and g["iops"] == 0  # nothing in the interval
+        assert g["latency_ms"] == {"mean": None, "p50": None, "p99": None, "count": 0}
+        snap = call(ctl.socket, "stats")
+        assert snap["devices"][0]["groups"][0]["latency"]["count"] >= 1  # the write, before
 
 
 def _hist(values_us: list[int]) -> dict:

@@ -166,6 +166,12 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group | Table:
     return Group(*parts)
 
 
+def _json_error(errno_name: str, message: str) -> str:
+    """A refusal as the other commands print it with ``--json``."""
+    return json.dumps({"ok": False, "command": "top",
+                       "error": {"errno": errno_name, "message": message}})  # fmt: skip
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     path = socket_path(args.socket)
     if args.interval <= 0:
@@ -196,9 +202,13 @@ def cmd_top(args: argparse.Namespace) -> int:
         return 0
     except Unreachable as err:
         print(f"ioband top: {err}", file=sys.stderr)
+        if args.json:
+            print(_json_error("EHOSTUNREACH", str(err)))
         return 1
     except IobandError as err:
         print(f"ioband top: {err.describe()}", file=sys.stderr)
+        if args.json:
+            print(_json_error(err.errno_name, err.describe()))
         return EXIT_STATUS.get(err.errno_name, 1)
 
 
