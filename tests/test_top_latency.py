@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ioband.control.client import call
+from tests.conftest import require_real
 from tests.test_nbd_fairness import (
     client_cgroups,
     in_cgroup,
@@ -172,12 +174,8 @@ def test_commands_behind_a_waiting_one_are_answered_in_full(bottleneck, tmp_path
     held, and the submitter waits; the server reads the rest behind it, stamped, and runs them
     in order once it is admitted. Every read is answered with its data, and each is counted
     once in both histograms, its wait in its hold."""
-    import shutil as _shutil
-
-    from ioband.control.client import call
-
-    qemu_io = _shutil.which("qemu-io")
-    assert qemu_io is not None
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed (scripts/install.sh installs it)")
     loop, daemon_cg, _ = bottleneck
     table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 4 none weight 0 :100"
     daemon, sock, control = start(tmp_path, daemon_cg, table)
