@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean man
 
 install:
 	./scripts/install.sh
@@ -20,6 +20,9 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy --strict src/ioband/core src/ioband/policies
+
+man: install
+	$(PY) scripts/manpage.py docs/ioband.1
 
 bench: install
 	$(PY) benchmarks/core_throughput.py

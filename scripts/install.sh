@@ -9,8 +9,10 @@ VENV=${VENV:-.venv}
 
 # NBD clients and peers used by the tests, the demo and the benchmarks; FUSE (libfuse3 and the
 # headers pyfuse3 builds against); programs the FUSE tests run through a mount; openssl, whose
-# CLI makes the certificates of the NBD TLS tests.
-DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar openssl)
+# CLI makes the certificates of the NBD TLS tests; prometheus for promtool, which lints the
+# metrics endpoint; tmux, the 80-column terminal of the top test.
+DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar openssl
+    prometheus tmux)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -32,7 +34,7 @@ fi
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

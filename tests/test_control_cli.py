@@ -298,3 +298,58 @@ def test_cli_fuzz_clear_errors_nothing_changed(ctl, tmp_path, command, argv):
         assert err.strip(), (command, argv)
         assert rc in (1, *EXIT_STATUS.values()), (command, argv, rc, err)
     assert ctl.ok("table") == before
+
+
+def test_every_command_answers_json(ctl, tmp_path):
+    """``--json`` on every read and every change: structured answers, ``{"ok": true, ...}`` for
+    a change, ``{"ok": false, "error": ...}`` (with the exit status) for a refusal."""
+    path = backing(tmp_path, "d", 2048)
+    made = json.loads(ctl.ok("create", "a", "--json", "--table",
+                             f"0 2048 ioband {path} 1 0 0 user weight 0 :10"))  # fmt: skip
+    assert made == {"ok": True, "command": "create", "name": "a",
+                    "table": f"0 2048 ioband {path} 1 0 0 user weight 0 :10"}  # fmt: skip
+    sent = json.loads(ctl.ok("message", "a", "0", "attach", "1000", "--json"))
+    assert sent == {"ok": True, "command": "message", "name": "a", "words": ["attach", "1000"]}
+    for op in ("suspend", "resume"):
+        assert json.loads(ctl.ok(op, "a", "--json")) == {"ok": True, "command": op, "name": "a"}
+    (table,) = json.loads(ctl.ok("table", "a", "--json"))
+    assert table["type"] == "user" and table["policy"] == "weight" and table["io_limit"] == 0
+    assert table["device_group"] == "1" and table["groups"] == ["1000:100"]
+    assert table["default_param"] == "10" and table["device"] == path
+    (status,) = json.loads(ctl.ok("status", "a", "--json"))
+    assert status["status"].startswith("0 2048 ioband 1")  # the line, and the same by name
+    assert status["device_group"] == "1" and status["length"] == 2048
+    default, attached = status["groups"]
+    assert default["id"] == -1 and default["group"] == "default"
+    assert attached["id"] == 1000 and attached["group"] == "1000"
+    for key in ("reads", "read_delayed", "read_sectors", "read_ms", "writes", "write_delayed",
+                "write_sectors", "write_ms", "held", "io_ms", "time_in_queue_ms"):  # fmt: skip
+        assert isinstance(default[key], int), key
+    (diskstats,) = json.loads(ctl.ok("status", "a", "--format", "diskstats", "--json"))
+    assert diskstats["groups"] == status["groups"]
+    # a refusal: the error as JSON on stdout, the message on stderr, the errno's exit status
+    rc, out, err = ctl.run("message", "a", "0", "wieght", "1000:5", "--json")
+    refused = json.loads(out)
+    assert rc == EXIT_STATUS["EINVAL"] and refused["ok"] is False
+    assert refused["command"] == "message" and refused["error"]["errno"] == "EINVAL"
+    assert refused["error"]["message"] in err
+    rc, out, _ = ctl.run("remove", "nope", "--json")
+    assert rc == EXIT_STATUS["ENODEV"] and json.loads(out)["error"]["errno"] == "ENODEV"
+    assert json.loads(ctl.ok("remove", "a", "--json")) == {"ok": True, "command": "remove",
+                                                          "name": "a"}  # fmt: skip
+    rc, out, _ = ctl.run("status", "--json", "--socket", str(tmp_path / "none.sock"))
+    assert rc == 1 and json.loads(out)["error"]["errno"] == "EHOSTUNREACH"
+
+
+def test_cgroup_entries_shape():
+    from ioband.control.commands import cgroup_entries
+
+    text = ("vg0 policy=weight io_throttle=4 io_limit=192 token=768\n  vg0-lv0\n  vg0-lv1\n"
+            "vg0-lv0 40\nsda rbytes=4096 wbytes=0\n12345\n")  # fmt: skip
+    vg0, lv0, sda, ident = cgroup_entries(text)
+    assert vg0 == {"name": "vg0", "values": [], "members": ["vg0-lv0", "vg0-lv1"],
+                   "fields": {"policy": "weight", "io_throttle": 4, "io_limit": 192,
+                              "token": 768}}  # fmt: skip
+    assert lv0 == {"name": "vg0-lv0", "values": [40], "fields": {}}
+    assert sda["fields"] == {"rbytes": 4096, "wbytes": 0}
+    assert ident["name"] == 12345

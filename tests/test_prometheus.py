@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import ioband
 from ioband.control.config import ConfigError, load_config
 from ioband.control.embedded import EmbeddedDaemon
 from ioband.control.metrics import snapshot
@@ -63,7 +70,7 @@ def test_scrape_after_qemu_io(daemon):
             "-c", "read -P 0xab 64k 64k", f"nbd+unix:///ioband1?socket={daemon.sock}"]  # fmt: skip
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
     m = scrape(port)
-    g = (("device", "ioband1"), ("device_group", "1"), ("group", "-1"))
+    g = (("device", "ioband1"), ("device_group", "1"), ("group", "default"))
 
     def v(name: str, labels: tuple = g, **extra: str) -> float:
         return m[(name, tuple(sorted((*labels, *extra.items()))))]
@@ -77,6 +84,19 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_weight") == 40
     assert ("ioband_tokens", g) in m
     assert v("ioband_held_requests") == 0
+    build = [labels for name, labels in m if name == "ioband_build_info"]
+    assert build and dict(build[0])["version"] == ioband.__version__
+    # every completed request is in the latency histogram, and held ones in the hold one
+    done = writes + v("ioband_requests_total", direction="read")
+    assert v("ioband_request_latency_seconds_count") == done
+    assert v("ioband_request_latency_seconds_bucket", le="+Inf") == done
+    assert v("ioband_request_hold_seconds_count") == done
+    assert 0 < v("ioband_request_latency_seconds_sum") < 60
+    assert v("ioband_request_hold_seconds_sum") <= v("ioband_request_latency_seconds_sum")
+    edges = sorted((float(lbl[1]), value) for (name, labels), value in m.items()
+                   if name == "ioband_request_latency_seconds_bucket" and ("device", "ioband1")
+                   in labels for lbl in labels if lbl[0] == "le")  # fmt: skip
+    assert [n for _, n in edges] == sorted(n for _, n in edges)  # cumulative
     dl = (("device", "ioband1"), ("device_group", "1"))
     assert v("ioband_inflight_requests", dl) == 0
     assert v("ioband_io_throttle", dl) >= 0
@@ -92,8 +112,9 @@ def test_scrape_after_qemu_io(daemon):
     assert v("ioband_store_queue_requests", dl) == pytest.approx(dev["store_queue"])
     # the range-bw device: its band per group, its knobs, nothing transferred
     g2 = (("device", "ioband2"), ("device_group", "2"), ("group", "1000"))
-    assert v("ioband_min_bw_kbps", g2) == 300
-    assert v("ioband_max_bw_kbps", g2) == 600
+    assert v("ioband_min_bw_bytes_per_second", g2) == 300 * 1024  # KB/s of 2 sectors
+    assert v("ioband_max_bw_bytes_per_second", g2) == 600 * 1024
+    assert not any(name.endswith("_kbps") for name, _ in m)  # base units only
     assert v("ioband_bytes_total", g2, direction="read") == 0
     dl2 = (("device", "ioband2"), ("device_group", "2"))
     assert v("ioband_io_throttle", dl2) == 2
@@ -160,3 +181,100 @@ def test_window_metrics_follow_the_controller(daemon):
     assert m[("ioband_window_requests", dl)] == 3
     assert m[("ioband_service_latency_seconds", dl)] == pytest.approx(0.025)
     assert m[("ioband_store_queue_requests", dl)] == pytest.approx(1.5)
+
+
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_promtool_checks_the_scrape(daemon):
+    """``promtool check metrics`` (Debian's prometheus package) finds nothing to lint: names,
+    units in base units, _total counters, histograms with help."""
+    promtool = shutil.which("promtool")
+    require_real(promtool is not None, "promtool is not installed (scripts/install.sh does)")
+    text = scrape_text(daemon.daemon.metrics.port)
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip() == "" and res.stderr.strip() == "", (
+        res.stdout + res.stderr
+    )
+    # and Prometheus's own parser reads it whole
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["ioband_request_latency_seconds"].type == "histogram"
+    assert families["ioband_request_hold_seconds"].type == "histogram"
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana-dashboard.json"
+
+
+def test_every_metric_of_the_dashboard_exists_in_a_real_scrape(daemon):
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    named = {name for e in exprs for name in re.findall(r"\bioband_[a-z_]+\b", e)}
+    assert len(named) >= 15
+    text = scrape_text(daemon.daemon.metrics.port)
+    samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert not named - samples, f"the dashboard names metrics no scrape has: {named - samples}"
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["targets"] and panel["gridPos"]["w"] <= 24
+
+
+def grafana_queries(dashboard: dict) -> list[str]:
+    """Every panel's PromQL with Grafana's variables given values: all devices, a 10 s rate."""
+    return [t["expr"].replace("$device", ".*").replace("$__rate_interval", "10s")
+            for p in dashboard["panels"] for t in p["targets"]]  # fmt: skip
+
+
+def test_the_dashboard_queries_answer_on_a_real_prometheus(daemon, tmp_path):
+    """A real Prometheus (Debian's) scrapes the daemon every second during real I/O; every
+    query of the dashboard then parses and returns series."""
+    prometheus = shutil.which("prometheus")
+    require_real(prometheus is not None, "prometheus is not installed (scripts/install.sh does)")
+    qemu_io = shutil.which("qemu-io")
+    require_real(qemu_io is not None, "qemu-io is not installed (scripts/install.sh installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: ioband\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{daemon.daemon.metrics.port}']\n"
+    )
+    server = subprocess.Popen([prometheus, f"--config.file={config}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> dict:
+        url = f"{api}/query?{urllib.parse.urlencode({'query': expr})}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        uri = f"nbd+unix:///ioband1?socket={daemon.sock}"
+        while time.monotonic() < deadline:  # I/O until Prometheus has rates of it
+            subprocess.run([qemu_io, "-f", "raw", "-c", "write -P 1 0 1M", "-c", "read 0 1M", uri],
+                           check=True, capture_output=True, timeout=60)  # fmt: skip
+            with contextlib.suppress(OSError):
+                got = query("rate(ioband_request_latency_seconds_count[10s]) > 0")
+                if len(got["data"]["result"]) >= 1:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("Prometheus never saw a latency rate")
+        dashboard = json.loads(DASHBOARD.read_text())
+        empty = []
+        for expr in grafana_queries(dashboard):
+            answer = query(expr)
+            assert answer["status"] == "success", (expr, answer)
+            if not answer["data"]["result"]:
+                empty.append(expr)
+        assert not empty, f"queries with no series: {empty}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

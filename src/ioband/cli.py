@@ -239,6 +239,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# ioband completion
+
+
+def add_completion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or tcsh)",
+        description="Print the completion script of SHELL, generated from ioband's own argument "
+        "definitions (shtab). bash: ioband completion bash > "
+        "/usr/share/bash-completion/completions/ioband (or source it from ~/.bashrc).",
+    )
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "tcsh"))
+    p.set_defaults(func=cmd_completion)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Dispatcher
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -249,6 +272,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_control_commands,
     add_top,
     add_blkiofs,
+    add_completion,
 ]
 
 

@@ -132,10 +132,10 @@ def render(phases: Phases, pids: list[int], elapsed: float, window: str) -> Tabl
 
 
 def plot(path: Path, times: list[float], shares: list[list[float]], half: float) -> None:
-    import matplotlib
+    """Raises ``PlotsUnavailable`` without matplotlib (the optional extra ``ioband[plot]``)."""
+    from ioband.experiments.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
     wsum = sum(WEIGHTS)
@@ -233,8 +233,13 @@ def run_demo(seconds: float = 20.0, plot_path: Path | None = Path("ioband-demo.p
         console.print(f"  {'requests/s (all three)':<23}   " + "   ".join(rates))
         console.print(f"  {window}")
         if plot_path is not None and times:
-            plot(plot_path, times, shares, half)
-            console.print(f"plot written to {plot_path}")
+            from ioband.experiments.plotting import PlotsUnavailable
+
+            try:
+                plot(plot_path, times, shares, half)
+                console.print(f"plot written to {plot_path}")
+            except PlotsUnavailable as err:
+                console.print(f"no plot: {err}", markup=False)
         return 0
     finally:
         for proc in clients:

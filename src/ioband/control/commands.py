@@ -1,9 +1,12 @@
 """dmsetup-compatible commands: ``ioband create|remove|message|table|status|ls|suspend|resume|
 targets``, and ``ioband reload``, each one request to the daemon's control socket.
 
-Output lines are dmsetup's, ``NAME: <start> <len> ioband ...``; ``--json`` prints the daemon's
-answer for scripts. A refused request prints its message and exits with the status of its errno
-(``ioband.errors.EXIT_STATUS``); an unreachable daemon exits 1.
+Output lines are dmsetup's, ``NAME: <start> <len> ioband ...``; ``--json`` prints one JSON
+document for scripts, on every command: a read's answer, structured (README, "JSON output"), a
+change's ``{"ok": true, "command": ..., ...}``, and a refusal's ``{"ok": false, "command": ...,
+"error": {"errno": ..., "message": ...}}`` (the message also goes to stderr). A refused request
+exits with the status of its errno (``ioband.errors.EXIT_STATUS``); an unreachable daemon exits
+1.
 """
 
 from __future__ import annotations
@@ -27,22 +30,40 @@ def _common(p: argparse.ArgumentParser, *, reads: bool) -> None:
     p.add_argument("--socket", metavar="PATH",
                    help=f"the daemon's control socket (default ${SOCKET_ENV}, else "
                    "/run/ioband/control.sock)")  # fmt: skip
-    if reads:
-        p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (for scripts)" if reads else
+                   'print {"ok": true, ...} or the error as JSON (for scripts)')  # fmt: skip
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2))
 
 
 def _run(command: str, args: argparse.Namespace, op: str, show: Callable[[Any], None] | None,
-         **fields: Any) -> int:  # fmt: skip
+         *, shape: Callable[[Any], Any] | None = None, **fields: Any) -> int:  # fmt: skip
+    """One request. ``show``: how a read prints its answer (None: a change, silent as dmsetup);
+    ``shape``: how ``--json`` structures the answer (default: as the daemon sent it, or for a
+    change ``{"ok": true, "command": ..., <the request's fields>}``)."""
+    as_json = getattr(args, "json", False)
     try:
         result = call(socket_path(args.socket), op, **fields)
-    except Unreachable as err:
-        print(f"{PROG} {command}: {err}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except IobandError as err:
-        print(f"{PROG} {command}: {err.describe()}", file=sys.stderr)
-        return EXIT_STATUS.get(err.errno_name, 1)
-    if getattr(args, "json", False):
-        print(json.dumps(result, indent=2))
+    except (Unreachable, IobandError) as err:
+        unreachable = isinstance(err, Unreachable)
+        text = str(err) if unreachable else err.describe()
+        print(f"{PROG} {command}: {text}", file=sys.stderr)
+        errno_name = "EHOSTUNREACH" if unreachable else err.errno_name
+        if as_json:
+            _print_json({"ok": False, "command": command,
+                         "error": {"errno": errno_name, "message": text}})  # fmt: skip
+        return EXIT_UNREACHABLE if unreachable else EXIT_STATUS.get(errno_name, 1)
+    if as_json:
+        if shape is not None:
+            _print_json(shape(result))
+        elif show is None:
+            sent = {k: v for k, v in fields.items() if v is not None}
+            _print_json({"ok": True, "command": command, **sent})
+        else:
+            _print_json(result)
     elif show is not None:
         show(result)
     return 0
@@ -155,8 +176,45 @@ def cmd_cgroup(args: argparse.Namespace) -> int:
     def show(result: str) -> None:
         print(result, end="")
 
-    return _run(f"cgroup {args.file}", args, "cgroup", show, file=args.file, cgroup=args.cgroup,
-                value=value)  # fmt: skip
+    def shape(result: str) -> dict[str, Any]:
+        if value is not None:
+            return {"ok": True, "command": "cgroup", "file": args.file, "cgroup": args.cgroup,
+                    "value": value}  # fmt: skip
+        return {"file": args.file, "cgroup": args.cgroup, "text": result,
+                "entries": cgroup_entries(result)}  # fmt: skip
+
+    return _run(f"cgroup {args.file}", args, "cgroup", show, shape=shape, file=args.file,
+                cgroup=args.cgroup, value=value)  # fmt: skip
+
+
+def cgroup_entries(text: str) -> list[dict[str, Any]]:
+    """A cgroup file's lines as data: the first word names the entry (a device, a device group,
+    or the cgroup id), then ``key=value`` words as fields and the other words as ``values``
+    (numbers as numbers); an indented line is a member of the entry above (``members``)."""
+
+    def scalar(word: str) -> int | str:
+        try:
+            return int(word)
+        except ValueError:
+            return word
+
+    entries: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if line[:1].isspace() and entries:
+            entries[-1].setdefault("members", []).append(line.strip())
+            continue
+        entry: dict[str, Any] = {"name": scalar(words[0]), "values": [], "fields": {}}
+        for word in words[1:]:
+            key, eq, val = word.partition("=")
+            if eq:
+                entry["fields"][key] = scalar(val)
+            else:
+                entry["values"].append(scalar(word))
+        entries.append(entry)
+    return entries
 
 
 # -- parsers -------------------------------------------------------------------------------------

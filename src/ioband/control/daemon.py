@@ -13,9 +13,11 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
+from ioband.control import sdnotify
 from ioband.control import state as persist
 from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
 from ioband.control.config import (
@@ -46,7 +48,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.hz = config.hz
-        self.engine = Engine(hz=config.hz, resolver=resolve)
+        # latencies are measured with the monotonic clock in ns (a jiffy is too coarse for them)
+        self.engine = Engine(hz=config.hz, resolver=resolve, clock_ns=time.monotonic_ns)
         self.exports: dict[str, Export] = {}
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None
@@ -488,6 +491,8 @@ class Daemon:
                 self.save_state()
 
     def request_stop(self) -> None:
+        if not self._stopped.is_set():
+            sdnotify.stopping()
         self._stopped.set()
 
     # -- SIGHUP ------------------------------------------------------------------------------
@@ -500,7 +505,19 @@ class Daemon:
         self.reload_file()
 
     def reload_file(self) -> Outcome:
-        """``ioband reload``: re-read the configuration file, as SIGHUP does."""
+        """``ioband reload``: re-read the configuration file, as SIGHUP does; systemd is told
+        (``RELOADING=1``, then ``READY=1`` with the outcome as its status)."""
+        sdnotify.reloading()
+        outcome = self._reload_file()
+        sdnotify.ready(self.status_text() if outcome else f"reload refused: {outcome.refused}")
+        return outcome
+
+    def status_text(self) -> str:
+        """What ``systemctl status`` shows: the exports and sockets served."""
+        return (f"{len(self.engine.devices)} device(s); NBD on {self.config.unix_socket}"
+                + (f", control on {self.control.path}" if self.control.path else ""))  # fmt: skip
+
+    def _reload_file(self) -> Outcome:
         path = self.config_path
         if path is None:
             return Outcome(refused="no configuration file to re-read: the daemon was not"
@@ -702,6 +719,7 @@ class Daemon:
         if self.control.path:
             log.info("control socket %s, state file %s", self.control.path,
                      self.config.state_file or "(none)")  # fmt: skip
+        sdnotify.ready(self.status_text())  # every socket is listening (Type=notify)
         try:
             await self._stopped.wait()
         finally:

@@ -11,18 +11,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ioband import __version__
+from ioband.core.histogram import counts_from_sparse, prometheus_buckets
 
 if TYPE_CHECKING:
     from ioband.control.daemon import Daemon
+    from ioband.core.engine import Engine
+    from ioband.core.model import Group
 
 log = logging.getLogger("ioband.metrics")
 DIRS = ("read", "write")
+KB = 1024  # range-bw's bandwidths are in KB/s of 2 sectors (dm-ioband's unit)
+
+
+def group_label(g: dict[str, Any]) -> str:
+    """What a group is called in metrics and ``top``: its cgroup path when the daemon knows one,
+    ``default`` for the default group (id -1), else its id."""
+    if g.get("path"):
+        return str(g["path"])
+    return "default" if g["id"] == -1 else str(g["id"])
+
+
+def group_counters(engine: Engine, g: Group) -> dict[str, Any]:
+    """A group's status counters by name (``status --json``): what the legacy columns and the
+    diskstats columns hold, times in ms."""
+    ms = engine.ms
+    busy = g.io_ticks + (engine.now - g.busy_since if g.active else 0)
+    return {
+        "id": g.id, "group": "default" if g.id == -1 else str(g.id),
+        "reads": g.ios[0], "read_delayed": g.delayed[0], "read_sectors": g.sectors[0],
+        "read_ms": ms(g.ticks[0]),
+        "writes": g.ios[1], "write_delayed": g.delayed[1], "write_sectors": g.sectors[1],
+        "write_ms": ms(g.ticks[1]),
+        "held": g.blocked[0] + g.blocked[1], "io_ms": ms(busy),
+        "time_in_queue_ms": ms(g.time_in_queue),
+    }  # fmt: skip
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:
@@ -43,6 +79,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
                 "delayed": list(g.delayed),
                 "ticks_ms": [ms(g.ticks[0]), ms(g.ticks[1])],
                 "held": g.blocked[0] + g.blocked[1],
+                "latency": g.latency.sparse(),  # arrival to completion
+                "hold": g.hold.sparse(),  # arrival to dispatch
             }
             if family == "range-bw":
                 item["min_bw"] = g.min_bw
@@ -114,8 +152,13 @@ class EngineCollector:
         held = GaugeMetricFamily("ioband_held_requests", "Requests held now", labels=glabels)
         tokens = GaugeMetricFamily("ioband_tokens", "Tokens left (weight policies)", labels=glabels)
         weight = GaugeMetricFamily("ioband_weight", "Configured weight", labels=glabels)
-        min_bw = GaugeMetricFamily("ioband_min_bw_kbps", "range-bw minimum (KB/s)", labels=glabels)
-        max_bw = GaugeMetricFamily("ioband_max_bw_kbps", "range-bw maximum (KB/s)", labels=glabels)
+        min_bw = GaugeMetricFamily("ioband_min_bw_bytes_per_second",
+                                   "range-bw minimum bandwidth", labels=glabels)  # fmt: skip
+        max_bw = GaugeMetricFamily("ioband_max_bw_bytes_per_second",
+                                   "range-bw maximum bandwidth", labels=glabels)  # fmt: skip
+        build = GaugeMetricFamily("ioband_build_info", "ioband's version (always 1)",
+                                  labels=["version", "python"])  # fmt: skip
+        build.add_metric([__version__, platform.python_version()], 1)
         inflight = GaugeMetricFamily("ioband_inflight_requests", "Requests in flight",
                                      labels=dlabels)  # fmt: skip
         throttle = GaugeMetricFamily("ioband_io_throttle", "Device group io_throttle",
@@ -134,6 +177,16 @@ class EngineCollector:
         store_queue = GaugeMetricFamily("ioband_store_queue_requests",
                                         "Estimated requests waiting inside the backing store"
                                         " (adaptive window)", labels=dlabels)  # fmt: skip
+        latency_hist = HistogramMetricFamily(
+            "ioband_request_latency_seconds",
+            "Requests by time from arrival at ioband to completion (held, queued and served)",
+            labels=glabels,
+        )
+        hold_hist = HistogramMetricFamily(
+            "ioband_request_hold_seconds",
+            "Requests by time from arrival at ioband to dispatch to the store (held)",
+            labels=glabels,
+        )
         for dev in snap["devices"]:
             dl = [dev["name"], dev["device_group"]]
             inflight.add_metric(dl, dev["inflight"])
@@ -147,20 +200,24 @@ class EngineCollector:
             if dev["store_queue"] is not None:
                 store_queue.add_metric(dl, dev["store_queue"])
             for g in dev["groups"]:
-                gl = [*dl, str(g["id"])]
+                gl = [*dl, group_label(g)]
                 for i, direction in enumerate(DIRS):
                     requests.add_metric([*gl, direction], g["ios"][i])
                     nbytes.add_metric([*gl, direction], g["bytes"][i])
                     delayed.add_metric([*gl, direction], g["delayed"][i])
                 held.add_metric(gl, g["held"])
+                for family, hist in ((latency_hist, g["latency"]), (hold_hist, g["hold"])):
+                    family.add_metric(gl, prometheus_buckets(counts_from_sparse(hist)),
+                                      hist["sum_ns"] / 1e9)  # fmt: skip
                 if "weight" in g:
                     weight.add_metric(gl, g["weight"])
                     tokens.add_metric(gl, g["tokens"])
                 else:
-                    min_bw.add_metric(gl, g["min_bw"])
-                    max_bw.add_metric(gl, g["max_bw"])
-        yield from (requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw, inflight,
-                    throttle, limit, policy, window, adaptive, latency, store_queue)  # fmt: skip
+                    min_bw.add_metric(gl, g["min_bw"] * KB)
+                    max_bw.add_metric(gl, g["max_bw"] * KB)
+        yield from (build, requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw,
+                    inflight, throttle, limit, policy, window, adaptive, latency, store_queue,
+                    latency_hist, hold_hist)  # fmt: skip
 
 
 class MetricsServer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -23,6 +24,8 @@ from ioband.cgroup.proc import peer_credentials, process_groups
 from ioband.control import protocol
 from ioband.control.access import Confinement
 from ioband.control.config import ConfigError, unusable_path
+from ioband.control.metrics import group_counters
+from ioband.core.grammar import parse_table
 from ioband.errors import AccessDenied, InvalidArgument, IobandError
 from ioband.logutil import LogLimiter
 
@@ -112,6 +115,7 @@ class ControlServer:
                 writer.close()
                 return
             self._per_uid[uid] += 1
+        log.debug("control connection from pid %d uid %d", cred[0], uid)  # ioband daemon -v
         self._clients.add(writer)
         try:
             while True:
@@ -243,16 +247,32 @@ class ControlServer:
                               errno_name=outcome.errno_name)  # fmt: skip
         return outcome.to_json()
 
-    def op_table(self, req: dict[str, Any]) -> list[dict[str, str]]:
+    def op_table(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each device's table line, and its fields by name (``--json``)."""
         engine = self.daemon.engine
-        return [{"name": n, "table": engine.table(n)} for n in self._names(req.get("name"))]
+        out = []
+        for n in self._names(req.get("name")):
+            line = engine.table(n)
+            fields = dataclasses.asdict(parse_table(line))
+            fields["device_group"] = fields.pop("group_name")
+            out.append({"name": n, "table": line, **fields})
+        return out
 
-    def op_status(self, req: dict[str, Any]) -> list[dict[str, str]]:
+    def op_status(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each device's status line (``status``), and the same counters by name: the device
+        group and, per group, what the line's columns hold (``--json``)."""
         fmt = req.get("format", "legacy")
         if fmt not in ("legacy", "diskstats"):
             raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
         engine = self.daemon.engine
-        return [{"name": n, "status": engine.status(n, fmt)} for n in self._names(req.get("name"))]
+        out = []
+        for n in self._names(req.get("name")):
+            dev = engine.device(n)
+            groups = [group_counters(engine, g) for g in dev.all_groups()]
+            out.append({"name": n, "status": engine.status(n, fmt), "start": dev.start,
+                        "length": dev.length, "device_group": dev.dp.name,
+                        "groups": groups})  # fmt: skip
+        return out
 
     def op_ls(self, req: dict[str, Any]) -> list[dict[str, Any]]:
         d = self.daemon

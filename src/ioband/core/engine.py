@@ -70,11 +70,16 @@ class Engine:
         resolver: Callable[[str], BackingInfo | None] | None = None,
         seed: int = 0,
         linear_scan: bool = False,
+        clock_ns: Callable[[], int] | None = None,
     ) -> None:
         if hz <= 0:
             raise InvalidArgument(f"Invalid hz: {hz} must be > 0")
         self.hz = hz
         self.now = 0
+        # The fine clock latencies are measured with (a request is far shorter than a jiffy):
+        # front ends inject a monotonic nanosecond clock; the default follows the jiffies.
+        ns_per_jiffy = 1_000_000_000 // hz
+        self.clock_ns: Callable[[], int] = clock_ns or (lambda: self.now * ns_per_jiffy)
         self.resolver = resolver or default_resolver
         self.rng = random.Random(seed)
         self.linear_scan = linear_scan  # reference mode: every policy scans every group
@@ -148,6 +153,8 @@ class Engine:
             self.now = now
         req.device = dev
         req.submit_time = self.now
+        if not req.arrival_ns:  # else the front end read it earlier and kept it in order
+            req.arrival_ns = self.clock_ns()
         if dev.suspended:
             req.group = None  # type: ignore[assignment]  # classified when it resumes
             req.state = WAITING
@@ -184,6 +191,7 @@ class Engine:
         req.device.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
+        g.latency.record(self.clock_ns() - req.arrival_ns)
         adaptive = dp.adaptive
         if adaptive is not None:
             if full and dp.blocked[0] + dp.blocked[1] > 0:
@@ -307,6 +315,8 @@ class Engine:
                 g.sectors[req.dir] += req.sectors
                 req.state = ISSUED
                 req.issue_time = self.now
+                req.dispatch_ns = self.clock_ns()
+                g.hold.record(req.dispatch_ns - req.arrival_ns)
                 req.device.inflight += 1
                 if dp.adaptive is not None:
                     dp.adaptive.issued(self.now)
@@ -498,6 +508,8 @@ class Engine:
         g.delayed[req.dir] += 1
         req.state = ISSUED
         req.issue_time = self.now
+        req.dispatch_ns = self.clock_ns()
+        g.hold.record(req.dispatch_ns - req.arrival_ns)
         req.device.inflight += 1
         self._issued.append(req)
         dp.issued[c] += 1
@@ -508,6 +520,8 @@ class Engine:
     def _mark_issued(self, req: Request) -> None:
         req.state = ISSUED
         req.issue_time = self.now
+        req.dispatch_ns = self.clock_ns()
+        req.group.hold.record(req.dispatch_ns - req.arrival_ns)
         req.device.inflight += 1
         self._issued.append(req)
         adaptive = req.group.dp.adaptive

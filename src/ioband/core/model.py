@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ioband.core.classify import IdOf
+from ioband.core.histogram import Histogram
 
 if TYPE_CHECKING:
     from ioband.core.engine import Engine
@@ -34,7 +35,7 @@ class Group:
         "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
-        "busy_since",
+        "busy_since", "latency", "hold",
         # anticipation (adaptive window): its last completion and its think time
         "last_done", "think",
         # weight policies
@@ -79,6 +80,8 @@ class Group:
         self.waitq: list[deque[Request]] = [deque(), deque()]
         self.going_down = False
         self.need_up = False
+        self.latency = Histogram()  # arrival at ioband to completion (held + queued + service)
+        self.hold = Histogram()  # arrival to dispatch: the time ioband held it
         self.reset_stats()
         self.active = 0
         self.busy_since = 0
@@ -98,6 +101,8 @@ class Group:
         self.ticks = [0, 0]
         self.io_ticks = 0
         self.time_in_queue = 0
+        self.latency.reset()
+        self.hold.reset()
 
     @property
     def nr_blocked(self) -> int:

@@ -45,9 +45,11 @@ class Request:
     """One block request (a bio). The core fills in group, state and timing fields."""
 
     __slots__ = (
+        "arrival_ns",
         "delayed",
         "device",
         "dir",
+        "dispatch_ns",
         "group",
         "issue_time",
         "length",
@@ -87,6 +89,9 @@ class Request:
         self.delayed = False
         self.submit_time = 0
         self.issue_time = 0
+        # The engine's fine clock (nanoseconds): arrival at ioband and dispatch to the store.
+        self.arrival_ns = 0
+        self.dispatch_ns = 0
 
     @property
     def write(self) -> bool:

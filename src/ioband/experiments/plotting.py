@@ -1,36 +1,55 @@
-"""matplotlib (Agg) helpers: one small, readable PNG per experiment."""
+"""matplotlib (Agg) helpers: one small, readable PNG per experiment.
+
+matplotlib is the optional extra ``ioband[plot]`` (the daemon does not need it): it is imported
+on the first plot, and its absence is a clear ``PlotsUnavailable`` naming the extra.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+PLOT_EXTRA = "plots need matplotlib, the optional extra: pip install 'ioband[plot]'"
 
-matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+@functools.cache
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend with the suite's style, imported on first use."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise PlotsUnavailable(PLOT_EXTRA) from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    return plt
+
 
 COLORS = {"ioband": "#1f77b4", "sfq": "#2ca02c", "none": "#7f7f7f", "published": "#d62728"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 DPI = 80
 
-plt.rcParams.update(
-    {
-        "font.size": 9,
-        "axes.titlesize": 10,
-        "axes.labelsize": 9,
-        "legend.fontsize": 8,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "figure.autolayout": False,
-    }
-)
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.autolayout": False,
+}
 
 
 def draw(path: Path, fn: Callable[[Any], None], *, ncols: int = 2, width: float = 11.0) -> Path:
     """Create a figure with ``ncols`` axes, let ``fn(axes)`` draw, save it as a small PNG."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, ncols, figsize=(width, 4.0), squeeze=False)
     try:
         fn(list(axes[0]) if ncols > 1 else axes[0][0])

@@ -24,6 +24,7 @@ from typing import Any
 
 from ioband.experiments import registry
 from ioband.experiments.base import Context, Outcome, Table
+from ioband.experiments.plotting import PlotsUnavailable
 
 DEFAULT_OUT = "ioband-results"
 
@@ -207,6 +208,9 @@ def cli(args: Any) -> int:
             console.print(f"wrote {page}", markup=False)
     except OSError as exc:
         print(f"ioband experiment: cannot write: {exc}", file=sys.stderr)
+        return 1
+    except PlotsUnavailable as exc:  # the JSON of the experiment is written; its plots are not
+        print(f"ioband experiment: {exc}", file=sys.stderr)
         return 1
     failed = [f"{r.name}: {c.name}" for r in reports for c in r.outcome.checks if not c.ok]
     total = sum(r.wall for r in reports)

@@ -3,8 +3,10 @@
 A thin adapter (PRODUCT.md §2): the sans-I/O codec (``protocol``) parses the wire, each command
 becomes a core ``Request`` carrying the identity of the connection's peer, the core decides when
 it runs, worker threads do the backing-store I/O, and the reply goes back when it completes.
-A request the core makes wait (its "submitter" would sleep in the kernel) pauses reading from
-that connection until the core admits it: backpressure, as dm-ioband put the process to sleep.
+A request the core makes wait (its "submitter" would sleep in the kernel) holds back the
+connection's later commands until the core admits it: backpressure, as dm-ioband put the process
+to sleep. They are still read (up to ``MAX_INFLIGHT_PER_CONNECTION`` commands), stamped with
+their arrival and kept in order, so that the time they wait counts in their latency.
 BLOCK_STATUS alone is no I/O and bypasses the core (``Connection._block_status``).
 """
 
@@ -117,6 +119,8 @@ class Connection(asyncio.Protocol):
         self.inflight = 0  # commands received and not yet answered
         self.answered = 0  # commands answered, scheduled or not (``ioband demo`` counts them)
         self.waiting: Request | None = None  # the core made this request's submitter sleep
+        # commands read while a request waits, with their arrival (the engine's clock), in order
+        self.deferred: deque[tuple[nbd.Command, int]] = deque()
         self.reading = True
         self.write_paused = False
         self.closing = False  # DISC received or protocol error: close once drained
@@ -158,6 +162,7 @@ class Connection(asyncio.Protocol):
         )
         self._send(self.codec.data_to_send())
         self.daemon.connections.add(self)
+        log.debug("NBD connection from %s", self.peer.describe())  # ioband daemon -v
 
     @property
     def writable(self) -> bool:
@@ -193,6 +198,10 @@ class Connection(asyncio.Protocol):
         self.daemon.connections.discard(self)
         if self.export is not None:
             self.export.connections.discard(self)
+        if self.codec is not None:  # admitted (a refused one was logged as refused)
+            log.debug("NBD connection from %s closed: %d request(s) answered%s",
+                      self.peer.describe(), self.answered,
+                      f" ({exc})" if exc is not None else "")  # fmt: skip
         # Requests already handed to the core still run to completion: nothing is lost, the
         # replies just have nowhere to go.
 
@@ -210,7 +219,6 @@ class Connection(asyncio.Protocol):
             return
         want = (
             not self.closing
-            and self.waiting is None
             and not self.write_paused
             and self.inflight < MAX_INFLIGHT_PER_CONNECTION
         )
@@ -226,7 +234,18 @@ class Connection(asyncio.Protocol):
         """The core admitted a request whose submitter was asleep: read on."""
         if req is self.waiting:
             self.waiting = None
+            deferred = self.deferred
+            corked = self._cork()
+            try:
+                while deferred and self.waiting is None:
+                    cmd, arrival_ns = deferred.popleft()
+                    self.inflight -= 1  # counted again as it is run
+                    self._run_command(cmd, arrival_ns)
+            finally:
+                if corked:
+                    self._uncork()
             self._update_reading()
+            self._maybe_close()
 
     def _send(self, data: bytes) -> None:
         if data and not self.closed:
@@ -292,7 +311,7 @@ class Connection(asyncio.Protocol):
 
     def _process_events(self) -> None:
         codec = self.codec
-        while self.waiting is None and not self.closing and not self.upgrading:
+        while not self.closing and not self.upgrading:
             event = codec.next_event()
             out = codec.data_to_send()
             if out:
@@ -309,6 +328,9 @@ class Connection(asyncio.Protocol):
                     self._handshake_timer = None
                 self.export = self.daemon.exports[event.name]
                 self.export.connections.add(self)
+                mode = "read-write" if self.writable else "read-only"
+                log.debug("NBD connection from %s: export %r (%s)", self.peer.describe(),
+                          event.name, mode)  # fmt: skip
             elif isinstance(event, nbd.StartTls):
                 self.upgrading = True
             elif isinstance(event, nbd.Disconnect):
@@ -318,6 +340,13 @@ class Connection(asyncio.Protocol):
                 self.closing = True
 
     def _command(self, cmd: nbd.Command) -> None:
+        if self.waiting is not None or self.deferred:  # behind a waiting request, in order
+            self.deferred.append((cmd, self.daemon.engine.clock_ns()))
+            self.inflight += 1
+            return
+        self._run_command(cmd)
+
+    def _run_command(self, cmd: nbd.Command, arrival_ns: int = 0) -> None:
         export = self.export
         kind = cmd.kind
         if kind == BLOCK_STATUS:
@@ -331,6 +360,7 @@ class Connection(asyncio.Protocol):
             req = Request(True, cmd.offset, length, self.owner, sync=fua, tag=(self, cmd))
         else:  # FLUSH, TRIM, hole-punching WRITE_ZEROES: metadata, charged as one empty request
             req = Request(True, cmd.offset, 0, self.owner, sync=True, tag=(self, cmd))
+        req.arrival_ns = arrival_ns  # 0: it arrives now
         self.inflight += 1
         daemon = self.daemon
         if not export.control or daemon.engine.submit(export.device, req, daemon.now()):
