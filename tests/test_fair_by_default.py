@@ -11,6 +11,12 @@ at the depths real clients use, not deeper than ioband's limit.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 from tests.test_nbd_fairness import (
     READ_IOPS,
@@ -67,3 +73,64 @@ def test_a_qd1_client_gets_its_share_against_a_qd32_client(bottleneck, tmp_path)
     print("IO shares:", {n: round(v / total, 3) for n, v in ios.items()}, ios)
     assert ios["g1"] / total >= 0.40, ios
     assert total / RUNTIME > READ_IOPS * 0.7  # the device was the bottleneck
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def window_now(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    found = re.search(r"^ioband_window_requests\{[^}]*\} (\S+)$", text, re.M)
+    assert found, "no ioband_window_requests in the scrape"
+    return float(found.group(1))
+
+
+def test_the_window_follows_a_throttle_set_at_run_time(bottleneck, tmp_path):  # noqa: F811
+    """The store changes under a running client: the loop device starts unthrottled (its
+    parallelism is what the machine gives) and a blkio throttle of READ_IOPS is set half way.
+    A throttle serves one request at a time: the window must fall to one or two within about
+    two seconds, read from the metrics as an operator would."""
+    loop, daemon_cg, _ = bottleneck
+    knob = daemon_cg / "blkio.throttle.read_iops_device"
+    rdev = os.stat(loop).st_rdev
+    device = f"{os.major(rdev)}:{os.minor(rdev)}"
+    knob.write_text(f"{device} 0\n")  # unthrottled to begin with
+    port = free_port()
+    sock = tmp_path / "nbd.sock"
+    config = tmp_path / "ioband.toml"
+    config.write_text(
+        f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "ioband1"\n'
+        f'table = "0 {(256 << 20) // 512} ioband {loop} 1 0 0 none weight 0 :1"\ndirect = true\n'
+    )
+    argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
+    daemon = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=subprocess.DEVNULL)
+    client = None
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        client = subprocess.Popen(fio(str(sock), "c", 32), stdout=subprocess.DEVNULL)
+        time.sleep(4)
+        before = [window_now(port) for _ in range(5) if time.sleep(0.1) is None]
+        knob.write_text(f"{device} {READ_IOPS}\n")
+        changed = time.monotonic()
+        after = []
+        while time.monotonic() - changed < 4:
+            after.append((round(time.monotonic() - changed, 2), window_now(port)))
+            time.sleep(0.1)
+        print("window before", before, "after the throttle", after)
+        reached = next((t for t, w in after if w <= 2), None)
+        assert reached is not None and reached <= 2.5, after
+        settled = [w for t, w in after if t >= 3]
+        assert sum(w <= 2 for w in settled) >= 0.7 * len(settled), after  # probes aside
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        daemon.terminate()
+        daemon.wait(timeout=30)

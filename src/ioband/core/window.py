@@ -243,6 +243,9 @@ class AdaptiveWindow:
         if abs(throughput - ref) > CHANGED * ref:
             # The store changed (a throttle was set, another tenant came or went): what was
             # learnt about it is void. Measure again and explore both ways at once.
+            # Halve (or double) at once: the old window is likely far from the new one.
+            self.down_streak = throughput < ref
+            self.up_streak = throughput > ref
             self.reference = throughput
             self.minima.clear()
             self.down_wait = self.up_wait = 1
@@ -280,8 +283,12 @@ class AdaptiveWindow:
             self.since_down = 0
         else:
             self.since_up = 0
+        before = self.reference
         self.reference = 0.0  # measured anew at the window kept
         if won:
+            # The probe measured the window kept: the bar for the next probe, at once (never
+            # lower than before after a step down, or small losses would add up).
+            self.reference = max(before, throughput) if down else throughput
             if down:
                 self.down_wait = 1
                 self.down_streak = True
