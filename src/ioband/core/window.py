@@ -46,9 +46,9 @@ from __future__ import annotations
 
 from collections import deque
 
-#: Grow when fewer than this many requests wait in the store (and clients want more).
+#: Slow start doubles the window while fewer than this many requests wait in the store.
 ALPHA = 1.0
-#: Shrink when more than this many requests wait in the store.
+#: More than this many waiting in the store makes the window probe down sooner.
 BETA = 2.5
 #: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
 BASE_PERIODS = 100
@@ -180,7 +180,8 @@ class AdaptiveWindow:
         base = min(minima)
         self.base = base
         self.latency = latency
-        throughput = done * self.hz / max(1, elapsed - self.idle)
+        busy = max(1, elapsed - self.idle)  # the store's time, less what anticipation idled
+        throughput = done * self.hz / busy
         self.throughput = throughput
         queued = (self.area - done * base) / elapsed
         self.queued = queued
@@ -191,7 +192,7 @@ class AdaptiveWindow:
             # filling it: to hold anything (and so apply the weights), the window must go
             # below what they keep outstanding. Not when they use little of it (paced by the
             # policy, as range-bw, or light): a smaller window would only slow them.
-            self._decide(throughput, queued, done, max(1, elapsed - self.idle))
+            self._decide(throughput, queued, done, busy)
         elif self.state == PROBE_UP:
             # The clients did not fill the larger window: nothing learnt. Return.
             self.value = self.probe_from
@@ -214,15 +215,12 @@ class AdaptiveWindow:
         if state != STEADY:
             self.probe_done += done
             self.probe_time += elapsed
-            periods = PROBE_PERIODS
-            if self.probe_time < periods * self.period:
-                measured = self.probe_done * self.hz / self.probe_time
-                if state == PROBE_DOWN and measured < self.reference * CLEAR_LOSS:
-                    self._end_probe(False)  # lost by far: do not pay for another period
-                return
             measured = self.probe_done * self.hz / self.probe_time
-            bar = KEEP if state == PROBE_DOWN else GAIN
-            self._end_probe(measured >= self.reference * bar, measured)
+            if self.probe_time >= PROBE_PERIODS * self.period:
+                bar = KEEP if state == PROBE_DOWN else GAIN
+                self._end_probe(measured >= self.reference * bar, measured)
+            elif state == PROBE_DOWN and measured < self.reference * CLEAR_LOSS:
+                self._end_probe(False)  # lost by far: do not pay for another period
             return
         old = self.value
         ref = self.reference
@@ -242,8 +240,8 @@ class AdaptiveWindow:
             return  # the first clean measurement at this window: the bar for a probe
         if abs(throughput - ref) > CHANGED * ref:
             # The store changed (a throttle was set, another tenant came or went): what was
-            # learnt about it is void. Measure again and explore both ways at once.
-            # Halve (or double) at once: the old window is likely far from the new one.
+            # learnt about it is void. Measure again and probe at once, halving if it got
+            # slower (doubling if faster): the old window is likely far from the new one.
             self.down_streak = throughput < ref
             self.up_streak = throughput > ref
             self.reference = throughput
@@ -283,12 +281,10 @@ class AdaptiveWindow:
             self.since_down = 0
         else:
             self.since_up = 0
-        before = self.reference
-        self.reference = 0.0  # measured anew at the window kept
         if won:
             # The probe measured the window kept: the bar for the next probe, at once (never
             # lower than before after a step down, or small losses would add up).
-            self.reference = max(before, throughput) if down else throughput
+            self.reference = max(self.reference, throughput) if down else throughput
             if down:
                 self.down_wait = 1
                 self.down_streak = True
@@ -298,6 +294,7 @@ class AdaptiveWindow:
             return
         self.value = self.probe_from
         self.settling = True
+        self.reference = 0.0  # measured anew at the window returned to
         if down:
             self.down_streak = False
             self.down_wait = min(DOWN_MOST, self.down_wait * 4)
