@@ -26,6 +26,8 @@ from typing import Any
 from ioband.cgroup.proc import find_hierarchy
 from ioband.core.request import Submitter
 from ioband.fuse import channel
+from ioband.fuse.aio import Aio
+from ioband.fuse.aio import available as aio_available
 from ioband.fuse.passthrough import Passthrough, Unlimited
 from ioband.fuse.stale import clear_stale_mount, mount_entry
 from ioband.nbd.iopool import IoPool
@@ -131,6 +133,31 @@ class ChannelClient(asyncio.Protocol):
         self._send(channel.short(channel.READY))
 
 
+def take_queued_requests_first() -> None:
+    """pyfuse3 waits for its /dev/fuse descriptor to be readable before it takes each request,
+    and on asyncio every wait registers the descriptor with epoll and removes it again (two
+    ``epoll_ctl`` calls and a loop turn per request). When requests are queued, a zero-timeout
+    ``poll`` says so in one system call and the request is taken at once; only an idle mount
+    waits on the loop. (pyfuse3 waits on no other descriptor.)"""
+    import select
+
+    import pyfuse3.asyncio
+
+    pollers: dict[int, select.poll] = {}
+    wait_on_loop = pyfuse3.asyncio.wait_readable
+
+    async def wait_readable(fd: Any) -> None:
+        poller = pollers.get(fd)
+        if poller is None:
+            poller = pollers[fd] = select.poll()
+            poller.register(fd, select.POLLIN)
+        if poller.poll(0):
+            return
+        await wait_on_loop(fd)
+
+    pyfuse3.asyncio.wait_readable = wait_readable  # what pyfuse3 calls (as trio.lowlevel's)
+
+
 def make_runner(pool: IoPool) -> Callable[..., Any]:
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -162,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--writeback-cache", action="store_true")
     p.add_argument("--no-write-behind", action="store_true")
+    p.add_argument("--no-aio", action="store_true", help="O_DIRECT I/O in threads, not by AIO")
+    p.add_argument("--no-fast-intake", action="store_true", help="pyfuse3's own fd wait")
     p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
     p.add_argument("--max-background", type=int, default=MAX_BACKGROUND)
     p.add_argument("--parent-pid", type=int, default=0, help="the daemon: exit when it dies")
@@ -195,6 +224,7 @@ async def serve(args: argparse.Namespace) -> None:
         hierarchy = find_hierarchy(args.cgroup_hierarchy)
     except Exception:
         hierarchy = None
+    aio_context = Aio(loop) if not args.no_aio and aio_available() else None
     ops = Passthrough(
         args.backing,
         admission=admission,
@@ -204,6 +234,7 @@ async def serve(args: argparse.Namespace) -> None:
         read_only=args.read_only,
         writeback_cache=args.writeback_cache,
         write_behind=not args.no_write_behind,
+        aio_context=aio_context,
         # after the kernel has taken the INIT reply, which would lower it again
         on_init=lambda: loop.call_soon(
             tune_mount, args.mountpoint, args.readahead_kb, args.max_background
@@ -215,6 +246,8 @@ async def serve(args: argparse.Namespace) -> None:
         options.add("debug")
     clear_stale_mount(args.mountpoint)
     pyfuse3.init(ops, args.mountpoint, options)
+    if not args.no_fast_intake:
+        take_queued_requests_first()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if client is not None:
@@ -228,6 +261,8 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         pyfuse3.close(unmount=True)
         pool.close()
+        if aio_context is not None:
+            aio_context.close()
 
 
 def _die_with_parent(parent: int) -> None:
