@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ log = logging.getLogger("ioband.fuse")
 
 
 READAHEAD_KB = 4096
+IDLE_TASKS = 4
 MAX_BACKGROUND = 2048
 
 
@@ -133,29 +135,86 @@ class ChannelClient(asyncio.Protocol):
         self._send(channel.short(channel.READY))
 
 
-def take_queued_requests_first() -> None:
-    """pyfuse3 waits for its /dev/fuse descriptor to be readable before it takes each request,
-    and on asyncio every wait registers the descriptor with epoll and removes it again (two
-    ``epoll_ctl`` calls and a loop turn per request). When requests are queued, a zero-timeout
-    ``poll`` says so in one system call and the request is taken at once; only an idle mount
-    waits on the loop. (pyfuse3 waits on no other descriptor.)"""
-    import select
+class _NoLock:
+    """pyfuse3's read lock, made free: ``Intake`` lets any number of tasks wait at once."""
 
-    import pyfuse3.asyncio
+    async def __aenter__(self) -> None:
+        return None
 
-    pollers: dict[int, select.poll] = {}
-    wait_on_loop = pyfuse3.asyncio.wait_readable
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
-    async def wait_readable(fd: Any) -> None:
-        poller = pollers.get(fd)
-        if poller is None:
-            poller = pollers[fd] = select.poll()
-            poller.register(fd, select.POLLIN)
-        if poller.poll(0):
-            return
-        await wait_on_loop(fd)
 
-    pyfuse3.asyncio.wait_readable = wait_readable  # what pyfuse3 calls (as trio.lowlevel's)
+class Intake:
+    """How the worker takes requests from /dev/fuse.
+
+    pyfuse3 lets one task at a time wait for its descriptor under a lock, and that wait, on
+    asyncio, registers the descriptor with epoll and removes it again: per request two
+    ``epoll_ctl`` calls, a lock hand-over and a loop turn, one request taken per turn. Here a
+    task first asks with a zero-timeout ``poll`` (one system call) and, when a request is
+    queued, takes it at once. Only when nothing is queued does it wait on the loop, all
+    waiting tasks behind one registration; a readable descriptor wakes one of them, and each
+    task that finds a request wakes two more, so a burst is taken in a few turns (and its
+    admission records and AIO submissions go out together) while a lone request wakes one or
+    three tasks, not all. Each woken task asks again before it reads, so none blocks the loop
+    on an empty queue (pyfuse3 reads right after the wait, with no ``await`` between).
+    pyfuse3 waits on no other descriptor.
+    """
+
+    FAN_OUT = 2
+
+    def __init__(self) -> None:
+        import select
+
+        self._select = select
+        self._poller: Any = None
+        self._on_loop: asyncio.Future[None] | None = None  # the one wait on the loop
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def install(self) -> None:
+        import pyfuse3.asyncio
+
+        wait_on_loop = pyfuse3.asyncio.wait_readable
+
+        def readable(done: asyncio.Future[None]) -> None:
+            self._on_loop = None
+            if done.cancelled() or done.exception() is not None:  # closing: all stop waiting
+                error = None if done.cancelled() else done.exception()
+                waiters, self._waiters = self._waiters, deque()
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(error) if error else fut.cancel()
+                return
+            self._wake(1)
+
+        async def wait_readable(fd: Any) -> None:
+            if self._poller is None:
+                self._poller = self._select.poll()
+                self._poller.register(fd, self._select.POLLIN)
+            while not self._poller.poll(0):
+                if self._on_loop is None:
+                    self._on_loop = asyncio.ensure_future(wait_on_loop(fd))
+                    self._on_loop.add_done_callback(readable)
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if not fut.done():
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(fut)
+            self._wake(self.FAN_OUT)
+
+        pyfuse3.asyncio.wait_readable = wait_readable  # what pyfuse3 calls (as trio.lowlevel's)
+        pyfuse3.asyncio.Lock = _NoLock  # taken when pyfuse3.main() first waits
+
+    def _wake(self, n: int) -> None:
+        waiters = self._waiters
+        while n and waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
 
 
 def make_runner(pool: IoPool) -> Callable[..., Any]:
@@ -185,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup-hierarchy", default="auto")
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--tasks", type=int, default=2048, help="FUSE requests served at once")
+    p.add_argument("--idle-tasks", type=int, default=IDLE_TASKS,
+                   help="FUSE tasks kept waiting for requests")  # fmt: skip
     p.add_argument("--direct", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--writeback-cache", action="store_true")
@@ -213,6 +274,7 @@ async def serve(args: argparse.Namespace) -> None:
             stopping = True
             pyfuse3.terminate()
 
+    intake = Intake()
     admission: Any = Unlimited()
     client: ChannelClient | None = None
     if args.channel_fd >= 0:
@@ -247,7 +309,7 @@ async def serve(args: argparse.Namespace) -> None:
     clear_stale_mount(args.mountpoint)
     pyfuse3.init(ops, args.mountpoint, options)
     if not args.no_fast_intake:
-        take_queued_requests_first()
+        intake.install()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if client is not None:
@@ -255,7 +317,7 @@ async def serve(args: argparse.Namespace) -> None:
         if client.lost:
             stop()
     try:
-        await pyfuse3.main(min_tasks=4, max_tasks=args.tasks)
+        await pyfuse3.main(min_tasks=args.idle_tasks, max_tasks=args.tasks)
         if ops.behind is not None:  # delayed writes already answered land before the exit
             await ops.behind.drain()
     finally:
