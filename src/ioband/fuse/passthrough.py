@@ -661,7 +661,7 @@ class Passthrough(pyfuse3.Operations):
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         owner = self._refresh_owner(h)
-        if self.behind is not None:
+        if self.behind is not None and h.inode in self.behind.ranges:  # delayed writes to land
             await self.behind.settle(h.inode, off, off + size)
         token = await self.admission.begin(False, True, off, size, owner)
         buf = self.buffers.take(size)
