@@ -63,11 +63,13 @@ def address(buf: Any) -> tuple[Any, int]:
 
 class Aio:
     """One AIO context, ``depth`` requests in flight at most (more wait in submission order).
+    Contexts come out of the system-wide ``fs.aio-max-nr`` (65 536 events by default), so a
+    mount takes a modest one: 256 requests in flight are more than a disk queue needs.
 
     ``await aio.submit(PREAD, fd, addr, length, offset)`` returns the byte count or raises
     ``OSError``; the buffer at ``addr`` must stay alive until then."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 1024) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 256) -> None:
         self.loop = loop
         self.depth = depth
         self._ctx = ctypes.c_ulong(0)

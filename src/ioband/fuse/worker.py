@@ -286,7 +286,12 @@ async def serve(args: argparse.Namespace) -> None:
         hierarchy = find_hierarchy(args.cgroup_hierarchy)
     except Exception:
         hierarchy = None
-    aio_context = Aio(loop) if not args.no_aio and aio_available() else None
+    aio_context = None
+    if not args.no_aio and aio_available():
+        try:
+            aio_context = Aio(loop)
+        except OSError as err:  # fs.aio-max-nr used up by others: threads, as before
+            log.warning("no AIO context (%s): O_DIRECT I/O goes to threads", err)
     ops = Passthrough(
         args.backing,
         admission=admission,
