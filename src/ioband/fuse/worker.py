@@ -170,6 +170,7 @@ class Intake:
         self._poller: Any = None
         self._on_loop: asyncio.Future[None] | None = None  # the one wait on the loop
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closing = False
 
     def install(self) -> None:
         import pyfuse3.asyncio
@@ -192,6 +193,8 @@ class Intake:
                 self._poller = self._select.poll()
                 self._poller.register(fd, self._select.POLLIN)
             while not self._poller.poll(0):
+                if self._closing:  # pyfuse3 is stopping: no new wait that nobody would end
+                    raise pyfuse3.asyncio.ClosedResourceError()
                 if self._on_loop is None:
                     self._on_loop = asyncio.ensure_future(wait_on_loop(fd))
                     self._on_loop.add_done_callback(readable)
@@ -205,7 +208,21 @@ class Intake:
                             self._waiters.remove(fut)
             self._wake(self.FAN_OUT)
 
-        pyfuse3.asyncio.wait_readable = wait_readable  # what pyfuse3 calls (as trio.lowlevel's)
+        notify_on_loop = pyfuse3.asyncio.notify_closing
+
+        def notify_closing(fd: Any) -> None:
+            """pyfuse3.terminate(): every waiting task stops, even one woken but not yet run
+            (then nobody waits on the loop for pyfuse3 to wake)."""
+            self._closing = True
+            notify_on_loop(fd)
+            waiters, self._waiters = self._waiters, deque()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(pyfuse3.asyncio.ClosedResourceError())
+
+        # what pyfuse3 calls (as trio.lowlevel's)
+        pyfuse3.asyncio.wait_readable = wait_readable
+        pyfuse3.asyncio.notify_closing = notify_closing
         pyfuse3.asyncio.Lock = _NoLock  # taken when pyfuse3.main() first waits
 
     def _wake(self, n: int) -> None:
