@@ -8,8 +8,9 @@ first (the data comes from the disk), 1 MiB sequential write with an fsync at th
 random reads and writes with O_DIRECT at queue depth 32, and 4 KiB random reads with O_DIRECT
 at queue depth 1 (its median latency, and what the mount adds to the backing directory's).
 The ioband mounts are ``direct = true``: the worker reads and writes the backing files with
-O_DIRECT, so no run is served from a cache the others lack (fuse-overlayfs has no such
-setting: the caller's O_DIRECT reaches its backing files as it is).
+O_DIRECT, so no run is served from a cache the others lack. fuse-overlayfs has no such setting
+and opens its backing files without O_DIRECT whatever the caller asked: its O_DIRECT rows are
+served from the page cache (faster than the disk), so they are not like for like.
 
 Rounds interleave the setups and each figure is the best of the rounds: other work on a shared
 machine takes CPU from one run or another, rarely from the same one twice. For the mounts the
