@@ -222,6 +222,18 @@ def test_fio_verify(work: Path, direct: int) -> None:
     assert "verify" not in p.stderr.lower() or "bad" not in p.stderr.lower(), p.stderr
 
 
+def test_fio_verify_deep_queue(work: Path) -> None:
+    """O_DIRECT at queue depth 32 (libaio), 4 KiB writes in place and reads: many requests in
+    flight at once through the worker's intake and its AIO submissions, every block checked."""
+    need("fio")
+    p = run(["fio", "--name=deep", f"--directory={work}", "--size=16m", "--rw=randrw",
+             "--bs=4k", "--ioengine=libaio", "--iodepth=32", "--direct=1", "--numjobs=2",
+             "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--runtime=30",
+             "--group_reporting", "--output-format=terse", "--minimal"],
+            cwd=work, check=False)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 def test_cp_a_round_trip(work: Path, tmp_path: Path) -> None:
     """cp -a into the mount and back out: contents (diff -r) and metadata (stat: modes, owners,
     mtimes, link counts) survive both ways."""

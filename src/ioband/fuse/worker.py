@@ -20,12 +20,15 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ioband.cgroup.proc import find_hierarchy
 from ioband.core.request import Submitter
 from ioband.fuse import channel
+from ioband.fuse.aio import Aio
+from ioband.fuse.aio import available as aio_available
 from ioband.fuse.passthrough import Passthrough, Unlimited
 from ioband.fuse.stale import clear_stale_mount, mount_entry
 from ioband.nbd.iopool import IoPool
@@ -34,6 +37,7 @@ log = logging.getLogger("ioband.fuse")
 
 
 READAHEAD_KB = 4096
+IDLE_TASKS = 4
 MAX_BACKGROUND = 2048
 
 
@@ -131,6 +135,105 @@ class ChannelClient(asyncio.Protocol):
         self._send(channel.short(channel.READY))
 
 
+class _NoLock:
+    """pyfuse3's read lock, made free: ``Intake`` lets any number of tasks wait at once."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class Intake:
+    """How the worker takes requests from /dev/fuse.
+
+    pyfuse3 lets one task at a time wait for its descriptor under a lock, and that wait, on
+    asyncio, registers the descriptor with epoll and removes it again: per request two
+    ``epoll_ctl`` calls, a lock hand-over and a loop turn, one request taken per turn. Here a
+    task first asks with a zero-timeout ``poll`` (one system call) and, when a request is
+    queued, takes it at once. Only when nothing is queued does it wait on the loop, all
+    waiting tasks behind one registration; a readable descriptor wakes one of them, and each
+    task that finds a request wakes two more, so a burst is taken in a few turns (and its
+    admission records and AIO submissions go out together) while a lone request wakes one or
+    three tasks, not all. Each woken task asks again before it reads, so none blocks the loop
+    on an empty queue (pyfuse3 reads right after the wait, with no ``await`` between).
+    pyfuse3 waits on no other descriptor.
+    """
+
+    FAN_OUT = 2
+
+    def __init__(self) -> None:
+        import select
+
+        self._select = select
+        self._poller: Any = None
+        self._on_loop: asyncio.Future[None] | None = None  # the one wait on the loop
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closing = False
+
+    def install(self) -> None:
+        import pyfuse3.asyncio
+
+        wait_on_loop = pyfuse3.asyncio.wait_readable
+
+        def readable(done: asyncio.Future[None]) -> None:
+            self._on_loop = None
+            if done.cancelled() or done.exception() is not None:  # closing: all stop waiting
+                error = None if done.cancelled() else done.exception()
+                waiters, self._waiters = self._waiters, deque()
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(error) if error else fut.cancel()
+                return
+            self._wake(1)
+
+        async def wait_readable(fd: Any) -> None:
+            if self._poller is None:
+                self._poller = self._select.poll()
+                self._poller.register(fd, self._select.POLLIN)
+            while not self._poller.poll(0):
+                if self._closing:  # pyfuse3 is stopping: no new wait that nobody would end
+                    raise pyfuse3.asyncio.ClosedResourceError()
+                if self._on_loop is None:
+                    self._on_loop = asyncio.ensure_future(wait_on_loop(fd))
+                    self._on_loop.add_done_callback(readable)
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if not fut.done():
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(fut)
+            self._wake(self.FAN_OUT)
+
+        notify_on_loop = pyfuse3.asyncio.notify_closing
+
+        def notify_closing(fd: Any) -> None:
+            """pyfuse3.terminate(): every waiting task stops, even one woken but not yet run
+            (then nobody waits on the loop for pyfuse3 to wake)."""
+            self._closing = True
+            notify_on_loop(fd)
+            waiters, self._waiters = self._waiters, deque()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(pyfuse3.asyncio.ClosedResourceError())
+
+        # what pyfuse3 calls (as trio.lowlevel's)
+        pyfuse3.asyncio.wait_readable = wait_readable
+        pyfuse3.asyncio.notify_closing = notify_closing
+        pyfuse3.asyncio.Lock = _NoLock  # taken when pyfuse3.main() first waits
+
+    def _wake(self, n: int) -> None:
+        waiters = self._waiters
+        while n and waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+
 def make_runner(pool: IoPool) -> Callable[..., Any]:
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -158,10 +261,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup-hierarchy", default="auto")
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--tasks", type=int, default=2048, help="FUSE requests served at once")
+    p.add_argument("--idle-tasks", type=int, default=IDLE_TASKS,
+                   help="FUSE tasks kept waiting for requests")  # fmt: skip
     p.add_argument("--direct", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--writeback-cache", action="store_true")
     p.add_argument("--no-write-behind", action="store_true")
+    p.add_argument("--no-aio", action="store_true", help="O_DIRECT I/O in threads, not by AIO")
+    p.add_argument("--no-fast-intake", action="store_true", help="pyfuse3's own fd wait")
     p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB)
     p.add_argument("--max-background", type=int, default=MAX_BACKGROUND)
     p.add_argument("--parent-pid", type=int, default=0, help="the daemon: exit when it dies")
@@ -184,6 +291,7 @@ async def serve(args: argparse.Namespace) -> None:
             stopping = True
             pyfuse3.terminate()
 
+    intake = Intake()
     admission: Any = Unlimited()
     client: ChannelClient | None = None
     if args.channel_fd >= 0:
@@ -195,6 +303,12 @@ async def serve(args: argparse.Namespace) -> None:
         hierarchy = find_hierarchy(args.cgroup_hierarchy)
     except Exception:
         hierarchy = None
+    aio_context = None
+    if not args.no_aio and aio_available():
+        try:
+            aio_context = Aio(loop)
+        except OSError as err:  # fs.aio-max-nr used up by others: threads, as before
+            log.warning("no AIO context (%s): O_DIRECT I/O goes to threads", err)
     ops = Passthrough(
         args.backing,
         admission=admission,
@@ -204,6 +318,7 @@ async def serve(args: argparse.Namespace) -> None:
         read_only=args.read_only,
         writeback_cache=args.writeback_cache,
         write_behind=not args.no_write_behind,
+        aio_context=aio_context,
         # after the kernel has taken the INIT reply, which would lower it again
         on_init=lambda: loop.call_soon(
             tune_mount, args.mountpoint, args.readahead_kb, args.max_background
@@ -215,6 +330,8 @@ async def serve(args: argparse.Namespace) -> None:
         options.add("debug")
     clear_stale_mount(args.mountpoint)
     pyfuse3.init(ops, args.mountpoint, options)
+    if not args.no_fast_intake:
+        intake.install()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if client is not None:
@@ -222,12 +339,14 @@ async def serve(args: argparse.Namespace) -> None:
         if client.lost:
             stop()
     try:
-        await pyfuse3.main(min_tasks=4, max_tasks=args.tasks)
+        await pyfuse3.main(min_tasks=args.idle_tasks, max_tasks=args.tasks)
         if ops.behind is not None:  # delayed writes already answered land before the exit
             await ops.behind.drain()
     finally:
         pyfuse3.close(unmount=True)
         pool.close()
+        if aio_context is not None:
+            aio_context.close()
 
 
 def _die_with_parent(parent: int) -> None:
