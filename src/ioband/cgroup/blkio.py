@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ioband.cgroup.proc import Hierarchy
 from ioband.core.engine import Engine
-from ioband.core.grammar import parse_range, parse_weight
+from ioband.core.grammar import GroupKey, parse_range, parse_weight
 from ioband.core.model import Device, Group
 from ioband.errors import AccessDenied, InvalidArgument, IobandError, NoSuchDevice, NotFound
 
@@ -197,9 +197,23 @@ class CgroupWatcher:
                 continue
         return found
 
-    def gone(self, engine: Engine) -> list[tuple[str, int]]:
-        """(device, id) pairs to detach now."""
-        attached = {(dev.name, gid) for dev in _cgroup_devices(engine) for gid in dev.groups}
+    def gone(self, engine: Engine) -> list[tuple[str, GroupKey]]:
+        """(device, key) pairs to detach now. A group attached by path stays when its cgroup
+        goes (the path keeps its value for a cgroup re-created there); one that a rule attached
+        goes with its cgroup (the rule attaches the next one)."""
+        by_rule = sorted(
+            (dev.name, key)
+            for dev in _cgroup_devices(engine)
+            for key, g in dev.groups.items()
+            if isinstance(key, str) and g.by_rule
+            and not (self.hierarchy.mount / key).is_dir()
+        )  # fmt: skip
+        attached = {
+            (dev.name, gid)
+            for dev in _cgroup_devices(engine)
+            for gid in dev.groups
+            if isinstance(gid, int)
+        }
         ids = {gid for _, gid in attached}
         if any(gid not in self.known for gid in ids):
             scanned = self._scan()
@@ -210,4 +224,4 @@ class CgroupWatcher:
         dead = {gid for gid in self.known if not self._alive(gid)}
         for gid in dead:
             del self.known[gid]
-        return sorted((name, gid) for name, gid in attached if gid in dead)
+        return [*sorted((name, gid) for name, gid in attached if gid in dead), *by_rule]

@@ -27,7 +27,10 @@ listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
 name = "ioband1"
 table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
-messages = ["attach 1234", "weight 1234:40"]
+messages = ["attach 1234", "weight 1234:40", "weight machine.slice/vm1.scope:200"]
+[[device.rule]]               # a new cgroup attaches itself when it first does I/O (first match)
+cgroup = "machine.slice/*.scope"   # a glob over cgroup paths ('*' stays inside one component)
+weight = 200                  # or range-bw = "MIN:MAX"; types user/uid and gid: uid = / gid =
 direct = false                # O_DIRECT on the backing store
 read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
@@ -62,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from ioband.control.access import NOT_FOR_MOUNTS, parse_rules
+from ioband.core.grammar import Rule, parse_rule, parse_table
 from ioband.errors import InvalidArgument
 
 DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
@@ -98,6 +102,7 @@ class DeviceConfig:
     write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
     allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
     allow_ro: tuple[str, ...] = ()  # ... and read-only
+    rules: tuple[Rule, ...] = ()  # [[device.rule]]: groups that attach themselves
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ _DEVICE_KEYS = (
     "write_behind",
     "allow",
     "allow_ro",
+    "rule",
 )
 
 
@@ -293,9 +299,10 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
         allow_ro = _rules(src, f"{where}.", item, "allow_ro")
         if (allow or allow_ro) and mountpoint is not None:
             raise ConfigError(src, f"{where}.allow", NOT_FOR_MOUNTS)
+        rules = _device_rules(src, where, item, table)
         devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control,
                                     mountpoint or None, writeback, behind, allow,
-                                    allow_ro))  # fmt: skip
+                                    allow_ro, rules))  # fmt: skip
     control_sock = _optional_path(src, "daemon.control_socket", values,
                              DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
     state = _optional_path(src, "daemon.state_file", values,
@@ -336,6 +343,29 @@ def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str
     except InvalidArgument as err:
         key_part, _, rule = str(err).partition(": ")
         raise ConfigError(src, key_part, rule) from None
+
+
+def _device_rules(src: str, where: str, item: Mapping[str, Any], table: str) -> tuple[Rule, ...]:
+    """``[[device.rule]]``: checked against the table's group type and policy values here;
+    the engine checks them again against the running device."""
+    raw = _typed(src, f"{where}.rule", item.get("rule", []), list, "an array of tables"
+                 " ([[device.rule]])")  # fmt: skip
+    if not raw:
+        return ()
+    try:
+        gtype = parse_table(table).type
+    except InvalidArgument:
+        return ()  # the table's own error is reported
+    rules = []
+    for j, fields in enumerate(raw):
+        what = f"{where}.rule[{j}]"
+        _typed(src, what, fields, dict, "a table")
+        try:
+            rules.append(parse_rule(fields, what, gtype))
+        except InvalidArgument as err:
+            key, _, rule = str(err).partition(": ")
+            raise ConfigError(src, key, rule) from None
+    return tuple(rules)
 
 
 def _directories(src: str, key: str, values: Mapping[str, Any]) -> tuple[str, ...]:

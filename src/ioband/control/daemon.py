@@ -15,6 +15,7 @@ import os
 import signal
 
 from ioband.cgroup.blkio import CgroupWatcher
+from ioband.cgroup.paths import CgroupPaths
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import state as persist
 from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
@@ -29,6 +30,7 @@ from ioband.control.metrics import MetricsServer
 from ioband.control.reload import Outcome, Plan, plan_reload
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
+from ioband.core.grammar import Rule, key_text
 from ioband.core.model import Device
 from ioband.core.request import Request
 from ioband.errors import IobandError
@@ -51,6 +53,7 @@ class Daemon:
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None
         self.cgroups: CgroupWatcher | None = None  # detaches the groups of removed cgroups
+        self.cgroup_paths: CgroupPaths | None = None  # a cgroup inode's path (FUSE requests)
         self._cgroup_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
@@ -144,6 +147,7 @@ class Daemon:
         allow: tuple[str, ...] = (),
         allow_ro: tuple[str, ...] = (),
         confine: Confinement | None = None,
+        rules: tuple[Rule, ...] = (),
     ) -> Export | FuseMount | None:
         """Create an ioband device and export it (a file or block device) or mount it (a
         directory). Nothing is left behind when it fails. A daemon that is not running (the
@@ -157,6 +161,11 @@ class Daemon:
             raise ConfigError(src, key, rule) from None
         engine = self.engine
         device = engine.create(name, table, self.now() if self.loop else 0)
+        try:
+            engine.set_rules(name, rules)
+        except IobandError as err:
+            engine.remove(name)
+            raise ConfigError(src, f"{where}rule", err.describe()) from None
         if os.path.isdir(device.backing) or mountpoint:
             if not access.open:
                 engine.remove(name)
@@ -224,6 +233,7 @@ class Daemon:
             write_behind=dev.write_behind,
             allow=dev.allow,
             allow_ro=dev.allow_ro,
+            rules=dev.rules,
         )
 
     def add_from_file(self, dev: DeviceConfig, where: str) -> None:
@@ -345,7 +355,8 @@ class Daemon:
             allow, allow_ro = self.access.get(name, ((), ()))
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
                                                read_only, control, mountpoint,
-                                               writeback, behind, allow, allow_ro))  # fmt: skip
+                                               writeback, behind, allow, allow_ro,
+                                               dev.rules))  # fmt: skip
         return devices
 
     def save_state(self) -> None:
@@ -403,6 +414,7 @@ class Daemon:
             raise ConfigError(config.source, "daemon.cgroup_hierarchy", str(err)) from None
         if self.hierarchy is not None:
             self.cgroups = CgroupWatcher(self.hierarchy)
+            self.cgroup_paths = CgroupPaths(self.hierarchy)
             self._cgroup_task = self.loop.create_task(self._watch_cgroups())
         self.pool = IoPool(self.loop, config.io_threads)
         try:
@@ -480,8 +492,8 @@ class Daemon:
             return
         gone = self.cgroups.gone(self.engine)
         for name, gid in gone:
-            self.engine.message(name, ["detach", str(gid)], self.now())
-            log.info("cgroup %d removed: detached from %s", gid, name)
+            self.engine.message(name, ["detach", key_text(gid)], self.now())
+            log.info("cgroup %s removed: detached from %s", key_text(gid), name)
         if gone:
             self.pump()
             with contextlib.suppress(IobandError):
@@ -609,6 +621,9 @@ class Daemon:
         every request received from now on, existing connections' too, is scheduled or not
         (a request is either one or the other: nothing to drain). Another field is set on the
         export under its own name (read when a client connects)."""
+        if field == "rules":  # an engine setting: exports and mounts alike
+            self.engine.set_rules(name, tuple(value), self.now())  # type: ignore[arg-type]
+            return
         export = self.exports.get(name)
         if export is None:
             log.warning("reload: %s is not an export: %s not changed", name, field)

@@ -20,8 +20,12 @@ from ioband.core.cint import INT_MAX, SHORT_MAX
 from ioband.core.classify import GROUP_TYPES
 from ioband.core.grammar import (
     ID_ANY,
+    RULE_FIELDS,
+    GroupKey,
+    Rule,
     bounded_int,
     format_table,
+    key_text,
     parse_group_id,
     parse_group_param,
     parse_message,
@@ -29,7 +33,7 @@ from ioband.core.grammar import (
     status_block,
 )
 from ioband.core.model import Device, DeviceGroup, Group
-from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
+from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request, Submitter
 from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
 from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
@@ -200,12 +204,61 @@ class Engine:
             gid = id_of(req.owner)
             if gid is not None:
                 # An id of -1 falls to the default group (the original picked the rb-tree root).
-                g = dev.groups.get(gid, g)
+                found = dev.groups.get(gid)
+                if found is not None:
+                    g = found
+                elif dev.by_path or dev.rules:
+                    g = self._by_path_or_rule(dev, req.owner, gid) or g
         req.group = g
         if g.active == 0:
             g.busy_since = self.now
         g.active += 1
         return g
+
+    def _by_path_or_rule(self, dev: Device, owner: Submitter, gid: int) -> Group | None:
+        """No group by id: the group attached by the submitter's cgroup path (the same path
+        after its cgroup was re-created), else a new group from the first matching rule."""
+        path = owner.cgroup_path if dev.type_name == "cgroup" else None
+        if path:
+            found = dev.groups.get(path)
+            if found is not None:
+                return found
+        for rule in dev.rules:
+            if rule.field == "cgroup":
+                if path and rule.matches_path(path):
+                    return self._attach(dev, path, rule.value, by_rule=True)
+            elif gid != ID_ANY and rule.matches_id(gid):
+                return self._attach(dev, gid, rule.value, by_rule=True)
+        return None
+
+    def _attach(self, dev: Device, key: GroupKey, value: str | None, by_rule: bool) -> Group:
+        """A new group on ``dev`` with the policy's ``value`` (None: its default)."""
+        dp = dev.dp
+        parsed = dp.policy.parse_group_value(value, "Cannot create ioband group")
+        g = dev.groups[key] = self._new_group(dev, key)
+        g.by_rule = by_rule
+        dp.policy.group_added(g, parsed)
+        if isinstance(key, str):
+            dev.by_path = True
+        return g
+
+    def set_rules(self, name: str, rules: Sequence[Rule], now: int = 0) -> None:
+        """The device's rules (they replace the old ones). Groups attached by an old rule stay;
+        they go when their cgroup does (or by ``detach``)."""
+        self._tick(now)
+        dev = self.device(name)
+        field = RULE_FIELDS.get(dev.type_name)
+        for i, rule in enumerate(rules):
+            if rule.field != field:
+                raise InvalidArgument(
+                    f"rule[{i}]: a rule on {rule.field} does not apply to group type"
+                    f" {dev.type_name}"
+                )
+            dev.dp.policy.parse_group_value(rule.value, f"rule[{i}]: Cannot create ioband group")
+        dev.rules = tuple(rules)
+        dev.by_path = any(isinstance(k, str) for k in dev.groups) or any(
+            r.field == "cgroup" for r in dev.rules
+        )
 
     def _burst_wait(self, g: Group, req: Request) -> deque[Request] | None:
         """``prevent_burst_bios``: the wait queue the submitter must sleep on, or None."""
@@ -538,13 +591,13 @@ class Engine:
                 f"Cannot set ioband group type: unknown type {spec.type!r}"
                 f" (one of {', '.join(GROUP_TYPES)})"
             )
-        extra: dict[int, object] = {}
+        extra: dict[GroupKey, object] = {}
         for word in spec.groups:
-            gid, value = parse_group_param(word)
             err = "Cannot create ioband group"
+            gid, value = parse_group_param(word, paths=spec.type == "cgroup")
             if GROUP_TYPES[spec.type] is None:
                 raise InvalidArgument(f"{err}: group {gid}: type 'none' has no groups to attach")
-            if not 0 <= gid <= INT_MAX:
+            if isinstance(gid, int) and not 0 <= gid <= INT_MAX:
                 raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..{INT_MAX})")
             if gid in extra:
                 raise AlreadyExists(f"{err}: id={gid} already exists.")
@@ -569,6 +622,7 @@ class Engine:
         for gid, value in extra.items():
             g = dev.groups[gid] = self._new_group(dev, gid)
             policy.group_added(g, value, reshare=False)
+        dev.by_path = any(isinstance(k, str) for k in extra)
         policy.reshare()
         dp.devices.append(dev)
         self.devices[name] = dev
@@ -751,21 +805,28 @@ class Engine:
                 )
             if dev.groups:
                 raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
+            if dev.rules and RULE_FIELDS.get(arg) != dev.rules[0].field:
+                raise Busy(f"type: the device's rules match on {dev.rules[0].field}, not for"
+                           f" type {arg}; change the rules first")  # fmt: skip
             dev.type_name = arg
             dev.id_of = GROUP_TYPES[arg]
         elif cmd in ("attach", "detach"):
-            gid = parse_group_id(arg, cmd)
+            gid = parse_group_id(arg, cmd, paths=dev.type_name == "cgroup")
+            shown = key_text(gid)
             if cmd == "attach":
                 if dev.id_of is None:
                     raise InvalidArgument("attach: no ioband group type is specified")
-                if gid in dev.groups:
-                    raise AlreadyExists(f"attach: id={gid} already exists.")
-                g = dev.groups[gid] = self._new_group(dev, gid)
-                dp.policy.group_added(g, None)
+                found = dev.groups.get(gid)
+                if found is not None and not found.by_rule:
+                    raise AlreadyExists(f"attach: id={shown} already exists.")
+                if found is not None:
+                    found.by_rule = False  # attached by hand now: the table lists it
+                else:
+                    self._attach(dev, gid, None, by_rule=False)
             else:
                 g = dev.groups.get(gid)  # type: ignore[assignment]
                 if g is None:
-                    raise InvalidArgument(f"detach: id={gid} not found.")
+                    raise InvalidArgument(f"detach: id={shown} not found.")
                 self._detach(dev, g)
         elif cmd == "policy":
             assert arg is not None
@@ -793,10 +854,10 @@ class Engine:
             dp.policy.io_limit_changed()
         else:
             assert arg is not None
-            gid, value = parse_group_param(arg, f"Invalid {cmd}")
+            gid, value = parse_group_param(arg, f"Invalid {cmd}", dev.type_name == "cgroup")
             g = dev.head if gid == ID_ANY else dev.groups.get(gid)  # type: ignore[assignment]
             if g is None:
-                raise InvalidArgument(f"{cmd}: id={gid} not found.")
+                raise InvalidArgument(f"{cmd}: id={key_text(gid)} not found.")
             dp.policy.set_param(g, cmd, value)
         if dp.blocked[0] + dp.blocked[1] > 0:
             self._queue_conductor(dp, 0)
@@ -830,7 +891,7 @@ class Engine:
         busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
         return status_block(
             fmt,
-            g.id,
+            g.label,
             g.ios,
             g.delayed,
             g.sectors,
