@@ -54,6 +54,7 @@ class Daemon:
         self.hierarchy: Hierarchy | None = None
         self.cgroups: CgroupWatcher | None = None  # detaches the groups of removed cgroups
         self.cgroup_paths: CgroupPaths | None = None  # a cgroup inode's path (FUSE requests)
+        self.io_weight_defaults: dict[int, int] = {}  # cgroup id -> io.weight's 'default N'
         self._cgroup_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
