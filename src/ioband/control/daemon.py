@@ -22,6 +22,7 @@ from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
 from ioband.control.config import (
     Config,
     ConfigError,
+    ConfigErrors,
     DeviceConfig,
     load_config,
     unusable_path,
@@ -166,7 +167,7 @@ class Daemon:
             engine.set_rules(name, rules)
         except IobandError as err:
             engine.remove(name)
-            raise ConfigError(src, f"{where}rule", err.describe()) from None
+            raise ConfigError.of(src, f"{where}rule", err) from None
         if os.path.isdir(device.backing) or mountpoint:
             if not access.open:
                 engine.remove(name)
@@ -245,7 +246,7 @@ class Daemon:
         except ConfigError:
             raise
         except IobandError as err:
-            raise ConfigError(self.config.source, f"{where}table", err.describe()) from None
+            raise ConfigError.of(self.config.source, f"{where}table", err) from None
 
     def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
         for i, message in enumerate(messages):
@@ -253,8 +254,7 @@ class Daemon:
                 self.engine.message(name, message)
             except IobandError as err:
                 key = f"{where}messages[{i}]"
-                rule = f"{message!r}: {err.describe()}"
-                raise ConfigError(self.config.source, key, rule) from None
+                raise ConfigError.of(self.config.source, key, err, f"{message!r}: ") from None
 
     def _add_mount(self, name: str, device: Device, messages: tuple[str, ...], where: str,
                    options: MountOptions) -> FuseMount | None:  # fmt: skip
@@ -386,10 +386,16 @@ class Daemon:
                 log.error("%s", problem)
         saved_names = {d.name for d in saved.devices} if saved else set()
         self.removed = set(saved.removed) if saved else set()
+        errors: list[ConfigError] = []
         for i, dev in enumerate(config.devices):
             if dev.name in saved_names or dev.name in self.removed:
                 continue
-            self.add_from_file(dev, f"device[{i}].")
+            try:
+                self.add_from_file(dev, f"device[{i}].")
+            except ConfigError as err:  # every device's error is reported, not the first only
+                errors.append(err)
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
         for dev in saved.devices if saved else ():
             try:
                 self.add_configured(dev)

@@ -240,14 +240,13 @@ def _build(config: Config, *, strict: bool) -> tuple[Engine, dict[str, int]]:
             try:
                 engine.create(dev.name, dev.table)
             except IobandError as err:
-                raise ConfigError(config.source, f"{where}.table", err.describe()) from None
+                raise ConfigError.of(config.source, f"{where}.table", err) from None
             for j, message in enumerate(dev.messages):
                 try:
                     engine.message(dev.name, message)
                 except IobandError as err:
-                    raise ConfigError(
-                        config.source, f"{where}.messages[{j}]", f"{message!r}: {err.describe()}"
-                    ) from None
+                    key = f"{where}.messages[{j}]"
+                    raise ConfigError.of(config.source, key, err, f"{message!r}: ") from None
         except ConfigError:
             if dev.name in engine.devices:
                 engine.remove(dev.name)

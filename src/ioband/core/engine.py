@@ -24,6 +24,7 @@ from ioband.core.grammar import (
     GroupKey,
     Rule,
     bounded_int,
+    did_you_mean,
     format_table,
     key_text,
     parse_group_id,
@@ -580,7 +581,7 @@ class Engine:
         if policy_cls is None:
             raise InvalidArgument(
                 f"Invalid policy parameter: unknown policy {spec.policy!r}"
-                f" (one of {', '.join(POLICIES)})"
+                f"{did_you_mean(spec.policy, list(POLICIES))}"
             )
         token_base = policy_cls.parse_token_base(spec.token_base)
         head_value = policy_cls.parse_group_value(
@@ -589,7 +590,7 @@ class Engine:
         if spec.type not in GROUP_TYPES:
             raise InvalidArgument(
                 f"Cannot set ioband group type: unknown type {spec.type!r}"
-                f" (one of {', '.join(GROUP_TYPES)})"
+                f"{did_you_mean(spec.type, list(GROUP_TYPES))}"
             )
         extra: dict[GroupKey, object] = {}
         for word in spec.groups:
@@ -832,7 +833,7 @@ class Engine:
             assert arg is not None
             if arg not in POLICIES:
                 raise InvalidArgument(
-                    f"policy: unknown policy {arg!r} (one of {', '.join(POLICIES)})"
+                    f"policy: unknown policy {arg!r}{did_you_mean(arg, list(POLICIES))}"
                 )
             if arg != dp.policy_name:
                 self._switch_policy(dp, arg, 0)
