@@ -272,3 +272,39 @@ def test_inode_to_path_follows_a_recreated_cgroup(mount, tmp_path):
     finally:
         cg.rmdir()
     assert not paths.exists(cg.name)
+
+
+# -- a running daemon: status, table, state file, metrics and top name path groups by path ------
+def test_a_running_daemon_shows_path_groups_by_path(tmp_path):
+    from ioband.control.metrics import EngineCollector, snapshot
+    from tests.control_helpers import backing, control_daemon
+
+    state = tmp_path / "state.json"
+    img = backing(tmp_path, "d.img", 64)
+    with control_daemon(str(state)) as ctl:
+        ctl.ok(
+            "create",
+            "ioband1",
+            "--table",
+            f"0 64 ioband {img} 1 0 0 cgroup weight 0 :100 machine.slice/vm1.scope:200",
+        )
+        ctl.ok("message", "ioband1", "0", "attach", "machine.slice/vm2.scope")
+        assert (
+            ctl.ok("table", "ioband1")
+            .rstrip()
+            .endswith(":100 /machine.slice/vm1.scope:200 /machine.slice/vm2.scope:100")
+        )
+        assert " /machine.slice/vm1.scope 0 0 0 0 0 0" in ctl.ok("status", "ioband1")
+        saved = state.read_text()
+        assert "/machine.slice/vm1.scope:200 /machine.slice/vm2.scope:100" in saved
+        daemon = ctl.embedded.daemon  # idle: read from this thread
+        snap = snapshot(daemon)
+        labels = {
+            sample.labels["group"]
+            for family in EngineCollector(daemon).collect()
+            for sample in family.samples
+            if "group" in sample.labels
+        }
+    names = [g["name"] for g in snap["devices"][0]["groups"]]
+    assert names == ["-1", "/machine.slice/vm1.scope", "/machine.slice/vm2.scope"]
+    assert {"/machine.slice/vm1.scope", "/machine.slice/vm2.scope"} <= labels

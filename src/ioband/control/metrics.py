@@ -37,7 +37,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
         groups = []
         for g in dev.all_groups():
             item: dict[str, Any] = {
-                "id": g.id,
+                "id": g.id,  # an id, or a cgroup path (groups attached by path)
+                "name": g.label,  # how status names it: -1, the id, or /<cgroup path>
                 "ios": list(g.ios),
                 "bytes": [g.sectors[0] * 512, g.sectors[1] * 512],
                 "delayed": list(g.delayed),
@@ -147,7 +148,7 @@ class EngineCollector:
             if dev["store_queue"] is not None:
                 store_queue.add_metric(dl, dev["store_queue"])
             for g in dev["groups"]:
-                gl = [*dl, str(g["id"])]
+                gl = [*dl, g.get("name", str(g["id"]))]
                 for i, direction in enumerate(DIRS):
                     requests.add_metric([*gl, direction], g["ios"][i])
                     nbytes.add_metric([*gl, direction], g["bytes"][i])

@@ -17,7 +17,7 @@ from rich.table import Table
 from ioband.control.client import SOCKET_ENV, Unreachable, call, socket_path
 from ioband.errors import EXIT_STATUS, IobandError
 
-Key = tuple[str, int]  # (device, group id)
+Key = tuple[str, int | str]  # (device, group id or cgroup path)
 
 
 def _groups(snap: dict[str, Any]) -> dict[Key, tuple[dict[str, Any], dict[str, Any]]]:
@@ -78,7 +78,7 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group | Table:
         table.add_column(col, justify="left" if col == "device" else "right")
     for dev, g, ios, nbytes, ticks in rows:
         pool = dev["device_group"]
-        gid = "default" if g["id"] == -1 else str(g["id"])
+        gid = "default" if g["id"] == -1 else g.get("name", str(g["id"]))
         if "weight" in g:
             setting = str(g["weight"])
             total = weights[pool]
