@@ -308,3 +308,37 @@ def test_a_running_daemon_shows_path_groups_by_path(tmp_path):
     names = [g["name"] for g in snap["devices"][0]["groups"]]
     assert names == ["-1", "/machine.slice/vm1.scope", "/machine.slice/vm2.scope"]
     assert {"/machine.slice/vm1.scope", "/machine.slice/vm2.scope"} <= labels
+
+
+def test_a_reload_replaces_the_rules_and_a_restart_keeps_them(tmp_path):
+    from ioband.control.embedded import EmbeddedDaemon
+    from tests.control_helpers import backing, sock_dir
+
+    img = backing(tmp_path, "d.img", 64)
+    sockets = sock_dir()
+    state = tmp_path / "state.json"
+
+    def config(weight: int):
+        return load_config({
+            "daemon": {"state_file": str(state)},
+            "nbd": {"unix_socket": f"{sockets}/nbd.sock"},
+            "device": [{
+                "name": "ioband1",
+                "table": f"0 64 ioband {img} 1 0 0 cgroup weight 0 :100 machine.slice/a.scope:50",
+                "rule": [{"cgroup": "machine.slice/*.scope", "weight": weight}],
+            }],
+        })  # fmt: skip
+
+    def rules(d) -> tuple[Rule, ...]:
+        return d.call(lambda: d.daemon.engine.device("ioband1").rules)
+
+    with EmbeddedDaemon(config(200)) as d:
+        assert rules(d) == (Rule("cgroup", "machine.slice/*.scope", "200"),)
+        outcome = d.call(lambda: d.daemon.reload(config(300)))
+        assert outcome, outcome.refused
+        assert rules(d) == (Rule("cgroup", "machine.slice/*.scope", "300"),)
+        assert "machine.slice/*.scope" in state.read_text()
+    with EmbeddedDaemon(config(200)) as d:  # the state file wins, as for every field
+        assert rules(d) == (Rule("cgroup", "machine.slice/*.scope", "300"),)
+        table = d.call(lambda: d.daemon.engine.table("ioband1"))
+        assert table.endswith(":100 /machine.slice/a.scope:50")

@@ -48,12 +48,14 @@ def start_daemon(tmp_path: Path, table: str, version: str, extra: str = "",
     argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
     if cgroup is not None:
         argv = fair.in_cgroup(cgroup, argv)
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "daemon.log"  # a file, not a pipe nobody reads: the daemon never blocks
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out, text=True)
     for _ in range(100):
         if os.path.exists(control):
             return proc, sock, control
         if proc.poll() is not None:
-            pytest.fail(f"daemon exited: {proc.stderr.read()}")
+            pytest.fail(f"daemon exited: {log.read_text()}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("daemon did not start")
@@ -137,11 +139,11 @@ def test_rules_attach_new_cgroups_and_hold_their_shares(version, bottleneck, tmp
         for pattern, weight in (("g1*.scope", 40), ("g2*.scope", 20), ("*.scope", 10))
     )
     table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 16 cgroup weight 0 :1"
-    daemon, sock, control = start_daemon(tmp_path, table, version, rules, daemon_cg)
     slice_dir = root / slice_name
-    slice_dir.mkdir()
     scopes = {name: slice_dir / f"{name}-{os.getpid()}.scope" for name in fair.WEIGHTS}
+    daemon, sock, control = start_daemon(tmp_path, table, version, rules, daemon_cg)
     try:
+        slice_dir.mkdir()
         for scope in scopes.values():
             scope.mkdir()
         assert ioband(control, "table", "ioband1").endswith(":1")  # nothing attached yet
@@ -157,3 +159,48 @@ def test_rules_attach_new_cgroups_and_hold_their_shares(version, bottleneck, tmp
         daemon.wait(timeout=30)
         fair.remove_cgroups([p for p in [*scopes.values(), slice_dir] if p.exists()])
     fair.assert_shares(ios)
+
+
+def test_fuse_requests_find_path_and_rule_groups(tmp_path):
+    """Through a FUSE mount (the workers send a cgroup's inode; the daemon finds its path):
+    writes in a scope attached by path and in one a rule attached are charged to their groups,
+    also after the first scope is made again."""
+    from tests.fuse_helpers import mounted
+
+    root = hierarchy("v1")
+    slice_dir = root / f"ioband-test-{os.getpid()}-fuse.slice"
+    a, b = slice_dir / "a.scope", slice_dir / "b.scope"
+    rule = f'[[device.rule]]\ncgroup = "{slice_dir.name}/*.scope"\nweight = 20\n'
+    policy = f"cgroup weight 0 :100 {slice_dir.name}/a.scope:40"
+
+    def charged(m) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            dev = m.daemon.daemon.engine.devices[m.name]
+            return {g.label: g.sectors[1] * 512 for g in dev.all_groups()}
+
+        return m.daemon.call(read)
+
+    def write(m, cgroup: Path, name: str, mib: int) -> None:
+        argv = ["dd", "if=/dev/zero", f"of={m.mnt}/{name}", "bs=64k", f"count={mib * 16}",
+                "oflag=direct"]  # fmt: skip
+        subprocess.run(fair.in_cgroup(cgroup, argv), check=True, capture_output=True, timeout=60)
+
+    slice_dir.mkdir()
+    try:
+        with mounted(tmp_path, policy=policy, extra=rule) as m:
+            a.mkdir()
+            b.mkdir()
+            write(m, a, "fa", 2)
+            write(m, b, "fb", 1)
+            got = charged(m)
+            assert got[f"/{slice_dir.name}/a.scope"] == 2 << 20, got
+            assert got[f"/{slice_dir.name}/b.scope"] == 1 << 20, got
+            assert got["-1"] == 0, got
+            a.rmdir()
+            a.mkdir()
+            write(m, a, "fa2", 1)
+            got = charged(m)
+            assert got[f"/{slice_dir.name}/a.scope"] == 3 << 20, got
+            assert got["-1"] == 0, got
+    finally:
+        fair.remove_cgroups([p for p in (a, b, slice_dir) if p.exists()])
