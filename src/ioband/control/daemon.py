@@ -499,6 +499,7 @@ class Daemon:
             return
         gone = self.cgroups.gone(self.engine)
         for name, gid in gone:
+            self.io_weight_defaults.pop(gid, None)  # type: ignore[call-overload]
             self.engine.message(name, ["detach", key_text(gid)], self.now())
             log.info("cgroup %s removed: detached from %s", key_text(gid), name)
         if gone:
