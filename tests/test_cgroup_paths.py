@@ -342,3 +342,14 @@ def test_a_reload_replaces_the_rules_and_a_restart_keeps_them(tmp_path):
         assert rules(d) == (Rule("cgroup", "machine.slice/*.scope", "300"),)
         table = d.call(lambda: d.daemon.engine.table("ioband1"))
         assert table.endswith(":100 /machine.slice/a.scope:50")
+
+
+def test_rules_of_another_type_are_inert_after_a_type_message():
+    engine = Engine()
+    engine.create("ioband1", table(""))
+    engine.set_rules("ioband1", [Rule("cgroup", "*", "5")])
+    engine.message("ioband1", "type user")  # a reload may change the type, then the rules
+    dev = engine.device("ioband1")
+    assert read(engine, owner(7, "a", uid=7)) is dev.head  # the cgroup rule does not apply
+    engine.set_rules("ioband1", [Rule("uid", "7", "9")])
+    assert read(engine, owner(8, "a", uid=7)).weight == 9

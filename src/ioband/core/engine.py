@@ -224,8 +224,11 @@ class Engine:
             found = dev.groups.get(path)
             if found is not None:
                 return found
+        field = RULE_FIELDS.get(dev.type_name)
         for rule in dev.rules:
-            if rule.field == "cgroup":
+            if rule.field != field:
+                continue  # kept from before a 'type' message; the next set_rules replaces it
+            if field == "cgroup":
                 if path and rule.matches_path(path):
                     return self._attach(dev, path, rule.value, by_rule=True)
             elif gid != ID_ANY and rule.matches_id(gid):
@@ -806,9 +809,6 @@ class Engine:
                 )
             if dev.groups:
                 raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
-            if dev.rules and RULE_FIELDS.get(arg) != dev.rules[0].field:
-                raise Busy(f"type: the device's rules match on {dev.rules[0].field}, not for"
-                           f" type {arg}; change the rules first")  # fmt: skip
             dev.type_name = arg
             dev.id_of = GROUP_TYPES[arg]
         elif cmd in ("attach", "detach"):
