@@ -4,9 +4,13 @@ test_blkiofs), with the kernel's formats and errnos, and the same through ``ioba
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import test_blkiofs
 
@@ -148,3 +152,29 @@ def test_the_cli_reads_and_writes_the_same_files(fs):
     rc, _, err = fs.ctl.run("cgroup", "io.weight", path, "nope", "5")
     assert rc != 0 and "ENODEV" in err, err
     assert os.path.isdir(fs.real / f"{fs.prefix}cli")
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=st.sampled_from(["io.weight", "io.max"]),
+       data=st.one_of(
+           st.lists(st.sampled_from(["vg0-lv0", "nope", "plain", "default", "0", "-1", "10001",
+                                     "100", "rbps=1", "wiops=max", "riops=x", "foo=1", "max",
+                                     "=", ""]),
+                    max_size=4).map(lambda ws: (" ".join(ws) + "\n").encode()),
+           st.binary(max_size=40)))  # fmt: skip
+def test_malformed_io_writes_answer_an_errno_and_change_nothing(fs, file, data):
+    """Random lines and bytes to io.weight/io.max of a cgroup: accepted, or refused with
+    EINVAL/ENODEV (EOPNOTSUPP for a well-formed io.max) leaving the tables as they were."""
+    cg = fs.cgroup("fuzz")
+    cg.mkdir(exist_ok=True)
+    before = fs.tables()
+    fd = os.open(fs.mnt / cg.name / file, os.O_WRONLY)
+    try:
+        try:
+            assert os.write(fd, data) == len(data)
+            assert file == "io.weight", data  # io.max takes nothing until mclock
+        except OSError as err:
+            assert err.errno in (errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP), (data, err)
+            assert fs.tables() == before
+    finally:
+        os.close(fd)
