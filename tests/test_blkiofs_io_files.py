@@ -178,3 +178,18 @@ def test_malformed_io_writes_answer_an_errno_and_change_nothing(fs, file, data):
             assert fs.tables() == before
     finally:
         os.close(fd)
+
+
+def test_a_group_attached_by_path_is_the_one_the_files_change(fs):
+    fs.cgroup("p")
+    fs.ok("mkdir ${P}p")
+    path = f"{fs.prefix}p"
+    fs.ctl.ok("message", "vg0-lv0", "0", "attach", path)
+    fs.ctl.ok("message", "vg0-lv0", "0", "weight", f"{path}:60")
+    assert fs.ok("cat ${P}p/blkio.settings") == "vg0-lv0 weight=60%\n"
+    assert fs.ok("cat ${P}p/io.weight") == "default 100\nvg0-lv0 60\n"
+    fs.ok('echo "vg0-lv0 70" > ${P}p/blkio.settings')
+    fs.ok('echo "vg0-lv0 80" > ${P}p/io.weight')
+    assert fs.table("vg0-lv0").endswith(f" /{path}:80")  # no second group by id
+    fs.ok('echo "vg0-lv0" > ${P}p/blkio.settings')
+    assert f"/{path}" not in fs.table("vg0-lv0")

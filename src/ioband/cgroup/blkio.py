@@ -120,19 +120,22 @@ def read_settings(engine: Engine, cgid: int, root: bool, path: str | None = None
     return _per_device(engine, cgid, root, lambda dev, g: dev.dp.policy.show_group(g), path)
 
 
-def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0) -> str:
-    """``<dev> <value>``: attach-or-update this cgroup's group (root: the default group);
-    ``<dev>``: detach it. Returns the device name."""
+def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0,
+                   path: str | None = None) -> str:  # fmt: skip
+    """``<dev> <value>``: attach-or-update this cgroup's group (root: the default group; a
+    group attached by the cgroup's ``path`` or by a rule is the one updated); ``<dev>``: detach
+    it. Returns the device name."""
     words = line.split()
     if len(words) not in (1, 2):
         raise InvalidArgument(f"blkio.settings: expected '<device> [<value>]', got {line!r}")
     dev = _cgroup_device(engine, words[0])
+    g = None if root else _group(dev, cgid, False, path)
     if len(words) == 1:
         if root:
             raise InvalidArgument("blkio.settings: the root cgroup's group cannot be detached")
-        if cgid not in dev.groups:
+        if g is None:
             raise InvalidArgument(f"blkio.settings: this cgroup has no group on {dev.name}")
-        engine.message(dev.name, ["detach", str(cgid)], now)
+        engine.message(dev.name, ["detach", key_text(g.id)], now)
         return dev.name
     value = words[1]
     cmd = "range-bw" if dev.dp.policy_name == "range-bw" else "weight"
@@ -143,13 +146,13 @@ def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 
     if root:
         engine.message(dev.name, [cmd, f":{value}"], now)
         return dev.name
-    attached = cgid not in dev.groups
-    if attached:
+    key = g.id if g is not None else cgid
+    if g is None:
         engine.message(dev.name, ["attach", str(cgid)], now)
     try:
-        engine.message(dev.name, [cmd, f"{cgid}:{value}"], now)
+        engine.message(dev.name, [cmd, f"{key_text(key)}:{value}"], now)
     except IobandError:
-        if attached:
+        if g is None:
             engine.message(dev.name, ["detach", str(cgid)], now)
         raise
     return dev.name

@@ -351,7 +351,7 @@ class ControlServer:
         elif what == "devices":
             name = blkio.write_devices(engine, root, value, d.now())
         else:
-            name = blkio.write_settings(engine, cgid, root, value, d.now())
+            name = blkio.write_settings(engine, cgid, root, value, d.now(), path)
             if not root and d.cgroups is not None:
                 d.cgroups.remember(cgid, directory)
         d.pump()
