@@ -223,6 +223,6 @@ def test_watcher_leaves_ids_that_never_were_cgroups(ctl):
 
 
 def test_blkio_functions_without_a_daemon():
-    assert blkio.FILES == ("id", "devices", "settings", "stats")
+    assert blkio.FILES == ("id", "devices", "settings", "stats", "io.weight", "io.max", "io.stat")
     with pytest.raises(Exception, match="No cgroup hierarchy"):
         blkio.cgroup_dir(None, "/")

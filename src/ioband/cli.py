@@ -292,8 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dash_hint(argv: list[str]) -> str | None:
+    """argparse reads a message word such as ``-1:20`` as an option; say how to pass it."""
+    if not argv or argv[0] != "message" or "--" in argv:
+        return None
+    dashed = [w for w in argv[1:] if w[:1] == "-" and w[1:2] in tuple("0123456789:=,")]
+    if not dashed:
+        return None
+    options, words, rest = [], [], iter(argv[1:])
+    for word in rest:
+        if word in ("--socket", "--json") or word.startswith("--socket="):
+            options.append(word)
+            if word == "--socket":
+                options.append(next(rest, ""))
+        else:
+            words.append(word)
+    command = " ".join([PROG, "message", *options, "--", *words])
+    return (f"{PROG}: hint: {dashed[0]!r} begins with '-' and was read as an option: put '--'"
+            f" before the device name: {command}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        hint = dash_hint(argv) if exit_.code == 2 else None
+        if hint:
+            print(hint, file=sys.stderr)
+        raise
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -1,5 +1,7 @@
 """The blkiofs file system: the real cgroup tree plus ``blkio.id/devices/settings/stats`` in
-every directory (dm-ioband-interface.md §6), as pyfuse3 Operations.
+every directory (dm-ioband-interface.md §6), and cgroup v2's ``io.weight``, ``io.max`` (not in
+the root, as in v2) and ``io.stat`` beside them, as pyfuse3 Operations. On a v2 hierarchy whose
+io controller is enabled, ioband's io.* files stand in front of the kernel's.
 
 User space cannot add files to cgroupfs, so blkiofs mirrors it. The four blkio files are served
 by the daemon (the control socket's ``cgroup`` op); everything else is the real cgroup
@@ -41,7 +43,11 @@ log = logging.getLogger("ioband.blkiofs")
 
 #: the files blkiofs adds to every cgroup directory -> the ``cgroup`` op's ``file``
 VIRTUAL = {"blkio.id": "id", "blkio.devices": "devices", "blkio.settings": "settings",
-           "blkio.stats": "stats"}  # fmt: skip
+           "blkio.stats": "stats", "io.weight": "io.weight", "io.max": "io.max",
+           "io.stat": "io.stat"}  # fmt: skip
+NOT_ON_ROOT = ("io.weight", "io.max")  # as in cgroup v2
+READ_ONLY = ("id", "io.stat")
+DELEGATED = ("settings", "stats", "io.weight", "io.max")  # owned by the cgroup's owner
 PROCS_FILES = ("tasks", "cgroup.procs")
 R, W, X = os.R_OK, os.W_OK, os.X_OK
 
@@ -156,9 +162,9 @@ class BlkioFS(pyfuse3.Operations):
             attr.st_mode, attr.st_nlink, attr.st_size = st.st_mode, st.st_nlink, st.st_size
             attr.st_uid, attr.st_gid, attr.st_rdev = st.st_uid, st.st_gid, st.st_rdev
         else:  # like cgroupfs: blkio.id read-only, devices root's, settings/stats delegated
-            attr.st_mode = stat.S_IFREG | (0o444 if node.virtual == "id" else 0o644)
+            attr.st_mode = stat.S_IFREG | (0o444 if node.virtual in READ_ONLY else 0o644)
             attr.st_nlink, attr.st_size = 1, 0
-            owned = node.virtual in ("settings", "stats")
+            owned = node.virtual in DELEGATED
             attr.st_uid, attr.st_gid = (st.st_uid, st.st_gid) if owned else (0, 0)
         attr.st_blksize, attr.st_blocks = 4096, 0
         attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns = (
@@ -179,6 +185,8 @@ class BlkioFS(pyfuse3.Operations):
         parent, _ = self._dir(parent_inode, _cred(ctx), X)
         text = os.fsdecode(name)
         if text in VIRTUAL:
+            if not parent.path and text in NOT_ON_ROOT:
+                raise pyfuse3.FUSEError(errno.ENOENT)
             return self._attr(Node(parent.path, VIRTUAL[text]))
         return self._attr(Node(parent.child(text)))
 
@@ -215,7 +223,7 @@ class BlkioFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.virtual is None:
             return permitted(self._stat(node), _cred(ctx), mode)
-        return not (mode & X) and not (mode & W and node.virtual == "id")
+        return not (mode & X) and not (mode & W and node.virtual in READ_ONLY)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
@@ -230,7 +238,8 @@ class BlkioFS(pyfuse3.Operations):
             names = sorted(os.listdir(self._real(node.path)))
         except OSError as err:
             raise _fail(err) from None
-        names = [n for n in names if n not in VIRTUAL] + list(VIRTUAL)
+        virtual = [n for n in VIRTUAL if node.path or n not in NOT_ON_ROOT]
+        names = [n for n in names if n not in VIRTUAL] + virtual
         return self._new_handle(Handle(node, _cred(ctx), entries=names))
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -311,7 +320,7 @@ class BlkioFS(pyfuse3.Operations):
         acc = flags & os.O_ACCMODE
         want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(acc, R | W)
         if node.virtual is not None:
-            if want & W and node.virtual == "id":
+            if want & W and node.virtual in READ_ONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             self._stat(node)  # ENOENT once the cgroup is gone
             h = Handle(node, cred)

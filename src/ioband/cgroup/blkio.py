@@ -14,11 +14,15 @@ from pathlib import Path
 
 from ioband.cgroup.proc import Hierarchy
 from ioband.core.engine import Engine
-from ioband.core.grammar import parse_range, parse_weight
+from ioband.core.grammar import GroupKey, key_text, parse_range, parse_weight
 from ioband.core.model import Device, Group
 from ioband.errors import AccessDenied, InvalidArgument, IobandError, NoSuchDevice, NotFound
 
-FILES = ("id", "devices", "settings", "stats")
+IO_FILES = ("io.weight", "io.max", "io.stat")  # cgroup v2's names and formats
+FILES = ("id", "devices", "settings", "stats", *IO_FILES)
+NOT_ON_ROOT = ("io.weight", "io.max")  # as in cgroup v2 (CFTYPE_NOT_ON_ROOT)
+IO_WEIGHT_MIN, IO_WEIGHT_MAX, IO_WEIGHT_DEFAULT = 1, 10000, 100  # CGROUP_WEIGHT_*
+IO_MAX_KEYS = ("rbps", "wbps", "riops", "wiops")
 
 
 # -- naming cgroups ------------------------------------------------------------------------------
@@ -48,8 +52,13 @@ def _cgroup_devices(engine: Engine) -> Iterator[Device]:
     return (dev for dev in engine.devices.values() if dev.type_name == "cgroup")
 
 
-def _group(dev: Device, cgid: int, root: bool) -> Group | None:
-    return dev.head if root else dev.groups.get(cgid)
+def _group(dev: Device, cgid: int, root: bool, path: str | None = None) -> Group | None:
+    """The cgroup's group on ``dev``: by id, else by its path (a group attached by path or by
+    a rule); the default group for the root cgroup."""
+    if root:
+        return dev.head
+    g = dev.groups.get(cgid)
+    return g if g is not None or path is None else dev.groups.get(path)
 
 
 def _cgroup_device(engine: Engine, name: str) -> Device:
@@ -97,33 +106,36 @@ def write_devices(engine: Engine, root: bool, line: str, now: int = 0) -> str:
     return dev.name
 
 
-def _per_device(engine: Engine, cgid: int, root: bool, render) -> str:
+def _per_device(engine: Engine, cgid: int, root: bool, render, path: str | None = None) -> str:
     """One line per cgroup-type device on which this cgroup has a group."""
     lines = []
     for dev in _cgroup_devices(engine):
-        g = _group(dev, cgid, root)
+        g = _group(dev, cgid, root, path)
         if g is not None:
             lines.append(f"{dev.name}{render(dev, g)}\n")
     return "".join(lines)
 
 
-def read_settings(engine: Engine, cgid: int, root: bool) -> str:
-    return _per_device(engine, cgid, root, lambda dev, g: dev.dp.policy.show_group(g))
+def read_settings(engine: Engine, cgid: int, root: bool, path: str | None = None) -> str:
+    return _per_device(engine, cgid, root, lambda dev, g: dev.dp.policy.show_group(g), path)
 
 
-def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0) -> str:
-    """``<dev> <value>``: attach-or-update this cgroup's group (root: the default group);
-    ``<dev>``: detach it. Returns the device name."""
+def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 0,
+                   path: str | None = None) -> str:  # fmt: skip
+    """``<dev> <value>``: attach-or-update this cgroup's group (root: the default group; a
+    group attached by the cgroup's ``path`` or by a rule is the one updated); ``<dev>``: detach
+    it. Returns the device name."""
     words = line.split()
     if len(words) not in (1, 2):
         raise InvalidArgument(f"blkio.settings: expected '<device> [<value>]', got {line!r}")
     dev = _cgroup_device(engine, words[0])
+    g = None if root else _group(dev, cgid, False, path)
     if len(words) == 1:
         if root:
             raise InvalidArgument("blkio.settings: the root cgroup's group cannot be detached")
-        if cgid not in dev.groups:
+        if g is None:
             raise InvalidArgument(f"blkio.settings: this cgroup has no group on {dev.name}")
-        engine.message(dev.name, ["detach", str(cgid)], now)
+        engine.message(dev.name, ["detach", key_text(g.id)], now)
         return dev.name
     value = words[1]
     cmd = "range-bw" if dev.dp.policy_name == "range-bw" else "weight"
@@ -134,13 +146,13 @@ def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 
     if root:
         engine.message(dev.name, [cmd, f":{value}"], now)
         return dev.name
-    attached = cgid not in dev.groups
-    if attached:
+    key = g.id if g is not None else cgid
+    if g is None:
         engine.message(dev.name, ["attach", str(cgid)], now)
     try:
-        engine.message(dev.name, [cmd, f"{cgid}:{value}"], now)
+        engine.message(dev.name, [cmd, f"{key_text(key)}:{value}"], now)
     except IobandError:
-        if attached:
+        if g is None:
             engine.message(dev.name, ["detach", str(cgid)], now)
         raise
     return dev.name
@@ -150,8 +162,125 @@ def _stat_numbers(engine: Engine, g: Group) -> str:
     return engine.group_status(g, "diskstats").split(" ", 2)[2]  # without the group id
 
 
-def read_stats(engine: Engine, cgid: int, root: bool) -> str:
-    return _per_device(engine, cgid, root, lambda dev, g: " " + _stat_numbers(engine, g))
+def read_stats(engine: Engine, cgid: int, root: bool, path: str | None = None) -> str:
+    return _per_device(engine, cgid, root, lambda dev, g: " " + _stat_numbers(engine, g), path)
+
+
+# -- the cgroup v2 files: io.weight, io.max, io.stat ---------------------------------------------
+# The kernel's formats, with the device named by its ioband name instead of MAJ:MIN.
+def _weight_devices(engine: Engine) -> Iterator[Device]:
+    """The cgroup-type devices whose device group runs a weight policy (io.weight's devices)."""
+    return (dev for dev in _cgroup_devices(engine) if dev.dp.policy.family == "weight")
+
+
+def _io_weight(text: str) -> int:
+    value = int(text) if text.isdigit() else None
+    if value is None or not IO_WEIGHT_MIN <= value <= IO_WEIGHT_MAX:
+        raise InvalidArgument(
+            f"io.weight: weight {text!r} is not an integer in {IO_WEIGHT_MIN}..{IO_WEIGHT_MAX}"
+        )
+    return value
+
+
+def read_io_weight(engine: Engine, cgid: int, path: str | None, default: int | None) -> str:
+    """``default N`` (the value last written, else the kernel's 100), then ``DEVICE N`` for each
+    weight-policy device where the cgroup's group has another weight."""
+    lines = [f"default {default if default is not None else IO_WEIGHT_DEFAULT}"]
+    for dev in _weight_devices(engine):
+        g = _group(dev, cgid, False, path)
+        if g is not None and g.weight != default:
+            lines.append(f"{dev.name} {g.weight}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_io_weight(engine: Engine, cgid: int, path: str | None, line: str,
+                    defaults: dict[int, int], now: int = 0) -> None:  # fmt: skip
+    """``N`` or ``default N``: the cgroup's weight on every weight-policy device where it has no
+    weight of its own (a group is attached where it has none); ``DEVICE N``: on that device;
+    ``DEVICE default``: back to the default (without a default written: the group is detached,
+    and the cgroup shares the device's default group again)."""
+    words = line.split()
+    if len(words) == 1:
+        words = ["default", words[0]]
+    if len(words) != 2:
+        raise InvalidArgument(
+            "io.weight: expected 'default N', 'N', '<device> N' or '<device> default'"
+            f" (N in {IO_WEIGHT_MIN}..{IO_WEIGHT_MAX}), got {line.strip()!r}"
+        )
+    target, value = words
+    if target == "default":
+        weight = _io_weight(value)
+        old = defaults.get(cgid)
+        for dev in list(_weight_devices(engine)):
+            g = _group(dev, cgid, False, path)
+            if g is None or (old is not None and g.weight == old):
+                _set_weight(engine, dev, cgid, g, weight, now)
+        defaults[cgid] = weight
+        return
+    dev = _cgroup_device(engine, target)
+    if dev.dp.policy.family != "weight":
+        raise InvalidArgument(f"io.weight: {dev.name} runs {dev.dp.policy_name}, which has no"
+                              " weights (its groups are set through blkio.settings)")  # fmt: skip
+    g = _group(dev, cgid, False, path)
+    if value == "default":
+        default = defaults.get(cgid)
+        if default is not None:
+            _set_weight(engine, dev, cgid, g, default, now)
+        elif g is not None:
+            engine.message(dev.name, ["detach", key_text(g.id)], now)
+        return
+    _set_weight(engine, dev, cgid, g, _io_weight(value), now)
+
+
+def _set_weight(engine: Engine, dev: Device, cgid: int, g: Group | None, weight: int,
+                now: int) -> None:  # fmt: skip
+    key = g.id if g is not None else cgid
+    if g is None:
+        engine.message(dev.name, ["attach", str(cgid)], now)
+    try:
+        engine.message(dev.name, ["weight", f"{key_text(key)}:{weight}"], now)
+    except IobandError:
+        if g is None:
+            engine.message(dev.name, ["detach", str(cgid)], now)
+        raise
+
+
+def read_io_max(engine: Engine, cgid: int, path: str | None) -> str:
+    """No device has caps (they come with the mclock policy): nothing, as the kernel shows for
+    a cgroup without limits."""
+    return ""
+
+
+def write_io_max(engine: Engine, line: str) -> None:
+    """``DEVICE rbps=N|max wbps=... riops=... wiops=...``: checked as the kernel does (EINVAL,
+    ENODEV), then refused: ioband has no per-group caps until the mclock policy lands."""
+    words = line.split()
+    if not words:
+        raise InvalidArgument("io.max: expected '<device> rbps=N wbps=N riops=N wiops=N'")
+    dev = _cgroup_device(engine, words[0])
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or key not in IO_MAX_KEYS:
+            raise InvalidArgument(f"io.max: {word!r}: expected KEY=VALUE with KEY one of"
+                                  f" {', '.join(IO_MAX_KEYS)}")  # fmt: skip
+        if value != "max" and not value.isdigit():
+            raise InvalidArgument(f"io.max: {key}={value!r}: the value is an integer or 'max'")
+    raise IobandError(
+        f"io.max: {dev.name}: ioband has no per-group caps yet (they come with the mclock"
+        " policy); nothing was changed",
+        errno_name="EOPNOTSUPP",
+    )
+
+
+def read_io_stat(engine: Engine, cgid: int, root: bool, path: str | None) -> str:
+    """``DEVICE rbytes= wbytes= rios= wios= dbytes= dios=`` for each device where the cgroup
+    has a group (the root: the default groups). ioband schedules no discards: d* are 0."""
+
+    def render(dev: Device, g: Group) -> str:
+        return (f" rbytes={g.sectors[0] * 512} wbytes={g.sectors[1] * 512} rios={g.ios[0]}"
+                f" wios={g.ios[1]} dbytes=0 dios=0")  # fmt: skip
+
+    return _per_device(engine, cgid, root, render, path)
 
 
 def write_stats(engine: Engine, cgid: int, root: bool, line: str) -> None:
@@ -197,9 +326,23 @@ class CgroupWatcher:
                 continue
         return found
 
-    def gone(self, engine: Engine) -> list[tuple[str, int]]:
-        """(device, id) pairs to detach now."""
-        attached = {(dev.name, gid) for dev in _cgroup_devices(engine) for gid in dev.groups}
+    def gone(self, engine: Engine) -> list[tuple[str, GroupKey]]:
+        """(device, key) pairs to detach now. A group attached by path stays when its cgroup
+        goes (the path keeps its value for a cgroup re-created there); one that a rule attached
+        goes with its cgroup (the rule attaches the next one)."""
+        by_rule = sorted(
+            (dev.name, key)
+            for dev in _cgroup_devices(engine)
+            for key, g in dev.groups.items()
+            if isinstance(key, str) and g.by_rule
+            and not (self.hierarchy.mount / key).is_dir()
+        )  # fmt: skip
+        attached = {
+            (dev.name, gid)
+            for dev in _cgroup_devices(engine)
+            for gid in dev.groups
+            if isinstance(gid, int)
+        }
         ids = {gid for _, gid in attached}
         if any(gid not in self.known for gid in ids):
             scanned = self._scan()
@@ -210,4 +353,4 @@ class CgroupWatcher:
         dead = {gid for gid in self.known if not self._alive(gid)}
         for gid in dead:
             del self.known[gid]
-        return sorted((name, gid) for name, gid in attached if gid in dead)
+        return [*sorted((name, gid) for name, gid in attached if gid in dead), *by_rule]

@@ -127,7 +127,13 @@ def identity(
         if path is not None:
             cg = cgroup_id(path, hierarchy) or 0
     return Submitter(pid=pid, pgrp=pgrp if pgrp is not None else pid, uid=uid, gid=gid,
-                     cgroup=cg, client=client)  # fmt: skip
+                     cgroup=cg, client=client, cgroup_path=relative(path))  # fmt: skip
+
+
+def relative(path: str | None) -> str | None:
+    """``/machine.slice/vm1.scope`` as /proc writes it -> ``machine.slice/vm1.scope``, the form
+    group keys take (None for the root cgroup or an unknown one)."""
+    return "/".join(p for p in path.split("/") if p) or None if path else None
 
 
 _PEERCRED = struct.Struct("3i")

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ioband.cgroup.blkio import FILES as CGROUP_FILES
 from ioband.control.client import SOCKET_ENV, Unreachable, call, socket_path
 from ioband.core.grammar import TARGET
 from ioband.errors import EXIT_STATUS, IobandError
@@ -293,12 +294,14 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:
     _common(p, reads=True)
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("cgroup", help="the blkio-cgroup files: id, devices, settings, stats",
-                       description="ioband cgroup FILE [CGROUP] [VALUE...]: read blkio.FILE of "
-                       "CGROUP (a path in the cgroup hierarchy, default /), or write VALUE to it "
-                       "(devices: root cgroup, root or the admin group; settings, stats: also "
-                       "the owner of the cgroup's directory).")  # fmt: skip
-    p.add_argument("file", metavar="FILE", choices=("id", "devices", "settings", "stats"))
+    p = sub.add_parser("cgroup", help="the blkio-cgroup files: id, devices, settings, stats;"
+                       " cgroup v2's io.weight, io.max, io.stat",
+                       description="ioband cgroup FILE [CGROUP] [VALUE...]: read blkio.FILE (or"
+                       " the v2 file io.*) of CGROUP (a path in the cgroup hierarchy, default /),"
+                       " or write VALUE to it (devices: root cgroup, root or the admin group;"
+                       " settings, stats, io.weight, io.max: also the owner of the cgroup's"
+                       " directory).")  # fmt: skip
+    p.add_argument("file", metavar="FILE", choices=CGROUP_FILES)
     p.add_argument("cgroup", metavar="CGROUP", nargs="?", default="/")
     p.add_argument("value", metavar="VALUE", nargs="*", help="words to write")
     _common(p, reads=True)

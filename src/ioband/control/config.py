@@ -27,7 +27,10 @@ listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
 [[device]]
 name = "ioband1"
 table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
-messages = ["attach 1234", "weight 1234:40"]
+messages = ["attach 1234", "weight 1234:40", "weight machine.slice/vm1.scope:200"]
+[[device.rule]]               # a new cgroup attaches itself when it first does I/O (first match)
+cgroup = "machine.slice/*.scope"   # a glob over cgroup paths ('*' stays inside one component)
+weight = 200                  # or range-bw = "MIN:MAX"; types user/uid and gid: uid = / gid =
 direct = false                # O_DIRECT on the backing store
 read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
@@ -54,15 +57,17 @@ that is not given means none.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ioband.control.access import NOT_FOR_MOUNTS, parse_rules
-from ioband.errors import InvalidArgument
+from ioband.core.grammar import Rule, parse_rule, parse_table
+from ioband.errors import InvalidArgument, IobandError
 
 DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
 DEFAULT_CONTROL_SOCKET = "/run/ioband/control.sock"
@@ -76,13 +81,36 @@ DEFAULT_MAX_CONNECTIONS_PER_UID = 100
 
 
 class ConfigError(InvalidArgument):
-    """A configuration file was refused; ``key`` names the offending entry."""
+    """A configuration file was refused; ``key`` names the offending entry. ``errno_name``:
+    the errno of the cause when it is not EINVAL (a missing file: ENOENT; a refusal of the
+    engine: its own), so that it is said once."""
 
-    def __init__(self, source: str, key: str, rule: str) -> None:
-        super().__init__(f"{source}: {key}: {rule}")
+    def __init__(self, source: str, key: str, rule: str, errno_name: str | None = None) -> None:
+        super().__init__(f"{source}: {key}: {rule}", errno_name=errno_name)
         self.source = source
         self.key = key
         self.rule = rule
+
+    @classmethod
+    def of(cls, source: str, key: str, err: IobandError, prefix: str = "") -> ConfigError:
+        """The engine's (or another component's) refusal ``err``, as the entry ``key``'s."""
+        return cls(source, key, f"{prefix}{err}", err.errno_name)
+
+
+class ConfigErrors(ConfigError):
+    """Every error a configuration file has (each entry checked on its own), one a line;
+    ``errors[0]`` is the first (``key``/``rule`` are its)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.key, first.rule, first.errno_name)
+        self.errors = errors
+        self.message = "\n".join(str(e) for e in errors)
+        self.args = (self.message,)
+
+
+def _os_errno(err: OSError) -> str | None:
+    return errno.errorcode.get(err.errno) if err.errno else None
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,7 @@ class DeviceConfig:
     write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
     allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
     allow_ro: tuple[str, ...] = ()  # ... and read-only
+    rules: tuple[Rule, ...] = ()  # [[device.rule]]: groups that attach themselves
 
 
 @dataclass(frozen=True)
@@ -165,6 +194,7 @@ _DEVICE_KEYS = (
     "write_behind",
     "allow",
     "allow_ro",
+    "rule",
 )
 
 
@@ -181,7 +211,8 @@ def load_config(
         try:
             text = Path(source).read_text()
         except OSError as err:
-            raise ConfigError(name, "(file)", f"cannot read: {err.strerror}") from None
+            rule = f"cannot read: {err.strerror}"
+            raise ConfigError(name, "(file)", rule, _os_errno(err)) from None
     else:
         name, text = "<config>", str(source)
     try:
@@ -195,7 +226,8 @@ def unusable_path(src: str, key: str, path: str, err: OSError, none: str = "none
     """A path of the configuration the daemon cannot create or write (most often: started by
     a user who is not root, with the default paths under /run and /var/lib)."""
     return ConfigError(src, key, f"cannot use {path!r}: {err.strerror or err}: run the daemon as"
-                       f" root, or set {key} to a path it may write ('' for {none})")  # fmt: skip
+                       f" root, or set {key} to a path it may write ('' for {none})",
+                       _os_errno(err))  # fmt: skip
 
 
 def _unknown(src: str, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
@@ -227,97 +259,83 @@ def _host_port(src: str, key: str, value: Any) -> tuple[str, int]:
 
 
 def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) -> Config:
+    """Every entry is checked on its own and every error is reported (ConfigErrors), not only
+    the first: an entry in error takes its default so the checks after it still run."""
+    errors: list[ConfigError] = []
+
+    def attempt(check: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return check()
+        except ConfigErrors as err:
+            errors.extend(err.errors)
+        except ConfigError as err:
+            errors.append(err)
+        return default
+
     for key in data:
         if key not in (*_SECTIONS, "device"):
-            raise _unknown(src, "", key, (*_SECTIONS, "device"))
+            errors.append(_unknown(src, "", key, (*_SECTIONS, "device")))
     values: dict[str, Any] = {}
     for section, keys in _SECTIONS.items():
         table = data.get(section, {})
-        _typed(src, section, table, dict, "a table")
+        if attempt(lambda t=table, s=section: _typed(src, s, t, dict, "a table")) is None:
+            continue
         for key, value in table.items():
             if key not in keys:
-                raise _unknown(src, f"{section}.", key, keys)
-            values[key] = value
-    hz = _typed(src, "daemon.hz", values.get("hz", 1000), int, "an integer")
-    if not 50 <= hz <= 100_000:
-        raise ConfigError(src, "daemon.hz", f"must be in 50..100000, got {hz}")
-    threads = _typed(src, "daemon.io_threads", values.get("io_threads", 16), int, "an integer")
-    if not 1 <= threads <= 1024:
-        raise ConfigError(src, "daemon.io_threads", f"must be in 1..1024, got {threads}")
-    hierarchy = _typed(src, "daemon.cgroup_hierarchy", values.get("cgroup_hierarchy", "auto"),
-                       str, "a string")  # fmt: skip
-    sock = values.get("unix_socket", DEFAULT_UNIX_SOCKET)
-    if sock is not None:
-        _typed(src, "nbd.unix_socket", sock, str, "a path")
-        if not sock:
-            sock = None
-    tcp = _host_port(src, "nbd.tcp", values["tcp"]) if "tcp" in values else None
-    listen = _host_port(src, "metrics.listen", values["listen"]) if "listen" in values else None
-    if sock is None and tcp is None:
-        raise ConfigError(src, "nbd", "needs unix_socket or tcp (or both)")
-    raw = data.get("device", [])
-    _typed(src, "device", raw, list, "an array of tables ([[device]])")
+                errors.append(_unknown(src, f"{section}.", key, keys))
+            else:
+                values[key] = value
+    hz = attempt(lambda: _bounded(src, "daemon.hz", values.get("hz", 1000), 50, 100_000), 1000)
+    threads = attempt(lambda: _bounded(src, "daemon.io_threads", values.get("io_threads", 16),
+                                       1, 1024), 16)  # fmt: skip
+    hierarchy = attempt(lambda: _typed(src, "daemon.cgroup_hierarchy",
+                                       values.get("cgroup_hierarchy", "auto"), str, "a string"),
+                        "auto")  # fmt: skip
+    sock = attempt(lambda: _unix_socket(src, values), None)
+    tcp = attempt(lambda: _host_port(src, "nbd.tcp", values["tcp"])) if "tcp" in values else None
+    listen = None
+    if "listen" in values:
+        listen = attempt(lambda: _host_port(src, "metrics.listen", values["listen"]))
+    if sock is None and tcp is None and not errors:
+        errors.append(ConfigError(src, "nbd", "needs unix_socket or tcp (or both)"))
+    raw = attempt(lambda: _typed(src, "device", data.get("device", []), list,
+                                 "an array of tables ([[device]])"), [])  # fmt: skip
     devices = []
     names: set[str] = set()
     for i, item in enumerate(raw):
-        where = f"device[{i}]"
-        _typed(src, where, item, dict, "a table")
-        for key in item:
-            if key not in _DEVICE_KEYS:
-                raise _unknown(src, f"{where}.", key, _DEVICE_KEYS)
-        for key in ("name", "table"):
-            if key not in item:
-                raise ConfigError(src, f"{where}.{key}", "is required")
-        name = _typed(src, f"{where}.name", item["name"], str, "a string")
-        if name in names:
-            raise ConfigError(src, f"{where}.name", f"{name!r} is used twice")
-        names.add(name)
-        table = _typed(src, f"{where}.table", item["table"], str, "a table line")
-        messages = _typed(src, f"{where}.messages", item.get("messages", []), list, "an array")
-        for j, msg in enumerate(messages):
-            _typed(src, f"{where}.messages[{j}]", msg, str, "a message string")
-        direct = _typed(src, f"{where}.direct", item.get("direct", False), bool, "true or false")
-        ro = _typed(src, f"{where}.read_only", item.get("read_only", False), bool, "true or false")
-        control = _typed(src, f"{where}.control", item.get("control", True), bool, "true or false")
-        mountpoint = item.get("mountpoint")
-        if mountpoint is not None:
-            _typed(src, f"{where}.mountpoint", mountpoint, str, "a directory path")
-            if not mountpoint.startswith("/"):
-                raise ConfigError(src, f"{where}.mountpoint",
-                                  f"must be an absolute path, got {mountpoint!r}")  # fmt: skip
-        writeback = _typed(src, f"{where}.writeback_cache", item.get("writeback_cache", False),
-                           bool, "true or false")  # fmt: skip
-        behind = _typed(src, f"{where}.write_behind", item.get("write_behind", True), bool,
-                        "true or false")  # fmt: skip
-        allow = _rules(src, f"{where}.", item, "allow")
-        allow_ro = _rules(src, f"{where}.", item, "allow_ro")
-        if (allow or allow_ro) and mountpoint is not None:
-            raise ConfigError(src, f"{where}.allow", NOT_FOR_MOUNTS)
-        devices.append(DeviceConfig(name, table, tuple(messages), direct, ro, control,
-                                    mountpoint or None, writeback, behind, allow,
-                                    allow_ro))  # fmt: skip
-    control_sock = _optional_path(src, "daemon.control_socket", values,
-                             DEFAULT_CONTROL_SOCKET if service_defaults else None)  # fmt: skip
-    state = _optional_path(src, "daemon.state_file", values,
-                           DEFAULT_STATE_FILE if service_defaults else None)  # fmt: skip
+        dev = attempt(lambda i=i, item=item: _device(src, f"device[{i}]", item, names))
+        if dev is not None:
+            devices.append(dev)
+    control_sock = attempt(lambda: _optional_path(src, "daemon.control_socket", values,
+                           DEFAULT_CONTROL_SOCKET if service_defaults else None))  # fmt: skip
+    state = attempt(lambda: _optional_path(src, "daemon.state_file", values,
+                    DEFAULT_STATE_FILE if service_defaults else None))  # fmt: skip
     admin = values.get("admin_group", DEFAULT_ADMIN_GROUP)
-    _typed(src, "daemon.admin_group", admin, str, "a group name ('' for root only)")
-    allowed_backing = _directories(src, "daemon.allowed_backing", values)
-    allowed_mounts = _directories(src, "daemon.allowed_mounts", values)
-    mode = _socket_mode(src, values.get("socket_mode", DEFAULT_SOCKET_MODE))
+    attempt(lambda: _typed(src, "daemon.admin_group", admin, str,
+                           "a group name ('' for root only)"))  # fmt: skip
+    allowed_backing = attempt(lambda: _directories(src, "daemon.allowed_backing", values), ())
+    allowed_mounts = attempt(lambda: _directories(src, "daemon.allowed_mounts", values), ())
+    mode = attempt(lambda: _socket_mode(src, values.get("socket_mode", DEFAULT_SOCKET_MODE)),
+                   DEFAULT_SOCKET_MODE)  # fmt: skip
     group = values.get("socket_group", DEFAULT_SOCKET_GROUP)
-    _typed(src, "nbd.socket_group", group, str, "a group name ('' for root's group)")
-    timeout = _typed(src, "nbd.handshake_timeout",
-                     values.get("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT), (int, float),
-                     "a number of seconds")  # fmt: skip
-    if isinstance(timeout, bool) or not 0.1 <= timeout <= 3600:
-        raise ConfigError(src, "nbd.handshake_timeout", f"must be in 0.1..3600 s, got {timeout!r}")
-    most = _count(src, "nbd.max_connections", values, DEFAULT_MAX_CONNECTIONS)
-    per_uid = _count(src, "nbd.max_connections_per_uid", values, DEFAULT_MAX_CONNECTIONS_PER_UID)
+    attempt(lambda: _typed(src, "nbd.socket_group", group, str,
+                           "a group name ('' for root's group)"))  # fmt: skip
+    timeout = attempt(lambda: _timeout(src, values), DEFAULT_HANDSHAKE_TIMEOUT)
+    most = attempt(lambda: _count(src, "nbd.max_connections", values, DEFAULT_MAX_CONNECTIONS),
+                   DEFAULT_MAX_CONNECTIONS)  # fmt: skip
+    per_uid = attempt(lambda: _count(src, "nbd.max_connections_per_uid", values,
+                                     DEFAULT_MAX_CONNECTIONS_PER_UID),
+                      DEFAULT_MAX_CONNECTIONS_PER_UID)  # fmt: skip
     if per_uid > most:
         rule = f"must not exceed nbd.max_connections ({most}), got {per_uid}"
-        raise ConfigError(src, "nbd.max_connections_per_uid", rule)
-    tls_mode, tls_certificates, tls_psk_file, tls_verify_peer = _tls(src, values)
+        errors.append(ConfigError(src, "nbd.max_connections_per_uid", rule))
+    tls_mode, tls_certificates, tls_psk_file, tls_verify_peer = attempt(
+        lambda: _tls(src, values), ("off", None, None, False)
+    )
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
     return Config(hz, hierarchy, threads, sock, tcp, tuple(devices), src, control_sock, state,
                   admin or None, listen, allowed_backing=allowed_backing,
                   allowed_mounts=allowed_mounts, socket_mode=mode, socket_group=group or None,
@@ -328,6 +346,92 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
                   tls_verify_peer=tls_verify_peer)  # fmt: skip
 
 
+def _bounded(src: str, key: str, value: Any, lo: int, hi: int) -> int:
+    _typed(src, key, value, int, "an integer")
+    if not lo <= value <= hi:
+        raise ConfigError(src, key, f"must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _unix_socket(src: str, values: Mapping[str, Any]) -> str | None:
+    sock = values.get("unix_socket", DEFAULT_UNIX_SOCKET)
+    if sock is not None:
+        _typed(src, "nbd.unix_socket", sock, str, "a path")
+    return sock or None
+
+
+def _timeout(src: str, values: Mapping[str, Any]) -> float:
+    timeout = _typed(src, "nbd.handshake_timeout",
+                     values.get("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT), (int, float),
+                     "a number of seconds")  # fmt: skip
+    if isinstance(timeout, bool) or not 0.1 <= timeout <= 3600:
+        raise ConfigError(src, "nbd.handshake_timeout", f"must be in 0.1..3600 s, got {timeout!r}")
+    return timeout
+
+
+def _device(src: str, where: str, item: Any, names: set[str]) -> DeviceConfig:
+    """One ``[[device]]``: each of its keys checked, every error reported (ConfigErrors)."""
+    _typed(src, where, item, dict, "a table")
+    errors: list[ConfigError] = []
+
+    def attempt(check: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return check()
+        except ConfigError as err:
+            errors.append(err)
+        return default
+
+    for key in item:
+        if key not in _DEVICE_KEYS:
+            errors.append(_unknown(src, f"{where}.", key, _DEVICE_KEYS))
+    for key in ("name", "table"):
+        if key not in item:
+            errors.append(ConfigError(src, f"{where}.{key}", "is required"))
+    name = attempt(lambda: _typed(src, f"{where}.name", item.get("name", ""), str, "a string"), "")
+    if name and name in names:
+        errors.append(ConfigError(src, f"{where}.name", f"{name!r} is used twice"))
+    names.add(name)
+    table = attempt(lambda: _typed(src, f"{where}.table", item.get("table", ""), str,
+                                   "a table line"), "")  # fmt: skip
+
+    def messages_of() -> list[str]:
+        messages = _typed(src, f"{where}.messages", item.get("messages", []), list, "an array")
+        for j, msg in enumerate(messages):
+            _typed(src, f"{where}.messages[{j}]", msg, str, "a message string")
+        return messages
+
+    messages = attempt(messages_of, [])
+
+    def flag(key: str, default: bool) -> bool:
+        return attempt(lambda: _typed(src, f"{where}.{key}", item.get(key, default), bool,
+                                      "true or false"), default)  # fmt: skip
+
+    direct, ro, control = flag("direct", False), flag("read_only", False), flag("control", True)
+
+    def mountpoint_of() -> str | None:
+        mountpoint = item.get("mountpoint")
+        if mountpoint is not None:
+            _typed(src, f"{where}.mountpoint", mountpoint, str, "a directory path")
+            if not mountpoint.startswith("/"):
+                raise ConfigError(src, f"{where}.mountpoint",
+                                  f"must be an absolute path, got {mountpoint!r}")  # fmt: skip
+        return mountpoint
+
+    mountpoint = attempt(mountpoint_of)
+    writeback, behind = flag("writeback_cache", False), flag("write_behind", True)
+    allow = attempt(lambda: _rules(src, f"{where}.", item, "allow"), ())
+    allow_ro = attempt(lambda: _rules(src, f"{where}.", item, "allow_ro"), ())
+    if (allow or allow_ro) and mountpoint is not None:
+        errors.append(ConfigError(src, f"{where}.allow", NOT_FOR_MOUNTS))
+    rules = attempt(lambda: _device_rules(src, where, item, table), ())
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+    return DeviceConfig(name, table, tuple(messages), direct, ro, control, mountpoint or None,
+                        writeback, behind, allow, allow_ro, rules)  # fmt: skip
+
+
 def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str, ...]:
     """A device's access rules, checked (names resolved) but kept as written."""
     rules = _typed(src, f"{where}{key}", item.get(key, []), list, "an array of rules")
@@ -336,6 +440,29 @@ def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str
     except InvalidArgument as err:
         key_part, _, rule = str(err).partition(": ")
         raise ConfigError(src, key_part, rule) from None
+
+
+def _device_rules(src: str, where: str, item: Mapping[str, Any], table: str) -> tuple[Rule, ...]:
+    """``[[device.rule]]``: checked against the table's group type and policy values here;
+    the engine checks them again against the running device."""
+    raw = _typed(src, f"{where}.rule", item.get("rule", []), list, "an array of tables"
+                 " ([[device.rule]])")  # fmt: skip
+    if not raw:
+        return ()
+    try:
+        gtype = parse_table(table).type
+    except InvalidArgument:
+        return ()  # the table's own error is reported
+    rules = []
+    for j, fields in enumerate(raw):
+        what = f"{where}.rule[{j}]"
+        _typed(src, what, fields, dict, "a table")
+        try:
+            rules.append(parse_rule(fields, what, gtype))
+        except InvalidArgument as err:
+            key, _, rule = str(err).partition(": ")
+            raise ConfigError(src, key, rule) from None
+    return tuple(rules)
 
 
 def _directories(src: str, key: str, values: Mapping[str, Any]) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import signal
 import time
 
 from ioband.cgroup.blkio import CgroupWatcher
+from ioband.cgroup.paths import CgroupPaths
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.control import sdnotify
 from ioband.control import state as persist
@@ -23,6 +24,7 @@ from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
 from ioband.control.config import (
     Config,
     ConfigError,
+    ConfigErrors,
     DeviceConfig,
     load_config,
     unusable_path,
@@ -31,6 +33,7 @@ from ioband.control.metrics import MetricsServer
 from ioband.control.reload import Outcome, Plan, plan_reload
 from ioband.control.server import ControlServer
 from ioband.core.engine import Engine
+from ioband.core.grammar import Rule, key_text
 from ioband.core.model import Device
 from ioband.core.request import Request
 from ioband.errors import IobandError
@@ -54,6 +57,8 @@ class Daemon:
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None
         self.cgroups: CgroupWatcher | None = None  # detaches the groups of removed cgroups
+        self.cgroup_paths: CgroupPaths | None = None  # a cgroup inode's path (FUSE requests)
+        self.io_weight_defaults: dict[int, int] = {}  # cgroup id -> io.weight's 'default N'
         self._cgroup_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
@@ -147,6 +152,7 @@ class Daemon:
         allow: tuple[str, ...] = (),
         allow_ro: tuple[str, ...] = (),
         confine: Confinement | None = None,
+        rules: tuple[Rule, ...] = (),
     ) -> Export | FuseMount | None:
         """Create an ioband device and export it (a file or block device) or mount it (a
         directory). Nothing is left behind when it fails. A daemon that is not running (the
@@ -160,6 +166,11 @@ class Daemon:
             raise ConfigError(src, key, rule) from None
         engine = self.engine
         device = engine.create(name, table, self.now() if self.loop else 0)
+        try:
+            engine.set_rules(name, rules)
+        except IobandError as err:
+            engine.remove(name)
+            raise ConfigError.of(src, f"{where}rule", err) from None
         if os.path.isdir(device.backing) or mountpoint:
             if not access.open:
                 engine.remove(name)
@@ -227,6 +238,7 @@ class Daemon:
             write_behind=dev.write_behind,
             allow=dev.allow,
             allow_ro=dev.allow_ro,
+            rules=dev.rules,
         )
 
     def add_from_file(self, dev: DeviceConfig, where: str) -> None:
@@ -237,7 +249,7 @@ class Daemon:
         except ConfigError:
             raise
         except IobandError as err:
-            raise ConfigError(self.config.source, f"{where}table", err.describe()) from None
+            raise ConfigError.of(self.config.source, f"{where}table", err) from None
 
     def _apply_messages(self, name: str, messages: tuple[str, ...], where: str) -> None:
         for i, message in enumerate(messages):
@@ -245,8 +257,7 @@ class Daemon:
                 self.engine.message(name, message)
             except IobandError as err:
                 key = f"{where}messages[{i}]"
-                rule = f"{message!r}: {err.describe()}"
-                raise ConfigError(self.config.source, key, rule) from None
+                raise ConfigError.of(self.config.source, key, err, f"{message!r}: ") from None
 
     def _add_mount(self, name: str, device: Device, messages: tuple[str, ...], where: str,
                    options: MountOptions) -> FuseMount | None:  # fmt: skip
@@ -348,7 +359,8 @@ class Daemon:
             allow, allow_ro = self.access.get(name, ((), ()))
             devices.append(persist.DeviceState(name, " ".join(words), messages, direct,
                                                read_only, control, mountpoint,
-                                               writeback, behind, allow, allow_ro))  # fmt: skip
+                                               writeback, behind, allow, allow_ro,
+                                               dev.rules))  # fmt: skip
         return devices
 
     def save_state(self) -> None:
@@ -377,10 +389,16 @@ class Daemon:
                 log.error("%s", problem)
         saved_names = {d.name for d in saved.devices} if saved else set()
         self.removed = set(saved.removed) if saved else set()
+        errors: list[ConfigError] = []
         for i, dev in enumerate(config.devices):
             if dev.name in saved_names or dev.name in self.removed:
                 continue
-            self.add_from_file(dev, f"device[{i}].")
+            try:
+                self.add_from_file(dev, f"device[{i}].")
+            except ConfigError as err:  # every device's error is reported, not the first only
+                errors.append(err)
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
         for dev in saved.devices if saved else ():
             try:
                 self.add_configured(dev)
@@ -406,6 +424,7 @@ class Daemon:
             raise ConfigError(config.source, "daemon.cgroup_hierarchy", str(err)) from None
         if self.hierarchy is not None:
             self.cgroups = CgroupWatcher(self.hierarchy)
+            self.cgroup_paths = CgroupPaths(self.hierarchy)
             self._cgroup_task = self.loop.create_task(self._watch_cgroups())
         self.pool = IoPool(self.loop, config.io_threads)
         try:
@@ -483,8 +502,9 @@ class Daemon:
             return
         gone = self.cgroups.gone(self.engine)
         for name, gid in gone:
-            self.engine.message(name, ["detach", str(gid)], self.now())
-            log.info("cgroup %d removed: detached from %s", gid, name)
+            self.io_weight_defaults.pop(gid, None)  # type: ignore[call-overload]
+            self.engine.message(name, ["detach", key_text(gid)], self.now())
+            log.info("cgroup %s removed: detached from %s", key_text(gid), name)
         if gone:
             self.pump()
             with contextlib.suppress(IobandError):
@@ -626,6 +646,9 @@ class Daemon:
         every request received from now on, existing connections' too, is scheduled or not
         (a request is either one or the other: nothing to drain). Another field is set on the
         export under its own name (read when a client connects)."""
+        if field == "rules":  # an engine setting: exports and mounts alike
+            self.engine.set_rules(name, tuple(value), self.now())  # type: ignore[arg-type]
+            return
         export = self.exports.get(name)
         if export is None:
             log.warning("reload: %s is not an export: %s not changed", name, field)

@@ -38,10 +38,12 @@ KB = 1024  # range-bw's bandwidths are in KB/s of 2 sectors (dm-ioband's unit)
 
 
 def group_label(g: dict[str, Any]) -> str:
-    """What a group is called in metrics and ``top``: its cgroup path when the daemon knows one,
-    ``default`` for the default group (id -1), else its id."""
-    if g.get("path"):
-        return str(g["path"])
+    """What a group is called in metrics and ``top``: its cgroup path when it was attached by
+    path (the snapshot's ``name``, as status shows it), ``default`` for the default group (id
+    -1), else its id."""
+    name = g.get("name")
+    if isinstance(name, str) and name.startswith("/"):
+        return name
     return "default" if g["id"] == -1 else str(g["id"])
 
 
@@ -73,7 +75,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
         groups = []
         for g in dev.all_groups():
             item: dict[str, Any] = {
-                "id": g.id,
+                "id": g.id,  # an id, or a cgroup path (groups attached by path)
+                "name": g.label,  # how status names it: -1, the id, or /<cgroup path>
                 "ios": list(g.ios),
                 "bytes": [g.sectors[0] * 512, g.sectors[1] * 512],
                 "delayed": list(g.delayed),

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from ioband.control.config import Config, ConfigError, DeviceConfig
 from ioband.control.state import DeviceState
 from ioband.core.engine import DEFAULT_NR_REQUESTS, BackingInfo, Engine
-from ioband.core.grammar import ID_ANY
+from ioband.core.grammar import ID_ANY, GroupKey, key_order, key_text
 from ioband.errors import IobandError
 
 
@@ -93,6 +93,7 @@ FIELD_RULES: dict[str, FieldRule] = {
     "write_behind": FieldRule(Rule.RECREATE, Rule.RECREATE, "a FUSE worker option"),
     "allow": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "checked when a client connects"),
     "allow_ro": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "checked when a client connects"),
+    "rules": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "matched when a new submitter does I/O"),
 }
 
 #: The daemon-wide settings a reload applies; every other ``Config`` field (sockets, ``hz``,
@@ -120,7 +121,7 @@ class Settings:
     token: int
     carryover: int | None
     type: str
-    groups: Mapping[int, object]
+    groups: Mapping[GroupKey, object]
     adaptive: bool = False
 
     @property
@@ -137,7 +138,7 @@ def settings_of(engine: Engine, name: str) -> Settings:
         token, carryover = policy.token_set, policy.carryover_set
     else:
         token, carryover = policy.token_bucket * policy.carryover, None
-    groups = {g.id: policy.carried_value(g) for g in dev.all_groups()}
+    groups = {g.id: policy.carried_value(g) for g in dev.all_groups() if not g.by_rule}
     return Settings(
         dev.backing,
         dev.length,
@@ -239,14 +240,13 @@ def _build(config: Config, *, strict: bool) -> tuple[Engine, dict[str, int]]:
             try:
                 engine.create(dev.name, dev.table)
             except IobandError as err:
-                raise ConfigError(config.source, f"{where}.table", err.describe()) from None
+                raise ConfigError.of(config.source, f"{where}.table", err) from None
             for j, message in enumerate(dev.messages):
                 try:
                     engine.message(dev.name, message)
                 except IobandError as err:
-                    raise ConfigError(
-                        config.source, f"{where}.messages[{j}]", f"{message!r}: {err.describe()}"
-                    ) from None
+                    key = f"{where}.messages[{j}]"
+                    raise ConfigError.of(config.source, key, err, f"{message!r}: ") from None
         except ConfigError:
             if dev.name in engine.devices:
                 engine.remove(dev.name)
@@ -267,16 +267,16 @@ def running_engine(running: Sequence[DeviceState], hz: int) -> Engine:
     return engine
 
 
-def _value_words(family: str, gid: int, value: object) -> tuple[str, ...]:
-    who = "" if gid == ID_ANY else str(gid)
+def _value_words(family: str, gid: GroupKey, value: object) -> tuple[str, ...]:
+    who = "" if gid == ID_ANY else key_text(gid)
     if family == "range-bw":
         lo, hi = value  # type: ignore[misc]
         return ("range-bw", f"{who}:{lo}:{hi}")
     return ("weight", f"{who}:{value}")
 
 
-def _group_name(gid: int) -> str:
-    return "the default group" if gid == ID_ANY else f"group {gid}"
+def _group_name(gid: GroupKey) -> str:
+    return "the default group" if gid == ID_ANY else f"group {key_text(gid)}"
 
 
 class _Planner:
@@ -462,29 +462,29 @@ def _plan_groups(
     run = p.run(name)
     attach_all = False
     if _changed(base, want, "type") and run.type != want.type:
-        for gid in sorted(g for g in run.groups if g != ID_ANY):
+        for gid in sorted((g for g in run.groups if g != ID_ANY), key=key_order):
             why = "the group type changes" + (
                 "" if base and gid in base.groups else " (a group attached at run time)"
             )
-            p.send(name, ("detach", str(gid)), why)
+            p.send(name, ("detach", key_text(gid)), why)
         p.send(name, ("type", want.type), f"the file changed type {run.type} -> {want.type}")
         reset = attach_all = True
     old_groups = set(base.groups) if base is not None else set()
-    for gid in sorted(old_groups - set(want.groups)):
+    for gid in sorted(old_groups - set(want.groups), key=key_order):
         if gid in p.run(name).groups:
-            p.send(name, ("detach", str(gid)), "the file detached it")
-    for gid in sorted(want.groups):
+            p.send(name, ("detach", key_text(gid)), "the file detached it")
+    for gid in sorted(want.groups, key=key_order):
         value = want.groups[gid]
         current = p.run(name).groups
         if gid not in current:
             if gid in old_groups and not attach_all:  # the file kept it; detached at run time
                 p.plan.notes.append(
-                    f"{name}: group {gid} was detached at run time: it stays detached"
+                    f"{name}: group {key_text(gid)} was detached at run time: it stays detached"
                 )
                 continue
             p.send(
                 name,
-                ("attach", str(gid)),
+                ("attach", key_text(gid)),
                 "the file lists it after the type change" if attach_all else "the file attached it",
             )
             current = p.run(name).groups

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from ioband import TARGET_VERSION, __version__
 from ioband.cgroup import blkio
-from ioband.cgroup.proc import peer_credentials, process_groups
+from ioband.cgroup.proc import peer_credentials, process_groups, relative
 from ioband.control import protocol
 from ioband.control.access import Confinement
 from ioband.control.config import ConfigError, unusable_path
 from ioband.control.metrics import group_counters
 from ioband.core.grammar import parse_table
-from ioband.errors import AccessDenied, InvalidArgument, IobandError
+from ioband.errors import AccessDenied, InvalidArgument, IobandError, NotFound
 from ioband.logutil import LogLimiter
 
 if TYPE_CHECKING:
@@ -318,18 +318,29 @@ class ControlServer:
             raise InvalidArgument(f"Unknown cgroup file {what!r} (one of {', '.join(blkio.FILES)})")
         directory, root = blkio.cgroup_dir(d.hierarchy, req.get("cgroup", "/"))
         cgid = blkio.cgroup_ino(directory)
+        path = relative(req.get("cgroup", "/"))
         value = req.get("value")
         engine = d.engine
+        if root and what in blkio.NOT_ON_ROOT:
+            raise NotFound(f"{what}: not in the root cgroup (as in cgroup v2): the root's group"
+                           " on each device is its default group (blkio.settings)")  # fmt: skip
         if value is None:
+            if what == "io.weight":
+                return blkio.read_io_weight(engine, cgid, path, d.io_weight_defaults.get(cgid))
+            if what == "io.max":
+                return blkio.read_io_max(engine, cgid, path)
+            if what == "io.stat":
+                return blkio.read_io_stat(engine, cgid, root, path)
             if what == "id":
                 return blkio.read_id(cgid)
             if what == "devices":
                 return blkio.read_devices(engine)
             if what == "settings":
-                return blkio.read_settings(engine, cgid, root)
-            return blkio.read_stats(engine, cgid, root)
-        if what == "id":
-            raise AccessDenied("blkio.id is read-only")
+                return blkio.read_settings(engine, cgid, root, path)
+            return blkio.read_stats(engine, cgid, root, path)
+        if what in ("id", "io.stat"):
+            name = what if what.startswith("io.") else f"blkio.{what}"
+            raise AccessDenied(f"{name} is read-only")
         pid, uid, gid = self.cred
         admin = may_change(pid, uid, gid, d.config.admin_group)
         if what == "devices" and not admin:
@@ -344,15 +355,23 @@ class ControlServer:
             if uid != owner:
                 log.warning("refused cgroup %s write to %s from pid %d uid %d", what,
                             directory, pid, uid)  # fmt: skip
-                raise AccessDenied(f"Permission denied: writing blkio.{what} of {directory} needs"
+                shown = what if what.startswith("io.") else f"blkio.{what}"
+                raise AccessDenied(f"Permission denied: writing {shown} of {directory} needs"
                                    " root, the admin group or the cgroup's owner")  # fmt: skip
         if what == "stats":
             blkio.write_stats(engine, cgid, root, value)
             return ""
-        if what == "devices":
+        if what == "io.max":
+            blkio.write_io_max(engine, value)
+        if what == "io.weight":
+            blkio.write_io_weight(engine, cgid, path, value, d.io_weight_defaults, d.now())
+            name = "io.weight"
+            if d.cgroups is not None:
+                d.cgroups.remember(cgid, directory)
+        elif what == "devices":
             name = blkio.write_devices(engine, root, value, d.now())
         else:
-            name = blkio.write_settings(engine, cgid, root, value, d.now())
+            name = blkio.write_settings(engine, cgid, root, value, d.now(), path)
             if not root and d.cgroups is not None:
                 d.cgroups.remember(cgid, directory)
         d.pump()

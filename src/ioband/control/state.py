@@ -5,14 +5,18 @@ The file is JSON::
     {"format": "ioband-state", "version": 1,
      "devices": [{"name": ..., "table": ..., "messages": [...], "direct": false,
                   "read_only": false, "control": true, "mountpoint": null,
-                  "writeback_cache": false, "write_behind": true}, ...],
+                  "writeback_cache": false, "write_behind": true,
+                  "rules": [{"cgroup": "machine.slice/*.scope", "weight": 200}]}, ...],
      "removed": ["names of configured devices removed at run time"]}
 
 ``table`` is the engine's current table line with the backing path the device was created with,
 so that ``create`` rebuilds it (weights, groups, io_throttle, io_limit, token and policy are all
-in the table). Under the weight policies the table's token word is the token the user set (0
-when left at its default, so that a later ``io_limit`` change recomputes it as before the
-restart), and a ``carryover`` the user set, which no table shows, is kept as a message.
+in the table; a group attached by cgroup path is written ``/<path>:<value>``, and groups that a
+rule attached are not in it: ``rules``, the device's ``[[device.rule]]`` tables as the
+configuration writes them, attach them again). Under the weight policies the table's token
+word is the token the user set (0 when left at its default, so that a later ``io_limit`` change
+recomputes it as before the restart), and a ``carryover`` the user set, which no table shows,
+is kept as a message.
 
 Saving is atomic: a temporary file is written and fsynced, the current file is hard-linked to
 ``<file>.prev``, the temporary file renamed over it and the directory fsynced. A file that does
@@ -27,6 +31,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ioband.core.grammar import Rule, parse_rule, parse_table
 from ioband.errors import InvalidArgument
 
 FORMAT = "ioband-state"
@@ -50,6 +55,7 @@ class DeviceState:
     write_behind: bool = True
     allow: tuple[str, ...] = ()
     allow_ro: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
 
 _LISTS = ("messages", "allow", "allow_ro")  # kept as tuples, saved as JSON arrays
@@ -67,7 +73,11 @@ class State:
                     "format": FORMAT,
                     "version": VERSION,
                     "devices": [
-                        {**vars(d), **{k: list(getattr(d, k)) for k in _LISTS}}
+                        {
+                            **vars(d),
+                            **{k: list(getattr(d, k)) for k in _LISTS},
+                            "rules": [r.fields() for r in d.rules],
+                        }
                         for d in self.devices
                     ],
                     "removed": sorted(set(self.removed)),
@@ -116,16 +126,32 @@ def parse(text: str, path: str) -> State:
                 "write_behind",
                 "allow",
                 "allow_ro",
+                "rules",
             }
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")
-        out.devices.append(DeviceState(**{**item, **{k: tuple(item.get(k, [])) for k in _LISTS}}))
+        rules = _rules(item, f"{path}: devices[{i}]")
+        lists = {k: tuple(item.get(k, [])) for k in _LISTS}
+        out.devices.append(DeviceState(**{**item, **lists, "rules": rules}))
     for name in removed:
         if not isinstance(name, str):
             raise StateError(f"{path}: 'removed' must list device names")
         out.removed.append(name)
     return out
+
+
+def _rules(item: dict, where: str) -> tuple[Rule, ...]:
+    raw = item.get("rules", [])
+    if not raw:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise StateError(f"{where}.rules must be a list of tables")
+    try:
+        gtype = parse_table(item["table"]).type
+        return tuple(parse_rule(r, f"{where}.rules[{j}]", gtype) for j, r in enumerate(raw))
+    except InvalidArgument as err:
+        raise StateError(str(err)) from None
 
 
 def _read(path: str) -> State | None:

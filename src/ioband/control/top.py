@@ -21,7 +21,7 @@ from ioband.control.metrics import group_label
 from ioband.core.histogram import counts_from_sparse, percentile
 from ioband.errors import EXIT_STATUS, IobandError
 
-Key = tuple[str, int]  # (device, group id)
+Key = tuple[str, int | str]  # (device, group id or cgroup path)
 PERCENTILES = (("p50", 0.50), ("p99", 0.99))
 
 

@@ -20,8 +20,13 @@ from ioband.core.cint import INT_MAX, SHORT_MAX
 from ioband.core.classify import GROUP_TYPES
 from ioband.core.grammar import (
     ID_ANY,
+    RULE_FIELDS,
+    GroupKey,
+    Rule,
     bounded_int,
+    did_you_mean,
     format_table,
+    key_text,
     parse_group_id,
     parse_group_param,
     parse_message,
@@ -29,7 +34,7 @@ from ioband.core.grammar import (
     status_block,
 )
 from ioband.core.model import THINK_CAP, Device, DeviceGroup, Group
-from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
+from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request, Submitter
 from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
 from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
@@ -267,12 +272,64 @@ class Engine:
             gid = id_of(req.owner)
             if gid is not None:
                 # An id of -1 falls to the default group (the original picked the rb-tree root).
-                g = dev.groups.get(gid, g)
+                found = dev.groups.get(gid)
+                if found is not None:
+                    g = found
+                elif dev.by_path or dev.rules:
+                    g = self._by_path_or_rule(dev, req.owner, gid) or g
         req.group = g
         if g.active == 0:
             g.busy_since = self.now
         g.active += 1
         return g
+
+    def _by_path_or_rule(self, dev: Device, owner: Submitter, gid: int) -> Group | None:
+        """No group by id: the group attached by the submitter's cgroup path (the same path
+        after its cgroup was re-created), else a new group from the first matching rule."""
+        path = owner.cgroup_path if dev.type_name == "cgroup" else None
+        if path:
+            found = dev.groups.get(path)
+            if found is not None:
+                return found
+        field = RULE_FIELDS.get(dev.type_name)
+        for rule in dev.rules:
+            if rule.field != field:
+                continue  # kept from before a 'type' message; the next set_rules replaces it
+            if field == "cgroup":
+                if path and rule.matches_path(path):
+                    return self._attach(dev, path, rule.value, by_rule=True)
+            elif gid != ID_ANY and rule.matches_id(gid):
+                return self._attach(dev, gid, rule.value, by_rule=True)
+        return None
+
+    def _attach(self, dev: Device, key: GroupKey, value: str | None, by_rule: bool) -> Group:
+        """A new group on ``dev`` with the policy's ``value`` (None: its default)."""
+        dp = dev.dp
+        parsed = dp.policy.parse_group_value(value, "Cannot create ioband group")
+        g = dev.groups[key] = self._new_group(dev, key)
+        g.by_rule = by_rule
+        dp.policy.group_added(g, parsed)
+        if isinstance(key, str):
+            dev.by_path = True
+        return g
+
+    def set_rules(self, name: str, rules: Sequence[Rule], now: int = 0) -> None:
+        """The device's rules (they replace the old ones). Groups attached by an old rule stay;
+        they go when their cgroup does (or by ``detach``)."""
+        self._tick(now)
+        dev = self.device(name)
+        field = RULE_FIELDS.get(dev.type_name)
+        for i, rule in enumerate(rules):
+            if rule.field != field:
+                raise InvalidArgument(
+                    f"rule[{i}]: a rule on {rule.field} does not apply to group type"
+                    f" {dev.type_name}"
+                )
+            dev.dp.policy.parse_group_value(rule.value, f"rule[{i}]: Cannot create ioband group")
+        dev.rules = tuple(rules)
+        dev.by_path = any(isinstance(k, str) for k in dev.groups) or any(
+            r.field == "cgroup" for r in dev.rules
+        )
 
     def _burst_wait(self, g: Group, req: Request) -> deque[Request] | None:
         """``prevent_burst_bios``: the wait queue the submitter must sleep on, or None."""
@@ -577,7 +634,7 @@ class Engine:
             raise NoSuchDevice(f"No such device: {name!r}")
         return dev
 
-    def _new_group(self, dev: Device, gid: int) -> Group:
+    def _new_group(self, dev: Device, gid: GroupKey) -> Group:
         self._group_seq += 1
         g = Group(gid, dev, self._group_seq)
         dev.dp.groups.append(g)
@@ -601,7 +658,7 @@ class Engine:
         if policy_cls is None:
             raise InvalidArgument(
                 f"Invalid policy parameter: unknown policy {spec.policy!r}"
-                f" (one of {', '.join(POLICIES)})"
+                f"{did_you_mean(spec.policy, list(POLICIES))}"
             )
         token_base = policy_cls.parse_token_base(spec.token_base)
         head_value = policy_cls.parse_group_value(
@@ -610,15 +667,15 @@ class Engine:
         if spec.type not in GROUP_TYPES:
             raise InvalidArgument(
                 f"Cannot set ioband group type: unknown type {spec.type!r}"
-                f" (one of {', '.join(GROUP_TYPES)})"
+                f"{did_you_mean(spec.type, list(GROUP_TYPES))}"
             )
-        extra: dict[int, object] = {}
+        extra: dict[GroupKey, object] = {}
         for word in spec.groups:
-            gid, value = parse_group_param(word)
             err = "Cannot create ioband group"
+            gid, value = parse_group_param(word, paths=spec.type == "cgroup")
             if GROUP_TYPES[spec.type] is None:
                 raise InvalidArgument(f"{err}: group {gid}: type 'none' has no groups to attach")
-            if not 0 <= gid <= INT_MAX:
+            if isinstance(gid, int) and not 0 <= gid <= INT_MAX:
                 raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..{INT_MAX})")
             if gid in extra:
                 raise AlreadyExists(f"{err}: id={gid} already exists.")
@@ -643,6 +700,7 @@ class Engine:
         for gid, group_value in extra.items():
             g = dev.groups[gid] = self._new_group(dev, gid)
             policy.group_added(g, group_value, reshare=False)
+        dev.by_path = any(isinstance(k, str) for k in extra)
         policy.reshare()
         dp.devices.append(dev)
         self.devices[name] = dev
@@ -828,24 +886,28 @@ class Engine:
             dev.type_name = arg
             dev.id_of = GROUP_TYPES[arg]
         elif cmd in ("attach", "detach"):
-            gid = parse_group_id(arg, cmd)
+            gid = parse_group_id(arg, cmd, paths=dev.type_name == "cgroup")
+            shown = key_text(gid)
             if cmd == "attach":
                 if dev.id_of is None:
                     raise InvalidArgument("attach: no ioband group type is specified")
-                if gid in dev.groups:
-                    raise AlreadyExists(f"attach: id={gid} already exists.")
-                g = dev.groups[gid] = self._new_group(dev, gid)
-                dp.policy.group_added(g, None)
+                found = dev.groups.get(gid)
+                if found is not None and not found.by_rule:
+                    raise AlreadyExists(f"attach: id={shown} already exists.")
+                if found is not None:
+                    found.by_rule = False  # attached by hand now: the table lists it
+                else:
+                    self._attach(dev, gid, None, by_rule=False)
             else:
                 g = dev.groups.get(gid)  # type: ignore[assignment]
                 if g is None:
-                    raise InvalidArgument(f"detach: id={gid} not found.")
+                    raise InvalidArgument(f"detach: id={shown} not found.")
                 self._detach(dev, g)
         elif cmd == "policy":
             assert arg is not None
             if arg not in POLICIES:
                 raise InvalidArgument(
-                    f"policy: unknown policy {arg!r} (one of {', '.join(POLICIES)})"
+                    f"policy: unknown policy {arg!r}{did_you_mean(arg, list(POLICIES))}"
                 )
             if arg != dp.policy_name:
                 self._switch_policy(dp, arg, 0)
@@ -867,10 +929,10 @@ class Engine:
             dp.policy.io_limit_changed()
         else:
             assert arg is not None
-            gid, value = parse_group_param(arg, f"Invalid {cmd}")
+            gid, value = parse_group_param(arg, f"Invalid {cmd}", dev.type_name == "cgroup")
             g = dev.head if gid == ID_ANY else dev.groups.get(gid)  # type: ignore[assignment]
             if g is None:
-                raise InvalidArgument(f"{cmd}: id={gid} not found.")
+                raise InvalidArgument(f"{cmd}: id={key_text(gid)} not found.")
             dp.policy.set_param(g, cmd, value)
         if dp.blocked[0] + dp.blocked[1] > 0:
             self._queue_conductor(dp, 0)
@@ -904,7 +966,7 @@ class Engine:
         busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
         return status_block(
             fmt,
-            g.id,
+            g.label,
             g.ios,
             g.delayed,
             g.sectors,

@@ -8,8 +8,11 @@ and the rule.
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 from ioband.core.cint import INT_MAX, SHORT_MAX, strict_strtol, strtol
 from ioband.errors import InvalidArgument
@@ -47,17 +50,67 @@ def bounded_int(text: str | None, lo: int, hi: int, what: str, error: str) -> in
     return value
 
 
-def parse_group_param(text: str, error: str = "Invalid ioband group parameter") -> tuple[int, str]:
-    """``ID<delim>VALUE`` -> (id, value). No ID (``:V``), ``-1:V`` or no delimiter at all: the
-    default group."""
+#: A group's key on a device: an id, or (type ``cgroup`` only) a cgroup path such as
+#: ``machine.slice/vm1.scope`` (relative to the hierarchy's root, no leading or trailing ``/``).
+GroupKey = int | str
+
+# A path is written with a leading '/', and percent-encoded where a character would end the word
+# or the key: whitespace, the delimiters '=:,' and '%' itself (urllib's quote/unquote).
+_PATH_SAFE = "/@+!$&'()*;[]{}^|`<>?#\\\"~"
+
+
+def normal_cgroup_path(text: str, what: str) -> str:
+    """``/a/b``, ``a/b/`` and ``a//b`` are all ``a/b``; the root, ``.``, ``..`` are refused."""
+    parts = [p for p in text.split("/") if p]
+    if not parts:
+        raise InvalidArgument(
+            f"{what}: invalid cgroup path {text!r}: the root cgroup is the default group"
+        )
+    if any(p in (".", "..") for p in parts) or "\0" in text:
+        raise InvalidArgument(
+            f"{what}: invalid cgroup path {text!r}: no '.', '..' or NUL in a cgroup path"
+        )
+    return "/".join(parts)
+
+
+def key_text(key: GroupKey) -> str:
+    """A group key as tables, messages and status lines write it: the id, or ``/<path>``
+    (percent-encoded), which the grammar reads back as the same key."""
+    if isinstance(key, int):
+        return str(key)
+    return "/" + quote(key, safe=_PATH_SAFE)
+
+
+def key_order(key: GroupKey) -> tuple[bool, int, str]:
+    """Status and table order: ids ascending, then paths in byte order."""
+    return (True, 0, key) if isinstance(key, str) else (False, key, "")
+
+
+def parse_group_key(text: str, what: str, paths: bool) -> GroupKey:
+    """An integer is an id; anything else is a cgroup path when ``paths`` (type ``cgroup``)."""
+    value = strict_strtol(text)
+    if value is not None:
+        return value
+    if not paths or not text:
+        only = "" if paths else "; a cgroup path is a key only for type cgroup"
+        raise InvalidArgument(f"{what}: invalid id:{text} (ids are 0..{INT_MAX}{only})")
+    return normal_cgroup_path(unquote(text, errors="strict"), what)
+
+
+def parse_group_param(
+    text: str, error: str = "Invalid ioband group parameter", paths: bool = False
+) -> tuple[GroupKey, str]:
+    """``KEY<delim>VALUE`` -> (key, value). No KEY (``:V``), ``-1:V`` or no delimiter at all:
+    the default group. ``paths``: KEY may be a cgroup path (it ends at the first delimiter)."""
     pos = next((i for i, ch in enumerate(text) if ch in DELIMS), -1)
     if pos < 0:
         return ID_ANY, text
     value, end = strtol(text)
     if end != pos:
-        raise InvalidArgument(
-            f"{error}: {text!r}: the text before {text[pos]!r} must be a group id (an integer)"
-        )
+        if paths and pos > 0:
+            return parse_group_key(text[:pos], error, True), text[pos + 1 :]
+        kind = "a group id (an integer) or a cgroup path" if paths else "a group id (an integer)"
+        raise InvalidArgument(f"{error}: {text!r}: the text before {text[pos]!r} must be {kind}")
     return (ID_ANY if value is None else value), text[pos + 1 :]
 
 
@@ -91,12 +144,120 @@ def _delimited(word: str) -> bool:
     return word[:1] != "" and word[0] in DELIMS
 
 
-def parse_group_id(text: str | None, what: str) -> int:
-    """A group id for ``attach``/``detach``: an integer in 0..INT_MAX."""
-    gid = strict_strtol(text) if text is not None else None
-    if gid is None or not 0 <= gid <= INT_MAX:
+def parse_group_id(text: str | None, what: str, paths: bool = False) -> GroupKey:
+    """A group key for ``attach``/``detach``: an integer in 0..INT_MAX, or (``paths``) a cgroup
+    path."""
+    key = parse_group_key(text, what, paths) if text else None
+    if key is None or (isinstance(key, int) and not 0 <= key <= INT_MAX):
         raise InvalidArgument(f"{what}: invalid id:{text} (ids are 0..{INT_MAX})")
-    return gid
+    return key
+
+
+# -- rules: groups attached by themselves ------------------------------------------------------
+#: The rule field each group type matches on (``[[device.rule]]``).
+RULE_FIELDS = {"cgroup": "cgroup", "user": "uid", "uid": "uid", "gid": "gid"}
+RULE_VALUES = ("weight", "range-bw")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``match`` a new submitter, attach a group for it with ``value`` (first match wins).
+
+    ``cgroup``: a glob over cgroup paths, one component per ``/`` (``*`` does not cross a
+    ``/``), as fnmatch reads each component; ``uid``/``gid``: ``*``, ``N`` or ``LO-HI``."""
+
+    field: str  # cgroup | uid | gid
+    pattern: str  # as written (normalised for cgroup)
+    value: str  # the group's value as the policy reads it (``200``, ``MIN:MAX``)
+
+    def matches_path(self, path: str) -> bool:
+        parts, want = path.split("/"), self.pattern.split("/")
+        return len(parts) == len(want) and all(
+            fnmatch.fnmatchcase(p, w) for p, w in zip(parts, want, strict=True)
+        )
+
+    def matches_id(self, value: int) -> bool:
+        if self.pattern == "*":
+            return True
+        lo, _, hi = self.pattern.partition("-")
+        return int(lo) <= value <= int(hi or lo)
+
+    def fields(self) -> dict[str, object]:
+        """The rule as the configuration and the state file write it."""
+        match: object = self.pattern
+        if self.field != "cgroup" and self.pattern.isdigit():
+            match = int(self.pattern)
+        if ":" in self.value:
+            return {self.field: match, "range-bw": self.value}
+        return {self.field: match, "weight": int(self.value)}
+
+    def text(self) -> str:
+        """``cgroup=machine.slice/*.scope weight=200`` (how status and the CLI show it)."""
+        word = "range-bw" if ":" in self.value else "weight"
+        return f"{self.field}={self.pattern} {word}={self.value}"
+
+
+def parse_rule(fields: dict[str, object], what: str, gtype: str) -> Rule:
+    """A rule as the configuration writes it: one match field for the device's group type and
+    one value (``weight`` or ``range-bw``). ``what`` names the rule (``device[0].rule[1]``)."""
+    match_field = RULE_FIELDS.get(gtype)
+    if match_field is None:
+        raise InvalidArgument(
+            f"{what}: group type {gtype!r} has no rules (rules are for types"
+            f" {', '.join(RULE_FIELDS)})"
+        )
+    known = ("cgroup", "uid", "gid", *RULE_VALUES)
+    for key in fields:
+        if key not in known:
+            raise InvalidArgument(f"{what}.{key}: unknown key{did_you_mean(key, known)}")
+    given = [k for k in ("cgroup", "uid", "gid") if k in fields]
+    if given != [match_field]:
+        have = ", ".join(given) or "none"
+        raise InvalidArgument(
+            f"{what}: a rule of a device of type {gtype} matches on {match_field!r}"
+            f" (and only on it); given: {have}"
+        )
+    values = [k for k in RULE_VALUES if k in fields]
+    if len(values) != 1:
+        raise InvalidArgument(f"{what}: needs exactly one of weight or range-bw")
+    raw_value = fields[values[0]]
+    if values[0] == "weight":
+        if not isinstance(raw_value, int) or isinstance(raw_value, bool):
+            raise InvalidArgument(f"{what}.weight: must be an integer, got {raw_value!r}")
+        value = str(parse_weight(str(raw_value), f"{what}.weight: Invalid weight"))
+    else:
+        if not isinstance(raw_value, str):
+            raise InvalidArgument(f"{what}.range-bw: must be 'MIN:MAX', got {raw_value!r}")
+        lo, hi = parse_range(raw_value, f"{what}.range-bw: Invalid range-bw")
+        value = f"{lo}:{hi}"
+    pattern = fields[match_field]
+    if match_field == "cgroup":
+        if not isinstance(pattern, str):
+            raise InvalidArgument(f"{what}.cgroup: must be a glob string, got {pattern!r}")
+        return Rule("cgroup", normal_cgroup_path(pattern, f"{what}.cgroup"), value)
+    if isinstance(pattern, int) and not isinstance(pattern, bool):
+        pattern = str(pattern)
+    if not isinstance(pattern, str) or not _id_pattern(pattern):
+        raise InvalidArgument(
+            f"{what}.{match_field}: must be '*', an id N or a range 'LO-HI' (0..{INT_MAX}),"
+            f" got {pattern!r}"
+        )
+    return Rule(match_field, pattern, value)
+
+
+def _id_pattern(text: str) -> bool:
+    if text == "*":
+        return True
+    lo, sep, hi = text.partition("-")
+    if not lo.isdigit() or (sep and not hi.isdigit()):
+        return False
+    return int(lo) <= int(hi or lo) <= INT_MAX
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'weight'?)`` for a near miss, else the list of choices."""
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else f" (one of {', '.join(choices)})"
 
 
 @dataclass
@@ -180,7 +341,9 @@ def parse_message(words: str | Sequence[str]) -> Message:
         got = " ".join(argv) or "(nothing)"
         raise InvalidArgument(f"{UNRECOGNISED} ('{got}': a message is 'reset' or '<word> <value>')")
     if argv[0] not in MESSAGES:
-        raise InvalidArgument(f"{UNRECOGNISED} (unknown message {argv[0]!r})")
+        raise InvalidArgument(
+            f"{UNRECOGNISED} (unknown message {argv[0]!r}{did_you_mean(argv[0], MESSAGES)})"
+        )
     return Message(argv[0], argv[1])
 
 
@@ -203,7 +366,7 @@ STATUS_FORMATS = ("legacy", "diskstats")
 
 def status_block(
     fmt: str,
-    gid: int,
+    gid: int | str,
     ios: Sequence[int],
     delayed: Sequence[int],
     sectors: Sequence[int],

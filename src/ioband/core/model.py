@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ioband.core.classify import IdOf
+from ioband.core.grammar import GroupKey, Rule, key_order, key_text
 from ioband.core.histogram import Histogram
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Group:
 
     __slots__ = (  # noqa: RUF023  (grouped by purpose, not sorted)
         # identity and queues
-        "id", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
+        "id", "by_rule", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
         "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
@@ -66,8 +67,9 @@ class Group:
     slice_end: int
     timer_set: bool
 
-    def __init__(self, gid: int, device: Device, seq: int) -> None:
-        self.id = gid
+    def __init__(self, gid: GroupKey, device: Device, seq: int) -> None:
+        self.id = gid  # an id, or a cgroup path (type cgroup)
+        self.by_rule = False  # attached by a rule, not by the table or a message
         self.device = device
         self.dp = device.dp
         self.seq = seq
@@ -103,6 +105,12 @@ class Group:
         self.time_in_queue = 0
         self.latency.reset()
         self.hold.reset()
+
+    @property
+    def label(self) -> str:
+        """How status, top and metrics name the group: ``-1`` (the default group), its id, or
+        ``/<cgroup path>``; as the grammar reads it back."""
+        return key_text(self.id)
 
     @property
     def nr_blocked(self) -> int:
@@ -174,7 +182,9 @@ class Device:
         self.type_name = "none"
         self.id_of: IdOf | None = None
         self.head: Group = None  # type: ignore[assignment]
-        self.groups: dict[int, Group] = {}  # attached groups by id
+        self.groups: dict[GroupKey, Group] = {}  # attached groups by id or cgroup path
+        self.rules: tuple[Rule, ...] = ()  # attach a new submitter's group by itself
+        self.by_path = False  # a group is keyed by a cgroup path, or a cgroup rule exists
         self.suspended = False
         self.removed = False
         self.suspend_waiters: deque[Request] = deque()
@@ -182,7 +192,13 @@ class Device:
 
     def all_groups(self) -> list[Group]:
         """The default group, then attached groups in ascending id (status and table order)."""
-        return [self.head, *(self.groups[i] for i in sorted(self.groups))]
+        return [self.head, *(self.groups[i] for i in sorted(self.groups, key=key_order))]
+
+    def table_groups(self) -> list[Group]:
+        """The attached groups a table lists: not those a rule attached (the rule makes them
+        again), ids ascending then paths."""
+        return [g for g in self.all_groups()[1:] if not g.by_rule]
 
     def __repr__(self) -> str:
-        return f"<Device {self.name} type={self.type_name} groups={sorted(self.groups)}>"
+        keys = sorted(self.groups, key=key_order)
+        return f"<Device {self.name} type={self.type_name} groups={keys}>"

@@ -27,6 +27,8 @@ class Submitter:
 
     ``cgroup`` is the owner cgroup's id (for delayed writes: the page owner's, not the flusher's).
     ``client`` is the front end's id for a connection peer (group type ``client``).
+    ``cgroup_path`` is that cgroup's path in the hierarchy (``machine.slice/vm1.scope``, None
+    when unknown): groups attached by path, and cgroup rules, match on it.
     """
 
     pid: int = 0
@@ -36,6 +38,7 @@ class Submitter:
     cgroup: int = 0
     kthread: bool = False
     client: int | None = None
+    cgroup_path: str | None = None
 
 
 ROOT = Submitter()

@@ -80,7 +80,11 @@ class WorkerChannel(asyncio.Protocol):
                 if device.removed:  # the mount is going: what is still asked for just runs
                     self.out.append(channel.short(channel.ISSUE, rec.tag))
                     continue
-                owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup)
+                path = None
+                if device.by_path and daemon.cgroup_paths is not None:
+                    path = daemon.cgroup_paths.path_of(rec.cgroup)
+                owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup,
+                                  cgroup_path=path)  # fmt: skip
                 req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
                               tag=(self, rec.tag))  # fmt: skip
                 self.requests[rec.tag] = req

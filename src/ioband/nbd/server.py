@@ -564,7 +564,18 @@ class NbdServer:
             self.unix_path = unix_path
             self.servers.append(server)
         if tcp:
-            server = await loop.create_server(lambda: Connection(self.daemon, self), tcp[0], tcp[1])
+            try:
+                server = await loop.create_server(
+                    lambda: Connection(self.daemon, self), tcp[0], tcp[1]
+                )
+            except OSError as err:
+                host, port = tcp
+                raise ConfigError(
+                    self.daemon.config.source, "nbd.tcp",
+                    f"cannot listen on {host}:{port}: "
+                    f"{os.strerror(err.errno) if err.errno else err}",
+                    errnos.errorcode.get(err.errno) if err.errno else None,
+                ) from None  # fmt: skip
             self.servers.append(server)
 
     def _unix_socket(self, path: str) -> socket.socket:

@@ -276,9 +276,8 @@ class RangeBwPolicy(Policy):
     def show_table(self, device: Device) -> str:
         head = device.head
         parts = [f" {self.token_bucket * self.carryover} :{head.min_bw}:{head.max_bw}"]
-        for gid in sorted(device.groups):
-            g = device.groups[gid]
-            parts.append(f" {gid}:{g.min_bw}:{g.max_bw}")
+        for g in device.table_groups():
+            parts.append(f" {g.label}:{g.min_bw}:{g.max_bw}")
         return "".join(parts)
 
     def show_group(self, g: Group) -> str:

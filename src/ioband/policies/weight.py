@@ -369,7 +369,7 @@ class WeightPolicy(Policy):
     # -- display -----------------------------------------------------------------------------
     def show_table(self, device: Device) -> str:
         parts = [f" {self.token_bucket} :{device.head.weight}"]
-        parts.extend(f" {gid}:{device.groups[gid].weight}" for gid in sorted(device.groups))
+        parts.extend(f" {g.label}:{g.weight}" for g in device.table_groups())
         return "".join(parts)
 
     def show_device(self) -> str:
