@@ -172,7 +172,7 @@ def test_render_at_80_columns_keeps_every_name_whole():
              "throughput": None}  # fmt: skip
     prev = _snap(1000, [5, 100, 50])
     cur = _snap(3000, [5, 500, 250], **adaptive)
-    cur["devices"][0]["groups"][1]["path"] = "machine.slice/vm1.scope"
+    cur["devices"][0]["groups"][1]["name"] = "/machine.slice/vm1.scope"  # attached by path
     cur["devices"].append(_snap(3000, [0, 0, 0], **fixed)["devices"][0])
     console = Console(width=80, record=True)
     console.print(render(prev, cur))
