@@ -30,12 +30,16 @@ from tests.test_nbd_fairness import (
     start_daemon,
 )
 
+#: The window starts at 16 and finds the store's one or two within about two seconds: shares
+#: are counted after that (the clients run that much longer).
+WARMUP = 2
+
 
 def fio(sock: str, name: str, depth: int) -> list[str]:
     return [
         "fio", f"--name={name}", "--ioengine=nbd", f"--uri=nbd+unix:///ioband1?socket={sock}",
         "--rw=randread", "--bs=4k", f"--iodepth={depth}", "--size=200M", "--time_based",
-        f"--runtime={RUNTIME}", "--output-format=json", "--status-interval=1",
+        f"--runtime={RUNTIME + WARMUP}", "--output-format=json", "--status-interval=1",
     ]  # fmt: skip
 
 
@@ -49,7 +53,8 @@ def run_clients(bottleneck, tmp_path,  # noqa: F811
     table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 0 cgroup weight 0 :1 {groups}"
     daemon, sock = start_daemon(tmp_path, daemon_cg, table)
     try:
-        return measure({n: in_cgroup(cgs[n][0], fio(sock, n, depths[n])) for n in weights})
+        clients = {n: in_cgroup(cgs[n][0], fio(sock, n, depths[n])) for n in weights}
+        return measure(clients, warmup=WARMUP)
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.test_fair_by_default import WARMUP
 from tests.test_fuse_fairness import (
     RUNTIME,
     WEIGHTS,
@@ -27,7 +28,8 @@ def fio(path: Path, name: str, jobs: int) -> list[str]:
     return [
         "fio", f"--name={name}", f"--filename={path}", "--rw=randread", "--bs=4k", "--direct=1",
         "--ioengine=psync", f"--numjobs={jobs}", "--group_reporting", "--size=64M",
-        "--time_based", f"--runtime={RUNTIME}", "--output-format=json", "--status-interval=1",
+        "--time_based", f"--runtime={RUNTIME + WARMUP}", "--output-format=json",
+        "--status-interval=1",
     ]  # fmt: skip
 
 
@@ -38,7 +40,8 @@ def test_weights_hold_at_default_settings(bottleneck, tmp_path):  # noqa: F811
     table = f"0 0 ioband {backfs} 1 0 0 cgroup weight 0 :1 {groups}"  # defaults
     daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
     try:
-        ios = measure({n: in_cgroup(cgs[n][0], fio(mnt / n, n, 4)) for n in WEIGHTS})
+        clients = {n: in_cgroup(cgs[n][0], fio(mnt / n, n, 4)) for n in WEIGHTS}
+        ios = measure(clients, warmup=WARMUP)
     finally:
         stop_daemon(daemon, mnt)
     assert_shares(ios)

@@ -176,13 +176,13 @@ def count_at(reports: list[tuple[float, int]], when: float) -> float:
     raise AssertionError(f"{when} is outside the reports {reports[0][0]}..{reports[-1][0]}")
 
 
-def measure(clients: dict[str, list[str]]) -> dict[str, int]:
+def measure(clients: dict[str, list[str]], warmup: float = 0) -> dict[str, int]:
     """Reads each client completed while all of them ran.
 
     The clients start one after another and so end one after another; counting each one's own
     run would hand the last one a tail alone on the device (and the first one a head). The
-    window starts at the latest first report (a second after the last client started) and ends
-    at the earliest last one.
+    window starts at the latest first report (a second after the last client started), plus
+    ``warmup`` seconds, and ends at the earliest last one.
     """
     procs = {
         name: subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -193,9 +193,11 @@ def measure(clients: dict[str, list[str]]) -> dict[str, int]:
         out, _ = proc.communicate(timeout=RUNTIME + 60)
         assert proc.returncode == 0
         reports[name] = fio_reports(out)
-    start = max(r[0][0] for r in reports.values())
+    start = max(r[0][0] for r in reports.values()) + warmup
     end = min(r[-1][0] for r in reports.values())
-    assert end - start >= RUNTIME - 3, f"the clients overlapped for only {end - start:.1f} s"
+    assert end - start >= RUNTIME - 3 - warmup, (
+        f"the clients overlapped for only {end - start:.1f} s"
+    )
     return {name: round(count_at(r, end) - count_at(r, start)) for name, r in reports.items()}
 
 

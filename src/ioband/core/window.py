@@ -95,6 +95,7 @@ class AdaptiveWindow:
         "inflight",
         "last",
         "latency",
+        "level",
         "maximum",
         "minima",
         "period",
@@ -136,6 +137,9 @@ class AdaptiveWindow:
         self.settling = False  # the window just changed: this period shows the transition
         self.slow_start = True
         self.reference = 0.0  # throughput at ``value`` while clients filled it (0: unknown)
+        # The store's throughput over the steady periods, whatever the window: a change of a
+        # quarter means the store changed (probes reset ``reference``, never this).
+        self.level = 0.0
         self.probe_from = 0  # the window a probe left, to return to if it lost
         self.probe_done = 0  # completions and jiffies measured so far in a probe
         self.probe_time = 0
@@ -235,20 +239,22 @@ class AdaptiveWindow:
                 return
             self.slow_start = False
             self.reference = ref = 0.0
-        if ref == 0.0:
-            self.reference = throughput
-            return  # the first clean measurement at this window: the bar for a probe
-        if abs(throughput - ref) > CHANGED * ref:
+        level = self.level
+        self.level = throughput if level == 0.0 else (3 * level + throughput) / 4
+        if level and abs(throughput - level) > CHANGED * level:
             # The store changed (a throttle was set, another tenant came or went): what was
             # learnt about it is void. Measure again and probe at once, halving if it got
             # slower (doubling if faster): the old window is likely far from the new one.
-            self.down_streak = throughput < ref
-            self.up_streak = throughput > ref
-            self.reference = throughput
+            self.down_streak = throughput < level
+            self.up_streak = throughput > level
+            self.level = self.reference = throughput
             self.minima.clear()
             self.down_wait = self.up_wait = 1
             self.since_down = self.since_up = 0
             return
+        if ref == 0.0:
+            self.reference = throughput
+            return  # the first clean measurement at this window: the bar for a probe
         self.reference = (3 * ref + throughput) / 4
         if old > 1 and self.since_down >= self.down_wait:
             # A quarter down; half while the last step down won (a serial store found fast).
