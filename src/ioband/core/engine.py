@@ -130,6 +130,11 @@ class Engine:
             self._runnable.append((list(waitq), same_group))
             waitq.clear()
 
+    def kick(self, dp: DeviceGroup) -> None:
+        """Run ``dp``'s conductor once the current call settles: for a policy whose own timer
+        or bookkeeping found a group ready to be served (mclock's limits and caps)."""
+        self._queue_conductor(dp, 0)
+
     def _tick(self, now: int) -> None:
         if now > self.now:
             self.now = now
