@@ -275,9 +275,7 @@ class CostModel:
     def text(self) -> str:
         if self.kind != "linear":
             return self.kind
-        return (
-            f"linear:{self.read_base}:{self.read_per_kib}:{self.write_base}:{self.write_per_kib}"
-        )
+        return f"linear:{self.read_base}:{self.read_per_kib}:{self.write_base}:{self.write_per_kib}"
 
 
 def parse_cost_model(text: str | None, error: str = "Invalid policy parameter") -> CostModel:
@@ -323,8 +321,8 @@ def parse_caps(
     """``KEY=VALUE[,KEY=VALUE...]`` over ``base``: keys ``rbps wbps riops wiops`` (a rate per
     second; ``0`` or ``max`` removes the cap) and ``<key>_burst`` (the bucket size in bytes or
     requests; a rate given without its burst gets the default, a tenth of a second of the
-    rate). Only the keys named change, as with a write to io.max. Nothing is returned unless all of it
-    is valid."""
+    rate). Only the keys named change, as with a write to io.max. Nothing is returned unless
+    all of it is valid."""
     caps = dict(base or {})
     rates: dict[str, int] = {}
     bursts: dict[str, int] = {}
@@ -345,7 +343,7 @@ def parse_caps(
             raise InvalidArgument(
                 f"{error}: unknown key {key!r} (one of {', '.join(CAP_KEYS)} and <key>_burst)"
             )
-    for key, burst in bursts.items():
+    for key in bursts:
         if rates.get(key, caps[key].rate if key in caps else 0) == 0:
             raise InvalidArgument(f"{error}: {key}_burst given but {key} has no cap")
     for key in CAP_KEYS:

@@ -88,15 +88,17 @@ class _Bucket:
         """Seconds until ``amount`` (at most one burst) is in the bucket; 0: now."""
         self.refill(now)
         need = min(amount, self.burst)
-        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+        short = need - self.tokens
+        # A float's rounding must not leave a wait too short to move the clock.
+        return 0.0 if short <= 1e-9 * need else short / self.rate
 
 
 class _State:
     """A group's mclock parameters, tags, buckets and index entries."""
 
     __slots__ = (
-        "active", "buckets", "caps", "group", "limit", "ltag", "params", "ptag", "reservation",
-        "rtag", "ver", "weight",
+        "active", "buckets", "caps", "group", "limit", "ltag", "params", "phase", "ptag",
+        "reservation", "rtag", "ver", "weight",
     )  # fmt: skip
 
     def __init__(self, g: Group, params: MclockParams, now: float) -> None:
@@ -105,6 +107,10 @@ class _State:
         self.active = False
         self.rtag = self.ptag = self.ltag = 0.0
         self.buckets: list[_Bucket | None] = [None, None, None, None]
+        # Where in one request's virtual time the group starts when it (re)joins: spread by the
+        # golden ratio so that thousands of equal groups are not served in lock step (a 1 s
+        # window would otherwise cut whole rounds of one weight class apart).
+        self.phase = (g.seq * 0.6180339887498949) % 1.0
         self.apply(params, now)
 
     def apply(self, params: MclockParams, now: float) -> None:
@@ -241,13 +247,14 @@ class MclockPolicy(Policy):
             self._index(st)  # the engine runs the conductor after a message
 
     # -- tags and the index ----------------------------------------------------------------------
-    def _activate(self, st: _State, now: float) -> None:
-        """A group becomes busy: lift its tags so that idling banks no credit."""
+    def _activate(self, st: _State, now: float, cost: float) -> None:
+        """A group becomes busy: lift its tags so that idling banks no credit. Its ptag starts
+        at most one request (of its own) after ``vtime``: the usual one-request bound."""
         st.active = True
         if st.rtag < now:
             st.rtag = now
         if st.ptag < self.vtime:
-            st.ptag = self.vtime
+            st.ptag = self.vtime + st.phase * cost / st.weight
         if st.ltag < now:
             st.ltag = now
 
@@ -256,7 +263,8 @@ class MclockPolicy(Policy):
         if st is None:
             return
         if not st.active:
-            self._activate(st, self._now())
+            head = self._head(g)
+            self._activate(st, self._now(), 0.0 if head is None else self.cost(head))
         if self._index(st):
             self.engine.kick(self.dp)
 
@@ -326,10 +334,13 @@ class MclockPolicy(Policy):
 
     def _wake_sleepers(self, now: float) -> None:
         capheap = self._capheap
+        due = []
         while capheap and capheap[0][0] <= now:
-            _, _, ver, st = heappop(capheap)
-            if ver == st.ver:
-                self._index(st)
+            entry = heappop(capheap)
+            if entry[2] == entry[3].ver:
+                due.append(entry[3])
+        for st in due:  # re-indexed after the loop: one whose wait rounds to now sleeps again
+            self._index(st)
         lheap = self._lheap
         pheap = self._pheap
         while lheap and lheap[0][0] <= now:
@@ -412,9 +423,9 @@ class MclockPolicy(Policy):
         if st is None:
             return R_OK
         now = self._now()
-        if not st.active:
-            self._activate(st, now)  # issued at once without being held
         cost = self.cost(req)
+        if not st.active:
+            self._activate(st, now, cost)  # issued at once without being held
         chosen = self._chosen is st
         if st.reservation:
             rtag = st.rtag
