@@ -61,6 +61,8 @@ R_AHEAD = 0.01
 #: How far ltag may trail ``now`` before a charge: absorbs the jiffy rounding of when a request is
 #: actually served (without it a limit of 1,500/s at 1,000 Hz would give 1,000/s).
 L_BEHIND_JIFFIES = 2
+#: Tags and due times within this many seconds of ``now`` count as due (float rounding).
+EPS = 1e-9
 
 PHASE_RESERVATION = 1
 PHASE_WEIGHT = 2
@@ -306,7 +308,7 @@ class MclockPolicy(Policy):
                 return False
         if st.reservation:
             self._push(self._rheap, (st.rtag, seq, ver, st))
-        if st.limit and st.ltag > now:
+        if st.limit and st.ltag > now + EPS:
             self._push(self._lheap, (st.ltag, seq, ver, st))
             self._arm(st.ltag)
             return False
@@ -335,6 +337,7 @@ class MclockPolicy(Policy):
     def _wake_sleepers(self, now: float) -> None:
         capheap = self._capheap
         due = []
+        now += EPS
         while capheap and capheap[0][0] <= now:
             entry = heappop(capheap)
             if entry[2] == entry[3].ver:
@@ -356,7 +359,7 @@ class MclockPolicy(Policy):
         st = self.states.get(g)
         if st is None or st.caps or g.going_down:
             return 1 if st is None or g.going_down else 0
-        if st.limit and st.ltag > self._now():
+        if st.limit and st.ltag > self._now() + EPS:
             return 0
         return 1
 
@@ -387,6 +390,9 @@ class MclockPolicy(Policy):
         self._phase = phase
         if chosen is None:
             self.decisions[0] += 1
+            for heap in (self._capheap, self._lheap):  # make sure a timer wakes the sleepers
+                if heap:
+                    self._arm(heap[0][0])
             return None
         self.decisions[phase] += 1
         return chosen.group
@@ -403,7 +409,7 @@ class MclockPolicy(Policy):
             if entry[2] != st.ver:
                 heappop(heap)
                 continue
-            if before is not None and entry[0] > before:
+            if before is not None and entry[0] > before + EPS:
                 break
             g = st.group
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
