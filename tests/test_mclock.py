@@ -201,18 +201,18 @@ def test_bad_tables_are_refused(params, text):
     assert "d" not in engine.devices
 
 
-def test_policy_switch_carries_weights_and_loses_no_request():
+def test_policy_switch_starts_from_defaults_and_loses_no_request():
     engine = Engine(hz=HZ)
     dev = engine.create("d", "0 8 ioband sda 1 0 0 user weight 0 :100 1:30 2:70")
     d = Driver(engine)
     for k in range(600):
         d.submit(dev, Request(k % 3 == 0, 4096 * k, 4096, Submitter(uid=k % 3), sync=True))
     d.call(engine.message, "d", "policy mclock")
-    assert engine.table("d") == "0 8 ioband sda 1 4 0 user mclock iops :0:100:0 1:0:30:0 2:0:70:0"
+    assert engine.table("d") == "0 8 ioband sda 1 4 0 user mclock iops :0:100:0 1:0:100:0 2:0:100:0"
     d.call(engine.message, "d", "cap 1:riops=500,wiops=500")
     d.drain()
     d.call(engine.message, "d", "policy weight")
-    assert engine.table("d").endswith(":100 1:30 2:70")
+    assert engine.table("d").endswith(":100 1:100 2:100")
 
 
 def test_attach_gives_defaults_and_detach_moves_held_requests():
@@ -226,3 +226,14 @@ def test_attach_gives_defaults_and_detach_moves_held_requests():
         d.submit(dev, Request(False, 4096 * k, 4096, Submitter(uid=5)))
     d.call(engine.message, "d", "detach 5")
     d.drain()
+
+
+def test_reload_plan_sets_every_mclock_parameter():
+    from ioband.control.reload import _value_words
+    from ioband.core.grammar import parse_mclock_group
+
+    engine, _ = make()
+    value = parse_mclock_group("2000:9:3000:riops=10", "test")
+    for words in _value_words("mclock", 1, value):
+        engine.message("d", list(words))
+    assert " 1:2000:9:3000:riops=10,riops_burst=1 " in engine.table("d")

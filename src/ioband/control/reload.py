@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from ioband.control.config import Config, ConfigError, DeviceConfig
 from ioband.control.state import DeviceState
 from ioband.core.engine import DEFAULT_NR_REQUESTS, BackingInfo, Engine
-from ioband.core.grammar import ID_ANY
+from ioband.core.grammar import CAP_KEYS, ID_ANY, MclockParams, format_caps
 from ioband.errors import IobandError
 
 
@@ -135,8 +135,10 @@ def settings_of(engine: Engine, name: str) -> Settings:
     policy = dp.policy
     if hasattr(policy, "token_set"):
         token, carryover = policy.token_set, policy.carryover_set
-    else:
+    elif hasattr(policy, "token_bucket"):
         token, carryover = policy.token_bucket * policy.carryover, None
+    else:  # mclock: no tokens
+        token, carryover = 0, None
     groups = {g.id: policy.carried_value(g) for g in dev.all_groups()}
     return Settings(
         dev.backing,
@@ -267,12 +269,24 @@ def running_engine(running: Sequence[DeviceState], hz: int) -> Engine:
     return engine
 
 
-def _value_words(family: str, gid: int, value: object) -> tuple[str, ...]:
+def _value_words(family: str, gid: int, value: object) -> list[tuple[str, ...]]:
+    """The messages that set a group's value (mclock: several, the limit lifted first so that
+    a reservation above the old limit is accepted)."""
     who = "" if gid == ID_ANY else str(gid)
     if family == "range-bw":
         lo, hi = value  # type: ignore[misc]
-        return ("range-bw", f"{who}:{lo}:{hi}")
-    return ("weight", f"{who}:{value}")
+        return [("range-bw", f"{who}:{lo}:{hi}")]
+    if isinstance(value, MclockParams):
+        caps = ",".join(f"{key}=max" for key in CAP_KEYS if key not in value.caps)
+        given = format_caps(value.caps)
+        return [
+            ("limit", f"{who}:0"),
+            ("reservation", f"{who}:{value.reservation}"),
+            ("weight", f"{who}:{value.weight}"),
+            ("limit", f"{who}:{value.limit}"),
+            ("cap", f"{who}:{','.join(x for x in (given, caps) if x)}"),
+        ]
+    return [("weight", f"{who}:{value}")]
 
 
 def _group_name(gid: int) -> str:
@@ -500,11 +514,8 @@ def _plan_groups(
             )
             continue
         why = "after the policy switch" if reset else "the file changed it"
-        p.send(
-            name,
-            _value_words(family, gid, value),
-            f"{why}: {_group_name(gid)} {current[gid]!r} -> {value!r}",
-        )
+        for words in _value_words(family, gid, value):
+            p.send(name, words, f"{why}: {_group_name(gid)} {current[gid]!r} -> {value!r}")
 
 
 def _plan_options(

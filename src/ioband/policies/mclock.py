@@ -136,7 +136,7 @@ class _State:
 
 class MclockPolicy(Policy):
     name = "mclock"
-    family = "weight"  # weights carry over to and from the weight policies
+    family = "mclock"  # a switch from or to another policy starts from the defaults
 
     def __init__(self, dp: DeviceGroup, token_base: object) -> None:
         super().__init__(dp, 0)
@@ -184,8 +184,6 @@ class MclockPolicy(Policy):
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
         if isinstance(value, MclockParams):
             params = value
-        elif isinstance(value, int) and value > 0:  # a weight carried from the weight policies
-            params = MclockParams(weight=value)
         else:
             params = MclockParams()
         st = _State(g, params, self._now())
@@ -206,7 +204,7 @@ class MclockPolicy(Policy):
                 self._chosen = None
 
     def carried_value(self, g: Group) -> object:
-        return self.states[g].params.weight
+        return self.states[g].params
 
     def io_limit_changed(self) -> None:
         for g in self.dp.groups:
