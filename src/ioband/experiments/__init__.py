@@ -20,6 +20,7 @@ MODULES = (
     "scale_groups",
     "knob_sweep",
     "fair_by_default",
+    "mclock",
 )
 
 
