@@ -61,6 +61,9 @@ R_AHEAD = 0.01
 #: How far ltag may trail ``now`` before a charge: absorbs the jiffy rounding of when a request is
 #: actually served (without it a limit of 1,500/s at 1,000 Hz would give 1,000/s).
 L_BEHIND_JIFFIES = 2
+#: A group that comes back within this many seconds of its last service was not idle: it keeps
+#: its tags (the gap between a client's submissions, an event loop's turn).
+IDLE_GRACE = 0.05
 #: Tags and due times within this many seconds of ``now`` count as due (float rounding).
 EPS = 1e-9
 
@@ -100,7 +103,7 @@ class _State:
 
     __slots__ = (
         "active", "buckets", "caps", "group", "limit", "ltag", "params", "phase", "ptag",
-        "reservation", "rtag", "ver", "weight",
+        "reservation", "rtag", "served", "ver", "vmark", "weight",
     )  # fmt: skip
 
     def __init__(self, g: Group, params: MclockParams, now: float) -> None:
@@ -108,6 +111,8 @@ class _State:
         self.ver = 0
         self.active = False
         self.rtag = self.ptag = self.ltag = 0.0
+        self.served = -1e9  # when it was last given a request (seconds)
+        self.vmark = 0.0  # vtime then
         self.buckets: list[_Bucket | None] = [None, None, None, None]
         # Where in one request's virtual time the group starts when it (re)joins: spread by the
         # golden ratio so that thousands of equal groups are not served in lock step (a 1 s
@@ -248,9 +253,23 @@ class MclockPolicy(Policy):
 
     # -- tags and the index ----------------------------------------------------------------------
     def _activate(self, st: _State, now: float, cost: float) -> None:
-        """A group becomes busy: lift its tags so that idling banks no credit. Its ptag starts
-        at most one request (of its own) after ``vtime``: the usual one-request bound."""
+        """A group becomes busy: lift its tags so that idling banks no credit.
+
+        From idle its ptag starts at most one request (of its own) after ``vtime``, the usual
+        one-request bound. Two cases are not idle: a group served less than ``IDLE_GRACE`` ago
+        (a client between two submissions: over NBD, weights 1:4 came out 1:3 when every such
+        gap cost the group its place) keeps its tags, banking at most that gap; a group whose
+        requests are still in flight keeps at most a dispatch window of lag."""
         st.active = True
+        if now - st.served <= IDLE_GRACE:
+            if st.ptag < st.vmark:
+                st.ptag = st.vmark
+            return
+        if st.group.active > 1:  # requests of it in flight (``active`` counts this one too)
+            floor = self.vtime - self.dp.window * cost / st.weight
+            if st.ptag < floor:
+                st.ptag = floor
+            return
         if st.rtag < now:
             st.rtag = now
         if st.ptag < self.vtime:
@@ -455,6 +474,8 @@ class MclockPolicy(Policy):
             if b is not None:
                 b.refill(now)
                 b.tokens -= 1.0
+        st.served = now
+        st.vmark = self.vtime
         if chosen:
             self._chosen = None
         if g.blocked[0] + g.blocked[1] > 0:
