@@ -281,11 +281,11 @@ class MclockPolicy(Policy):
         st = self.states.get(g)
         if st is None:
             return
+        head = self._head(g)
         if not st.active:
-            head = self._head(g)
             self._activate(st, self._now(), 0.0 if head is None else self.cost(head))
-        if self._index(st):
-            self.engine.kick(self.dp)
+        if self._index(st) and head is not None and self.dp.issued[head.sync] < self.dp.window:
+            self.engine.kick(self.dp)  # room for it now (else a completion runs the conductor)
 
     def _head(self, g: Group) -> Request | None:
         if g.prio_queue:
@@ -390,6 +390,9 @@ class MclockPolicy(Policy):
         issued = dp.issued
         if issued[0] >= limit and issued[1] >= limit:
             return None
+        blocked = dp.blocked
+        if (issued[1] >= limit or blocked[1] == 0) and (issued[0] >= limit or blocked[0] == 0):
+            return None  # nothing held of a class with room (else every group is skipped)
         if dp.going_down:
             for g in dp.groups:  # flushing: anyone holding requests, in creation order
                 if g.going_down and g.blocked[0] + g.blocked[1]:
