@@ -62,7 +62,10 @@ def test_reservation_beside_weights(bottleneck, tmp_path):  # noqa: F811
     rates = run_table(tmp_path, daemon_cg, table, ["g1", "g2", "g3"])
     total = sum(rates.values())
     assert total > READ_IOPS * 0.7, rates  # the device was the bottleneck
-    assert rates["g1"] >= reserve, rates
+    # A reservation above the group's weighted share is given exactly (no more): counted over a
+    # window that does not line up with the scheduler's tags it may come out a request or two
+    # short, so "met" is >= 99 %, as in the simulator's windows.
+    assert rates["g1"] >= reserve * 0.99, rates
     ratio = rates["g3"] / rates["g2"]
     assert abs(ratio / 4 - 1) <= 0.10, f"g3:g2 = {ratio:.2f}, want 4 {rates}"
 
