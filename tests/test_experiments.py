@@ -37,6 +37,7 @@ def test_the_suite_has_the_experiments_the_issue_asks_for():
         "knob-sweep",
         "fair-by-default",
         "mclock",
+        "hierarchy",
     ]
 
 
@@ -127,6 +128,10 @@ def test_mclock_quick(reports):
     c = d["caps"]["mclock"]
     assert c["g2_max"] <= 1500 + 4 and c["g3_after"] <= 2500 + 500
     assert 2500 < c["g3_first"] <= 3000  # the burst after idling, once
+
+
+def test_hierarchy_quick(reports):
+    assert data(reports, "hierarchy")["max_rel_error"] <= 0.02
 
 
 def test_scale_groups_mclock_exact_quick(reports):

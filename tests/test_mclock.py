@@ -237,3 +237,72 @@ def test_reload_plan_sets_every_mclock_parameter():
     for words in _value_words("mclock", 1, value):
         engine.message("d", list(words))
     assert " 1:2000:9:3000:riops=10,riops_burst=1 " in engine.table("d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchy
+
+
+def test_hierarchical_shares_follow_the_hweight_product_as_children_idle_and_return():
+    from ioband.experiments import hierarchy
+
+    outcome = hierarchy.run(hierarchy.Context())
+    assert outcome.data["max_rel_error"] <= 0.02
+    seconds = [w["second"] for w in outcome.data["windows"]]
+    assert 4 in seconds and 7 in seconds and 10 in seconds  # A idle, A back, C gone
+
+
+HIER = (
+    "0 8 ioband sda 1 4 0 user mclock iops :0:100:0 1:0:2:0 2:0:1:0"
+    " 3:0:3:0:parent=1,riops=100,riops_burst=10 4:0:1:0:parent=1"
+)
+
+
+def test_parents_reload_unchanged_and_show_in_settings():
+    engine = Engine(hz=HZ)
+    dev = engine.create("d", HIER)
+    assert engine.table("d") == HIER
+    assert " parent=1 " in dev.dp.policy.show_group(dev.groups[3])
+    engine.message("d", "parent 4:2")
+    assert " 4:0:1:0:parent=2" in engine.table("d")
+    engine.message("d", "parent 4:none")
+    assert engine.table("d").endswith(" 4:0:1:0")
+    engine.message("d", "detach 1")  # its child moves to the root
+    assert " 3:0:3:0:riops=100,riops_burst=10" in engine.table("d")
+
+
+@pytest.mark.parametrize(
+    ("words", "text"),
+    [
+        ("parent 3:9", "parent 9 is not a group of d"),
+        ("parent 1:3", "parent 3 makes a cycle"),
+        ("parent 3:3", "parent 3 makes a cycle"),
+        ("parent :1", "the default group cannot have a parent"),
+        ("parent 3:x", "Invalid parent: parent 'x' is not an integer"),
+    ],
+)
+def test_bad_parent_messages_are_refused(words, text):
+    engine = Engine(hz=HZ)
+    engine.create("d", HIER)
+    with pytest.raises(InvalidArgument) as err:
+        engine.message("d", words)
+    assert text in str(err.value)
+    assert engine.table("d") == HIER
+
+
+@pytest.mark.parametrize(
+    ("groups", "text"),
+    [
+        ("1:0:1:0:parent=5", "group 1: parent 5 is not a group of this table"),
+        ("1:0:1:0:parent=2 2:0:1:0:parent=1", "makes a cycle"),
+        ("1:0:1:0:parent=-2", "parent -2 is not in 0..2147483647"),
+    ],
+)
+def test_bad_parents_in_tables_are_refused(groups, text):
+    engine = Engine(hz=HZ)
+    with pytest.raises(InvalidArgument) as err:
+        engine.create("d", f"0 8 ioband sda 1 0 0 user mclock iops :0:1:0 {groups}")
+    assert text in str(err.value)
+    with pytest.raises(InvalidArgument) as err:
+        engine.create("d", "0 8 ioband sda 1 0 0 user mclock iops :0:1:0:parent=1 1:0:1:0")
+    assert "the default group cannot have a parent" in str(err.value)

@@ -285,6 +285,7 @@ def _value_words(family: str, gid: int, value: object) -> list[tuple[str, ...]]:
             ("weight", f"{who}:{value.weight}"),
             ("limit", f"{who}:{value.limit}"),
             ("cap", f"{who}:{','.join(x for x in (given, caps) if x)}"),
+            ("parent", f"{who}:{'none' if value.parent is None else value.parent}"),
         ]
     return [("weight", f"{who}:{value}")]
 

@@ -554,6 +554,7 @@ class Engine:
             if gid in extra:
                 raise AlreadyExists(f"{err}: id={gid} already exists.")
             extra[gid] = policy_cls.parse_group_value(value, err)
+        policy_cls.check_groups(head_value, extra)
 
         dp = self.device_groups.get(spec.group_name)
         if dp is None:

@@ -27,7 +27,7 @@ POLICIES = ("default", "weight", "weight-iosize", "range-bw", "mclock")
 MESSAGES = (
     "reset", "type", "attach", "detach", "policy", "io_throttle", "io_limit",
     "weight", "token", "carryover", "range-bw", "min-bw", "max-bw",
-    "reservation", "limit", "cap",
+    "reservation", "limit", "cap", "parent",
 )  # fmt: skip
 
 UNRECOGNISED = "Unrecognised band message received."
@@ -374,10 +374,14 @@ class MclockParams:
     weight: int = 100
     limit: int = 0
     caps: dict[str, Cap] = field(default_factory=dict)
+    parent: int | None = None  # the id of the parent group (hierarchical weights); None: root
 
     def text(self) -> str:
         head = f"{self.reservation}:{self.weight}:{self.limit}"
-        return f"{head}:{format_caps(self.caps)}" if self.caps else head
+        extra = ([f"parent={self.parent}"] if self.parent is not None else []) + (
+            [format_caps(self.caps)] if self.caps else []
+        )
+        return f"{head}:{','.join(extra)}" if extra else head
 
 
 def check_reservation_limit(reservation: int, limit: int, error: str) -> None:
@@ -400,5 +404,20 @@ def parse_mclock_group(text: str | None, error: str) -> MclockParams:
     weight = parse_weight(fields[1], error)
     limit = parse_amount(fields[2], "limit", error)
     check_reservation_limit(reservation, limit, error)
-    caps = parse_caps(fields[3], error) if len(fields) == 4 else {}
-    return MclockParams(reservation, weight if weight is not None else 100, limit, caps)
+    parent = None
+    caps: dict[str, Cap] = {}
+    if len(fields) == 4:
+        items = fields[3].split(",")
+        rest = [item for item in items if not item.startswith("parent=")]
+        for item in items:
+            if item.startswith("parent="):
+                parent = parse_parent(item[len("parent=") :], error)
+        caps = parse_caps(",".join(rest), error) if rest else {}
+    return MclockParams(reservation, weight if weight is not None else 100, limit, caps, parent)
+
+
+def parse_parent(text: str | None, error: str = "Invalid parent") -> int | None:
+    """A parent group id (0..INT_MAX), or ``none``/``-1``: no parent."""
+    if text in ("none", "-1"):
+        return None
+    return bounded_int(text, 0, INT_MAX, "parent", error)

@@ -21,6 +21,7 @@ MODULES = (
     "knob_sweep",
     "fair_by_default",
     "mclock",
+    "hierarchy",
 )
 
 

@@ -43,6 +43,11 @@ class Policy:
         """Validate a group's parameter (table ``:VALUE``/``ID:VALUE``, ``attach`` default)."""
         raise NotImplementedError
 
+    @classmethod
+    def check_groups(cls, head: object, groups: dict[int, object]) -> None:
+        """Validate the parsed group values of a table together (mclock: parents exist, no
+        cycle), before anything is created. Most policies' values are independent."""
+
     # -- group life cycle -------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
         raise NotImplementedError

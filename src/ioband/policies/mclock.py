@@ -43,6 +43,7 @@ from ioband.core.grammar import (
     parse_caps,
     parse_cost_model,
     parse_mclock_group,
+    parse_parent,
     parse_weight,
 )
 from ioband.errors import InvalidArgument
@@ -106,8 +107,22 @@ class _State:
     """A group's mclock parameters, tags, buckets and index entries."""
 
     __slots__ = (
-        "active", "buckets", "caps", "group", "limit", "ltag", "params", "phase", "ptag",
-        "reservation", "rtag", "served", "ver", "vmark", "weight",
+        "active",
+        "buckets",
+        "caps",
+        "eff",
+        "group",
+        "limit",
+        "ltag",
+        "params",
+        "phase",
+        "ptag",
+        "reservation",
+        "rtag",
+        "served",
+        "ver",
+        "vmark",
+        "weight",
     )  # fmt: skip
 
     def __init__(self, g: Group, params: MclockParams, now: float) -> None:
@@ -128,6 +143,7 @@ class _State:
         self.params = params
         self.reservation = float(params.reservation)
         self.weight = float(params.weight)
+        self.eff = self.weight  # the weight its ptag advances by (hierarchy: hweight x 1000)
         self.limit = float(params.limit)
         self.caps = params.caps
         for key, i in _KIND_INDEX.items():
@@ -153,6 +169,7 @@ class MclockPolicy(Policy):
         self._set_costs()
         self.hz = self.engine.hz
         self.states: dict[Group, _State] = {}
+        self.nested = False  # some group has a parent: weights are hierarchical
         self.vtime = 0.0
         self._rheap: list[tuple[float, int, int, _State]] = []
         self._pheap: list[tuple[float, int, int, _State]] = []
@@ -186,6 +203,29 @@ class MclockPolicy(Policy):
     def parse_group_value(cls, text: str | None, error: str) -> MclockParams:
         return parse_mclock_group(text, error)
 
+    @classmethod
+    def check_groups(cls, head: object, groups: dict[int, object]) -> None:
+        err = "Cannot create ioband group"
+        if isinstance(head, MclockParams) and head.parent is not None:
+            raise InvalidArgument(f"{err}: the default group cannot have a parent")
+        parents = {
+            gid: v.parent
+            for gid, v in groups.items()
+            if isinstance(v, MclockParams) and v.parent is not None
+        }
+        for gid, parent in parents.items():
+            if parent not in groups:
+                raise InvalidArgument(
+                    f"{err}: group {gid}: parent {parent} is not a group of this table"
+                )
+            seen = {gid}
+            at: int | None = parent
+            while at is not None:
+                if at in seen:
+                    raise InvalidArgument(f"{err}: group {gid}: parent {parent} makes a cycle")
+                seen.add(at)
+                at = parents.get(at)
+
     # -- groups --------------------------------------------------------------------------------
     def _now(self) -> float:
         return self.engine.now / self.hz
@@ -200,6 +240,8 @@ class MclockPolicy(Policy):
         st.ptag = self.vtime
         self.states[g] = st
         g.weight = params.weight
+        if params.parent is not None:
+            self.nested = True
         g.limit = max(1, self.dp.io_limit)
         g.dirty = False
         g.sched_ver += 1
@@ -211,6 +253,59 @@ class MclockPolicy(Policy):
             st.active = False
             if self._chosen is st:
                 self._chosen = None
+            if self.nested:  # its children move to the root
+                for other in self.states.values():
+                    p = other.params
+                    if p.parent == g.id and other.group.device is g.device:
+                        other.apply(
+                            MclockParams(p.reservation, p.weight, p.limit, p.caps), self._now()
+                        )
+                self._reweigh()
+
+    def reshare(self) -> None:
+        if self.nested:
+            self._reweigh()
+
+    def _parent_of(self, st: _State) -> _State | None:
+        pid = st.params.parent
+        if pid is None:
+            return None
+        pg = st.group.device.groups.get(pid)
+        return None if pg is None else self.states.get(pg)
+
+    def _reweigh(self) -> None:
+        """Hierarchical weights (cgroup v2 hweight): a group's share of its parent is its weight
+        over its busy siblings' weights, its share of the device the product along the path;
+        a parent's own requests count as one more child of the parent's weight. O(groups):
+        run when a group becomes busy or idle, in hierarchy mode only."""
+        states = list(self.states.values())
+        children: dict[_State | None, list[_State]] = {}
+        for st in states:
+            children.setdefault(self._parent_of(st), []).append(st)
+        busy: dict[_State, bool] = {}
+
+        def is_busy(st: _State) -> bool:
+            b = busy.get(st)
+            if b is None:
+                b = st.active or any(is_busy(c) for c in children.get(st, ()))
+                busy[st] = b
+            return b
+
+        def share(level: list[_State], whole: float, own: _State | None) -> None:
+            total = sum(s.weight for s in level if is_busy(s))
+            if own is not None and own.active:
+                total += own.weight
+            for st in level:
+                part = whole * st.weight / (total if is_busy(st) else total + st.weight)
+                kids = children.get(st)
+                if kids:
+                    share(kids, part, st)
+                    mine = st.weight / (sum(k.weight for k in kids if is_busy(k)) + st.weight)
+                    st.eff = max(1e-9, part * mine) * 1000
+                else:
+                    st.eff = max(1e-9, part) * 1000
+
+        share(children.get(None, []), 1.0, None)
 
     def carried_value(self, g: Group) -> object:
         return self.states[g].params
@@ -226,23 +321,29 @@ class MclockPolicy(Policy):
         error = f"Invalid {cmd}"
         if cmd == "weight":
             weight = parse_weight(value, error)
-            new = MclockParams(p.reservation, 100 if weight is None else weight, p.limit, p.caps)
+            new = MclockParams(
+                p.reservation, 100 if weight is None else weight, p.limit, p.caps, p.parent
+            )
         elif cmd == "reservation":
             r = parse_amount(value, "reservation", error)
             check_reservation_limit(r, p.limit, error)
-            new = MclockParams(r, p.weight, p.limit, p.caps)
+            new = MclockParams(r, p.weight, p.limit, p.caps, p.parent)
         elif cmd == "limit":
             lim = parse_amount(value, "limit", error)
             check_reservation_limit(p.reservation, lim, error)
-            new = MclockParams(p.reservation, p.weight, lim, p.caps)
+            new = MclockParams(p.reservation, p.weight, lim, p.caps, p.parent)
         elif cmd == "cap":
             new = MclockParams(
-                p.reservation, p.weight, p.limit, parse_caps(value or "", error, p.caps)
+                p.reservation, p.weight, p.limit, parse_caps(value or "", error, p.caps), p.parent
             )
+        elif cmd == "parent":
+            parent = parse_parent(value, error)
+            self._check_parent(g, parent, error)
+            new = MclockParams(p.reservation, p.weight, p.limit, p.caps, parent)
         else:
             raise InvalidArgument(
                 f"{cmd}: not a parameter of the {self.name} policy"
-                " (weight, reservation, limit, cap)"
+                " (weight, reservation, limit, cap, parent)"
             )
         now = self._now()
         st.apply(new, now)
@@ -252,8 +353,27 @@ class MclockPolicy(Policy):
             st.rtag = max(st.rtag, now)
         if new.limit != p.limit:
             st.ltag = now
+        if new.parent is not None:
+            self.nested = True
+        if self.nested:
+            self._reweigh()
         if st.active:
             self._index(st)  # the engine runs the conductor after a message
+
+    def _check_parent(self, g: Group, parent: int | None, error: str) -> None:
+        if parent is None:
+            return
+        dev = g.device
+        if g is dev.head:
+            raise InvalidArgument(f"{error}: the default group cannot have a parent")
+        at: int | None = parent
+        while at is not None:
+            pg = dev.groups.get(at)
+            if pg is None:
+                raise InvalidArgument(f"{error}: parent {at} is not a group of {dev.name}")
+            if pg is g:
+                raise InvalidArgument(f"{error}: parent {parent} makes a cycle")
+            at = self.states[pg].params.parent
 
     # -- tags and the index ----------------------------------------------------------------------
     def _activate(self, st: _State, now: float, cost: float) -> None:
@@ -266,19 +386,21 @@ class MclockPolicy(Policy):
         gap; a group whose
         requests are still in flight keeps at most a dispatch window of lag."""
         st.active = True
+        if self.nested:
+            self._reweigh()
         if now - st.served <= IDLE_GRACE:
             if st.ptag < st.vmark:
                 st.ptag = st.vmark
             return
         if st.group.active > 1:  # requests of it in flight (``active`` counts this one too)
-            floor = self.vtime - self.dp.window * cost / st.weight
+            floor = self.vtime - self.dp.window * cost / st.eff
             if st.ptag < floor:
                 st.ptag = floor
             return
         if st.rtag < now:
             st.rtag = now
         if st.ptag < self.vtime:
-            st.ptag = self.vtime + st.phase * cost / st.weight
+            st.ptag = self.vtime + st.phase * cost / st.eff
         if st.ltag < now:
             st.ltag = now
 
@@ -467,7 +589,7 @@ class MclockPolicy(Policy):
         if not (chosen and self._phase == PHASE_RESERVATION):
             if st.ptag > self.vtime:
                 self.vtime = st.ptag
-            st.ptag += cost / st.weight
+            st.ptag += cost / st.eff
         if st.limit:
             floor = now - L_BEHIND_JIFFIES / self.hz
             st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
@@ -491,6 +613,8 @@ class MclockPolicy(Policy):
         else:
             st.ver += 1
             st.active = False  # its next request lifts its tags again (start-time fair queueing)
+            if self.nested:
+                self._reweigh()
         return R_OK if urgent else R_YIELD
 
     def restart(self) -> bool:
@@ -511,6 +635,8 @@ class MclockPolicy(Policy):
     def show_group(self, g: Group) -> str:
         p = self.states[g].params
         out = f" reservation={p.reservation} weight={p.weight} limit={p.limit}"
+        if p.parent is not None:
+            out += f" parent={p.parent}"
         for key in CAP_KEYS:
             cap = p.caps.get(key)
             if cap is not None:
