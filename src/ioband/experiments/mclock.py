@@ -161,9 +161,10 @@ def run(ctx: Context) -> Outcome:
         f"{LIMIT:,}), lets g3 use its {BURST}-request burst when it starts after idling "
         f"({mc['g3_first']:,} in its first window) and then holds its cap "
         f"({mc['g3_steady']:,.0f} IOPS on average, {mc['g3_after']:,} at most); what they leave "
-        f"goes to g1 (work conserving). range-bw holds its maxima in KB/s per period "
-        f"(g2 at most {caps['range-bw']['g2_max']:,}, g3 {caps['range-bw']['g3_after']:,}) but "
-        f"has no burst and no weights; weight cannot cap at all (g2 "
+        f"goes to g1 (work conserving). Under range-bw the groups without a minimum get only "
+        f"what g1's band leaves, and g1's open maximum leaves almost nothing (g2 at most "
+        f"{caps['range-bw']['g2_max']:,} IOPS in a window, g3 {caps['range-bw']['g3_after']:,}): "
+        f"bands cannot say 'the rest by weight', and have no burst; weight cannot cap at all (g2 "
         f"{caps['weight']['g2_max']:,}, g3 {caps['weight']['g3_after']:,})."
     )
     out.published = (
