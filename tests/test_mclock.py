@@ -306,3 +306,30 @@ def test_bad_parents_in_tables_are_refused(groups, text):
     with pytest.raises(InvalidArgument) as err:
         engine.create("d", "0 8 ioband sda 1 0 0 user mclock iops :0:1:0:parent=1 1:0:1:0")
     assert "the default group cannot have a parent" in str(err.value)
+
+
+@pytest.mark.parametrize("parent", ["0:1:3000", "0:1:0:riops=3000,riops_burst=100"])
+def test_a_parents_limit_or_cap_bounds_its_subtree(parent):
+    table = (
+        f"0 20971520 ioband sda 1 0 0 user mclock iops :0:1:0 2001:{parent}"
+        " 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:0"
+    )
+    sc = scenario(
+        "parent-bound",
+        duration=4.0,
+        seed=1,
+        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
+        devices=[{"name": "d", "disk": "sda", "table": table}],
+        workloads=[
+            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": 64,
+             "pattern": "randread", "direct": True}
+            for i in (1, 2, 3)
+        ],
+        windows=[1.0],
+    )  # fmt: skip
+    result = run(sc.with_overrides(scheduler="ioband"))
+    tl = {w.name: w.timeline_ios[1:] for w in result.workloads}
+    for a, b, c in zip(tl["g1"], tl["g2"], tl["g3"], strict=True):
+        assert a + b <= 3000 + 3000 * 2 / HZ + 1  # the subtree holds the parent's bound
+        assert abs(a / b / 3 - 1) <= 0.02  # split 3:1 inside it
+        assert c >= 16_900  # the rest goes to the group outside

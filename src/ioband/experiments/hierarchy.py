@@ -103,9 +103,10 @@ def run(ctx: Context) -> Outcome:
         "when A idles its share goes to its sibling B first (B 66.7 %, C and D unchanged), and "
         "comes back when A returns; when C stops, D takes its parent's whole third. Largest "
         f"relative error against the hweight product over the steady windows: {pct(worst, 2)}. "
-        "Not done: reservations and limits of a parent do not bound its subtree yet (they apply "
-        "to the group's own requests), and the `cgroup` type does not take the parent from the "
-        "real cgroup nesting yet (set it with `parent=` or the `parent` message)."
+        "A parent's limit and caps bound its subtree (tests/test_mclock.py). Not done: a "
+        "parent's reservation does not serve its subtree yet (it applies to the group's own "
+        "requests), and the `cgroup` type does not take the parent from the real cgroup nesting "
+        "yet (set it with `parent=` or the `parent` message)."
     )
 
     def fig(ax: Any) -> None:

@@ -450,6 +450,12 @@ class MclockPolicy(Policy):
                 self._push(self._capheap, (due, seq, ver, st))
                 self._arm(due)
                 return False
+        if self.nested:
+            due = self._gate(st, head, now)
+            if due > now + EPS:
+                self._push(self._capheap, (due, seq, ver, st))
+                self._arm(due)
+                return False
         if st.reservation:
             self._push(self._rheap, (st.rtag, seq, ver, st))
         if st.limit and st.ltag > now + EPS:
@@ -458,6 +464,27 @@ class MclockPolicy(Policy):
             return False
         self._push(self._pheap, (st.ptag, seq, ver, st))
         return True
+
+    def _ancestors(self, st: _State) -> list[_State]:
+        out = []
+        at = self._parent_of(st)
+        while at is not None:
+            out.append(at)
+            at = self._parent_of(at)
+        return out
+
+    def _gate(self, st: _State, head: Request, now: float) -> float:
+        """When the limits and caps of ``st``'s ancestors let its head request go (they bound
+        the whole subtree, as io.max on a cgroup v2 parent); ``now`` or earlier: at once."""
+        due = 0.0
+        for a in self._ancestors(st):
+            if a.limit and a.ltag > due:
+                due = a.ltag
+            if a.caps:
+                wait = self._cap_wait(a, head, now)
+                if wait > 0 and now + wait > due:
+                    due = now + wait
+        return due
 
     def _push(self, heap: list[tuple[float, int, int, _State]], entry: tuple) -> None:
         heappush(heap, entry)
@@ -564,6 +591,14 @@ class MclockPolicy(Policy):
                     skipped = []
                 skipped.append(heappop(heap))  # its class is full: the next one
                 continue
+            if self.nested:  # a sibling's service may have used up an ancestor's limit or cap
+                now = self._now()
+                due = self._gate(st, self._head(g) or g.queue[0], now)
+                if due > now + EPS:
+                    st.ver += 1
+                    self._push(self._capheap, (due, g.seq, st.ver, st))
+                    self._arm(due)
+                    continue
             found = st
             break
         if skipped:
@@ -604,6 +639,15 @@ class MclockPolicy(Policy):
             if b is not None:
                 b.refill(now)
                 b.tokens -= 1.0
+        if self.nested:
+            floor = now - L_BEHIND_JIFFIES / self.hz
+            for a in self._ancestors(st):  # a parent's limit and caps bound its subtree
+                if a.limit:
+                    a.ltag = (a.ltag if a.ltag > floor else floor) + cost / a.limit
+                for b in (a.buckets[req.dir], a.buckets[2 + req.dir]):
+                    if b is not None:
+                        b.refill(now)
+                        b.tokens -= 1.0 if b is a.buckets[2 + req.dir] else req.length
         st.served = now
         st.vmark = self.vtime
         if chosen:
