@@ -32,6 +32,9 @@ def build(groups: int, policy: str, linear: bool) -> tuple[Engine, object, list[
     if policy == "range-bw":
         specs = " ".join(f"{i}:{100 + i % 7}:0" for i in ids)
         line = f"0 2097152 ioband bench 1 0 0 user range-bw 0 :100:0 {specs}"
+    elif policy == "mclock":  # weights only: reservations and limits would idle the loop
+        specs = " ".join(f"{i}:0:{10 + i % 90}:0" for i in ids)
+        line = f"0 2097152 ioband bench 1 0 0 user mclock iops :0:50:0 {specs}"
     else:
         specs = " ".join(f"{i}:{10 + i % 90}" for i in ids)
         line = f"0 2097152 ioband bench 1 0 0 user {policy} 0 :50 {specs}"
@@ -83,7 +86,9 @@ def run(groups: int, requests: int, policy: str = "weight", linear: bool = False
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300_000)
-    ap.add_argument("--policy", default="weight", choices=["weight", "weight-iosize", "range-bw"])
+    ap.add_argument(
+        "--policy", default="weight", choices=["weight", "weight-iosize", "range-bw", "mclock"]
+    )
     ap.add_argument("--groups", type=int, nargs="*", default=list(GROUP_COUNTS))
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs (noise)")
     ap.add_argument("--linear", action="store_true", help="also run the original O(n) scan")

@@ -36,6 +36,8 @@ def test_the_suite_has_the_experiments_the_issue_asks_for():
         "scale-groups",
         "knob-sweep",
         "fair-by-default",
+        "mclock",
+        "hierarchy",
     ]
 
 
@@ -116,6 +118,25 @@ def test_scale_groups_quick(reports):
     # wall-clock costs are kept out of the deterministic data
     assert "engine_us_per_request" not in json.dumps(r.outcome.data)
     assert r.outcome.cost["128"]["ioband"]["engine_us_per_request"] > 0
+
+
+def test_mclock_quick(reports):
+    d = data(reports, "mclock")
+    m = d["reserve"]["mclock"]
+    assert m["reservation_met"] >= 0.99 and m["g2_g3_ratio_error"] <= 0.02
+    assert d["reserve"]["weight"]["reservation_met"] == 0.0  # weight alone cannot reserve
+    c = d["caps"]["mclock"]
+    assert c["g2_max"] <= 1500 + 4 and c["g3_after"] <= 2500 + 500
+    assert 2500 < c["g3_first"] <= 3000  # the burst after idling, once
+
+
+def test_hierarchy_quick(reports):
+    assert data(reports, "hierarchy")["max_rel_error"] <= 0.02
+
+
+def test_scale_groups_mclock_exact_quick(reports):
+    for row in data(reports, "scale-groups")["groups"].values():
+        assert row["mclock"]["class_max_rel_error"] <= 0.02
 
 
 def test_knob_sweep_quick(reports):

@@ -50,7 +50,15 @@ from dataclasses import dataclass, field
 from ioband.control.config import Config, ConfigError, DeviceConfig
 from ioband.control.state import DeviceState
 from ioband.core.engine import DEFAULT_NR_REQUESTS, BackingInfo, Engine
-from ioband.core.grammar import ID_ANY, GroupKey, key_order, key_text
+from ioband.core.grammar import (
+    CAP_KEYS,
+    ID_ANY,
+    GroupKey,
+    MclockParams,
+    format_caps,
+    key_order,
+    key_text,
+)
 from ioband.errors import IobandError
 
 
@@ -136,8 +144,10 @@ def settings_of(engine: Engine, name: str) -> Settings:
     policy = dp.policy
     if hasattr(policy, "token_set"):
         token, carryover = policy.token_set, policy.carryover_set
-    else:
+    elif hasattr(policy, "token_bucket"):
         token, carryover = policy.token_bucket * policy.carryover, None
+    else:  # mclock: no tokens
+        token, carryover = 0, None
     groups = {g.id: policy.carried_value(g) for g in dev.all_groups() if not g.by_rule}
     return Settings(
         dev.backing,
@@ -267,12 +277,25 @@ def running_engine(running: Sequence[DeviceState], hz: int) -> Engine:
     return engine
 
 
-def _value_words(family: str, gid: GroupKey, value: object) -> tuple[str, ...]:
+def _value_words(family: str, gid: GroupKey, value: object) -> list[tuple[str, ...]]:
+    """The messages that set a group's value (mclock: several, the limit lifted first so that
+    a reservation above the old limit is accepted)."""
     who = "" if gid == ID_ANY else key_text(gid)
     if family == "range-bw":
         lo, hi = value  # type: ignore[misc]
-        return ("range-bw", f"{who}:{lo}:{hi}")
-    return ("weight", f"{who}:{value}")
+        return [("range-bw", f"{who}:{lo}:{hi}")]
+    if isinstance(value, MclockParams):
+        caps = ",".join(f"{key}=max" for key in CAP_KEYS if key not in value.caps)
+        given = format_caps(value.caps)
+        return [
+            ("limit", f"{who}:0"),
+            ("reservation", f"{who}:{value.reservation}"),
+            ("weight", f"{who}:{value.weight}"),
+            ("limit", f"{who}:{value.limit}"),
+            ("cap", f"{who}:{','.join(x for x in (given, caps) if x)}"),
+            ("parent", f"{who}:{'none' if value.parent is None else value.parent}"),
+        ]
+    return [("weight", f"{who}:{value}")]
 
 
 def _group_name(gid: GroupKey) -> str:
@@ -500,11 +523,8 @@ def _plan_groups(
             )
             continue
         why = "after the policy switch" if reset else "the file changed it"
-        p.send(
-            name,
-            _value_words(family, gid, value),
-            f"{why}: {_group_name(gid)} {current[gid]!r} -> {value!r}",
-        )
+        for words in _value_words(family, gid, value):
+            p.send(name, words, f"{why}: {_group_name(gid)} {current[gid]!r} -> {value!r}")
 
 
 def _plan_options(

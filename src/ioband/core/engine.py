@@ -141,6 +141,11 @@ class Engine:
             self._runnable.append((list(waitq), same_group))
             waitq.clear()
 
+    def kick(self, dp: DeviceGroup) -> None:
+        """Run ``dp``'s conductor once the current call settles: for a policy whose own timer
+        or bookkeeping found a group ready to be served (mclock's limits and caps)."""
+        self._queue_conductor(dp, 0)
+
     def _tick(self, now: int) -> None:
         if now > self.now:
             self.now = now
@@ -680,6 +685,7 @@ class Engine:
             if gid in extra:
                 raise AlreadyExists(f"{err}: id={gid} already exists.")
             extra[gid] = policy_cls.parse_group_value(value, err)
+        policy_cls.check_groups(head_value, extra)
 
         dp = self.device_groups.get(spec.group_name)
         if dp is None:

@@ -26,10 +26,11 @@ WEIGHT_MIN, WEIGHT_MAX_VALUE = 1, SHORT_MAX
 BW_MAX = INT_MAX // 2
 
 GROUP_TYPES = ("none", "pgrp", "pid", "node", "cpuset", "cgroup", "user", "uid", "gid", "client")
-POLICIES = ("default", "weight", "weight-iosize", "range-bw")
+POLICIES = ("default", "weight", "weight-iosize", "range-bw", "mclock")
 MESSAGES = (
     "reset", "type", "attach", "detach", "policy", "io_throttle", "io_limit",
     "weight", "token", "carryover", "range-bw", "min-bw", "max-bw",
+    "reservation", "limit", "cap", "parent",
 )  # fmt: skip
 
 UNRECOGNISED = "Unrecognised band message received."
@@ -386,3 +387,200 @@ def status_block(
             f" {held} {io_ticks_ms} {time_in_queue_ms}"
         )
     raise InvalidArgument(f"Invalid status format {fmt!r}: legacy or diskstats")
+
+
+# ---------------------------------------------------------------------------------------------
+# The mclock policy: cost model, group parameters and io.max-style caps
+# ---------------------------------------------------------------------------------------------
+
+#: A rate or an amount: up to 2**53 (exact as a float), with an optional binary suffix.
+AMOUNT_MAX = 1 << 53
+SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+COST_MODELS = ("iops", "bytes", "linear")
+#: The cap keys of cgroup v2 ``io.max``, in the order tables show them.
+CAP_KEYS = ("rbps", "wbps", "riops", "wiops")
+#: A cap's default burst (bucket size) when none is given: this many seconds of its rate.
+DEFAULT_BURST_SECONDS = 0.1
+
+
+def parse_amount(text: str | None, what: str, error: str) -> int:
+    """A non-negative integer with an optional K/M/G/T suffix (powers of 1024, any case)."""
+    if text is None or text == "":
+        raise InvalidArgument(f"{error}: {what} is missing (an integer >= 0, suffix K/M/G/T)")
+    digits, suffix = text, ""
+    if text[-1].lower() in SUFFIXES and not text[-1].isdigit():
+        digits, suffix = text[:-1], text[-1].lower()
+    value = int(digits) if digits.isascii() and digits.isdigit() else None
+    if value is None:
+        raise InvalidArgument(
+            f"{error}: {what} {text!r} is not an integer >= 0 (with an optional K/M/G/T suffix)"
+        )
+    value *= SUFFIXES[suffix]
+    if value > AMOUNT_MAX:
+        raise InvalidArgument(f"{error}: {what} {text!r} is above {AMOUNT_MAX}")
+    return value
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What a request costs, in the unit reservations and limits are given per second.
+
+    ``iops``: 1 per request. ``bytes``: its length in bytes. ``linear``: ``base + per_kib x KiB``
+    (iocost's and Ceph mClock's linear model), with read and write coefficients apart.
+    """
+
+    kind: str = "iops"
+    read_base: int = 1
+    read_per_kib: int = 0
+    write_base: int = 1
+    write_per_kib: int = 0
+
+    def text(self) -> str:
+        if self.kind != "linear":
+            return self.kind
+        return f"linear:{self.read_base}:{self.read_per_kib}:{self.write_base}:{self.write_per_kib}"
+
+
+def parse_cost_model(text: str | None, error: str = "Invalid policy parameter") -> CostModel:
+    """``iops`` | ``bytes`` | ``linear:BASE:PER_KIB`` | ``linear:RBASE:RPER_KIB:WBASE:WPER_KIB``."""
+    if text is None or text == "0":
+        return CostModel()
+    if text in ("iops", "bytes"):
+        return CostModel(text)
+    fields = text.split(":")
+    if fields[0] != "linear":
+        raise InvalidArgument(
+            f"{error}: cost model {text!r} is not one of iops, bytes,"
+            " linear:BASE:PER_KIB, linear:RBASE:RPER_KIB:WBASE:WPER_KIB"
+        )
+    if len(fields) not in (3, 5):
+        raise InvalidArgument(
+            f"{error}: cost model {text!r}: linear takes 2 (reads and writes alike) or 4 numbers"
+        )
+    names = ("base", "per_kib") if len(fields) == 3 else ("rbase", "rper_kib", "wbase", "wper_kib")
+    nums = [bounded_int(f, 0, INT_MAX, n, error) for f, n in zip(fields[1:], names, strict=True)]
+    if len(nums) == 2:
+        nums = nums * 2
+    if nums[0] == 0 or nums[2] == 0:
+        raise InvalidArgument(f"{error}: cost model {text!r}: a base cost must be >= 1")
+    return CostModel("linear", *nums)
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One io.max-style cap: ``rate`` per second with a bucket of ``burst`` (same unit)."""
+
+    rate: int
+    burst: int
+
+
+def default_burst(rate: int) -> int:
+    return max(1, int(rate * DEFAULT_BURST_SECONDS))
+
+
+def parse_caps(
+    text: str, error: str = "Invalid cap", base: dict[str, Cap] | None = None
+) -> dict[str, Cap]:
+    """``KEY=VALUE[,KEY=VALUE...]`` over ``base``: keys ``rbps wbps riops wiops`` (a rate per
+    second; ``0`` or ``max`` removes the cap) and ``<key>_burst`` (the bucket size in bytes or
+    requests; a rate given without its burst gets the default, a tenth of a second of the
+    rate). Only the keys named change, as with a write to io.max. Nothing is returned unless
+    all of it is valid."""
+    caps = dict(base or {})
+    rates: dict[str, int] = {}
+    bursts: dict[str, int] = {}
+    if not text:
+        raise InvalidArgument(f"{error}: no KEY=VALUE given (keys {', '.join(CAP_KEYS)})")
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InvalidArgument(f"{error}: {item!r} must be KEY=VALUE")
+        if key in CAP_KEYS:
+            rates[key] = 0 if value == "max" else parse_amount(value, key, error)
+        elif key.endswith("_burst") and key[: -len("_burst")] in CAP_KEYS:
+            burst = parse_amount(value, key, error)
+            if burst == 0:
+                raise InvalidArgument(f"{error}: {key} must be >= 1")
+            bursts[key[: -len("_burst")]] = burst
+        else:
+            raise InvalidArgument(
+                f"{error}: unknown key {key!r} (one of {', '.join(CAP_KEYS)} and <key>_burst)"
+            )
+    for key in bursts:
+        if rates.get(key, caps[key].rate if key in caps else 0) == 0:
+            raise InvalidArgument(f"{error}: {key}_burst given but {key} has no cap")
+    for key in CAP_KEYS:
+        if key in rates:
+            rate = rates[key]
+            if rate == 0:
+                caps.pop(key, None)
+                continue
+            caps[key] = Cap(rate, bursts.get(key, default_burst(rate)))
+        elif key in bursts:
+            caps[key] = Cap(caps[key].rate, bursts[key])
+    return caps
+
+
+def format_caps(caps: dict[str, Cap]) -> str:
+    """The canonical ``KEY=VALUE,...`` form (every cap with its burst); parse_caps reads it."""
+    return ",".join(
+        f"{key}={caps[key].rate},{key}_burst={caps[key].burst}" for key in CAP_KEYS if key in caps
+    )
+
+
+@dataclass(frozen=True)
+class MclockParams:
+    """A group's mclock parameters (``R:W:L[:CAPS]``): reservation and limit in cost units per
+    second (0: none), weight 1..32767, caps as io.max."""
+
+    reservation: int = 0
+    weight: int = 100
+    limit: int = 0
+    caps: dict[str, Cap] = field(default_factory=dict)
+    parent: int | None = None  # the id of the parent group (hierarchical weights); None: root
+
+    def text(self) -> str:
+        head = f"{self.reservation}:{self.weight}:{self.limit}"
+        extra = ([f"parent={self.parent}"] if self.parent is not None else []) + (
+            [format_caps(self.caps)] if self.caps else []
+        )
+        return f"{head}:{','.join(extra)}" if extra else head
+
+
+def check_reservation_limit(reservation: int, limit: int, error: str) -> None:
+    if limit and reservation > limit:
+        raise InvalidArgument(
+            f"{error}: reservation {reservation} is above limit {limit} (need R <= L, or L 0)"
+        )
+
+
+def parse_mclock_group(text: str | None, error: str) -> MclockParams:
+    """``R:W:L`` or ``R:W:L:KEY=VALUE,...`` (see :func:`parse_caps`); None: the defaults."""
+    if text is None:
+        return MclockParams()
+    fields = text.split(":", 3)
+    if len(fields) < 3:
+        raise InvalidArgument(
+            f"{error}: {text!r} must be RESERVATION:WEIGHT:LIMIT[:CAPS] (e.g. 0:100:0)"
+        )
+    reservation = parse_amount(fields[0], "reservation", error)
+    weight = parse_weight(fields[1], error)
+    limit = parse_amount(fields[2], "limit", error)
+    check_reservation_limit(reservation, limit, error)
+    parent = None
+    caps: dict[str, Cap] = {}
+    if len(fields) == 4:
+        items = fields[3].split(",")
+        rest = [item for item in items if not item.startswith("parent=")]
+        for item in items:
+            if item.startswith("parent="):
+                parent = parse_parent(item[len("parent=") :], error)
+        caps = parse_caps(",".join(rest), error) if rest else {}
+    return MclockParams(reservation, weight if weight is not None else 100, limit, caps, parent)
+
+
+def parse_parent(text: str | None, error: str = "Invalid parent") -> int | None:
+    """A parent group id (0..INT_MAX), or ``none``/``-1``: no parent."""
+    if text in ("none", "-1"):
+        return None
+    return bounded_int(text, 0, INT_MAX, "parent", error)

@@ -20,6 +20,8 @@ MODULES = (
     "scale_groups",
     "knob_sweep",
     "fair_by_default",
+    "mclock",
+    "hierarchy",
 )
 
 

@@ -18,8 +18,8 @@ TITLE = "Scale: 2 to 10 000 groups on one device, share accuracy and scheduler c
 GROUPS = (2, 16, 128, 1024, 10000)
 QUICK_GROUPS = (2, 16, 128)
 CLASSES = (1, 2, 3, 4)  # group i has weight 1 + i % 4
-VARIANTS = ("ioband", "ioband, token 4 x sum(w)", "sfq", "none")
-VLABEL = {"sfq": "SFQ(D=32)", "none": "no control"}
+VARIANTS = ("ioband", "ioband, token 4 x sum(w)", "mclock", "sfq", "none")
+VLABEL = {"sfq": "SFQ(D=32)", "none": "no control", "mclock": "ioband mclock"}
 
 
 class TimedEngine:
@@ -94,9 +94,14 @@ def weights(n: int) -> list[int]:
     return [CLASSES[i % len(CLASSES)] for i in range(n)]
 
 
-def build(ctx: Context, n: int, token: int) -> Scenario:
+def build(ctx: Context, n: int, token: int, policy: str = "weight") -> Scenario:
     w = weights(n)
-    groups = " ".join(f"{1000 + i}:{x}" for i, x in enumerate(w))
+    if policy == "mclock":  # the same weights as reservation 0, limit 0 (the cost: one request)
+        groups = " ".join(f"{1000 + i}:0:{x}:0" for i, x in enumerate(w))
+        policy_args = "mclock iops :0:1:0"
+    else:
+        groups = " ".join(f"{1000 + i}:{x}" for i, x in enumerate(w))
+        policy_args = f"weight {token} :1"
     depth = max(4, 256 // n)  # every group keeps its weight's worth of requests queued
     return scenario(
         f"scale-{n}",
@@ -104,7 +109,7 @@ def build(ctx: Context, n: int, token: int) -> Scenario:
         seed=ctx.seed,
         disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
         devices=[{"name": "d", "disk": "sda",
-                  "table": f"0 20971520 ioband sda 1 0 0 user weight {token} :1 {groups}"}],
+                  "table": f"0 20971520 ioband sda 1 0 0 user {policy_args} {groups}"}],
         workloads=[{"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": depth,
                     "pattern": "randread", "direct": True} for i in range(n)],
         windows=[1.0],
@@ -163,8 +168,8 @@ def run(ctx: Context) -> Outcome:
         row: dict[str, Any] = {"token_exact": token_exact}
         crow: dict[str, Any] = {}
         for v in VARIANTS:
-            sc = build(ctx, n, token_exact if "token" in v else 0)
-            sch = "ioband" if v.startswith("ioband") else v
+            sc = build(ctx, n, token_exact if "token" in v else 0, v if v == "mclock" else "weight")
+            sch = "ioband" if v.startswith("ioband") or v == "mclock" else v
             sc = sc.with_overrides(scheduler=sch)
             result, eng, cpu = simulate(sc)
             row[v] = {
@@ -188,17 +193,17 @@ def run(ctx: Context) -> Outcome:
         d, c = data[n], cost[n]
         rows.append(
             [f"{int(n):,}"]
-            + [pct(d[v]["class_max_rel_error"]) for v in VARIANTS[:3]]
-            + [num(d[v]["jain"], ".3f") for v in VARIANTS[:3]]
+            + [pct(d[v]["class_max_rel_error"]) for v in VARIANTS[:4]]
+            + [num(d[v]["jain"], ".3f") for v in VARIANTS[:4]]
             + [num(c[v]["engine_us_per_request"], ".1f") for v in VARIANTS]
         )
     out.tables.append(
         Table(
             "weights 1/2/3/4 in turn: share error per weight class (after a warm-up third), "
             "weighted Jain over all groups, and engine CPU µs per request",
-            ["groups", "ioband error", "ioband token 4Σw error", "SFQ(D) error",
-             "ioband Jain", "token 4Σw Jain", "SFQ(D) Jain", "ioband µs/req",
-             "token 4Σw µs/req", "SFQ(D) µs/req", "no control µs/req"],
+            ["groups", "ioband error", "ioband token 4Σw error", "mclock error", "SFQ(D) error",
+             "ioband Jain", "token 4Σw Jain", "mclock Jain", "SFQ(D) Jain", "ioband µs/req",
+             "token 4Σw µs/req", "mclock µs/req", "SFQ(D) µs/req", "no control µs/req"],
             rows,
         )
     )  # fmt: skip
@@ -211,6 +216,11 @@ def run(ctx: Context) -> Outcome:
             f"{int(n):,}: {pct(data[n]['ioband, token 4 x sum(w)']['class_max_rel_error'])}"
             for n in exact
         ),
+    )
+    out.check(
+        "mclock: class shares within 2 % at every number of groups",
+        all(data[n]["mclock"]["class_max_rel_error"] <= 0.02 for n in ns),
+        ", ".join(f"{int(n):,}: {pct(data[n]['mclock']['class_max_rel_error'], 2)}" for n in ns),
     )
     out.check(
         "SFQ(D) class shares within 5 % up to 1 024 groups",
@@ -241,7 +251,12 @@ def run(ctx: Context) -> Outcome:
         f"SFQ(D) holds {' / '.join(pct(data[n]['sfq']['class_max_rel_error']) for n in ns)}"
         f" (at {int(last):,} groups each group completes only "
         f"{data[last]['sfq']['ios_per_group']:.0f} requests in the measured part of the run, "
-        f"so both exact schedulers show the same whole-request rounding). "
+        f"so both exact schedulers show the same whole-request rounding). The mclock policy "
+        f"(tags in virtual time, heaps, each group joining at a golden-ratio phase of one "
+        f"request so that equal groups are not served in lock step) holds "
+        f"{' / '.join(pct(data[n]['mclock']['class_max_rel_error'], 2) for n in ns)} at "
+        f"{cost[first]['mclock']['engine_us_per_request']:.1f} - "
+        f"{cost[last]['mclock']['engine_us_per_request']:.1f} µs per request. "
         f"Engine CPU time per request (submit, complete, timers; measured around each call, "
         f"timer overhead subtracted) grows from {io_cost[0]:.1f} µs at {int(first):,} groups to "
         f"{io_cost[-1]:.1f} µs at {int(last):,} for ioband, against "
@@ -261,7 +276,7 @@ def run(ctx: Context) -> Outcome:
         xs = [int(n) for n in ns]
         ax = axes[0]
         styles = {"ioband": COLORS["ioband"], "ioband, token 4 x sum(w)": PALETTE[4],
-                  "sfq": COLORS["sfq"]}  # fmt: skip
+                  "mclock": PALETTE[2], "sfq": COLORS["sfq"]}  # fmt: skip
         for v, color in styles.items():
             ys = [100 * max(1e-3, data[n][v]["class_max_rel_error"]) for n in ns]
             ax.plot(xs, ys, marker="o", color=color, label=VLABEL.get(v, v))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ioband.policies.base import R_BLOCK, R_OK, R_YIELD, Policy
+from ioband.policies.mclock import MclockPolicy
 from ioband.policies.range_bw import RangeBwPolicy
 from ioband.policies.weight import DefaultPolicy, WeightIosizePolicy, WeightPolicy
 
@@ -11,6 +12,7 @@ POLICIES: dict[str, type[Policy]] = {
     "weight": WeightPolicy,
     "weight-iosize": WeightIosizePolicy,
     "range-bw": RangeBwPolicy,
+    "mclock": MclockPolicy,
 }
 
 __all__ = ["POLICIES", "R_BLOCK", "R_OK", "R_YIELD", "Policy"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ioband.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from ioband.core.grammar import GroupKey
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
@@ -42,6 +43,11 @@ class Policy:
     def parse_group_value(cls, text: str | None, error: str) -> object:
         """Validate a group's parameter (table ``:VALUE``/``ID:VALUE``, ``attach`` default)."""
         raise NotImplementedError
+
+    @classmethod
+    def check_groups(cls, head: object, groups: dict[GroupKey, object]) -> None:
+        """Validate the parsed group values of a table together (mclock: parents exist, no
+        cycle), before anything is created. Most policies' values are independent."""
 
     # -- group life cycle -------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
