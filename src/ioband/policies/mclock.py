@@ -527,6 +527,23 @@ class MclockPolicy(Policy):
                 heappush(pheap, (st.ptag, entry[1], entry[2], st))
 
     # -- scheduling hooks ------------------------------------------------------------------------
+    def deserves_anticipation(self, g: Group) -> bool:
+        """``g`` just completed its last request: it is owed the next one if its reservation
+        is due, or if its weight tag is not behind that of any group now waiting (it would be
+        chosen first), and it is not held by its limit."""
+        st = self.states.get(g)
+        if st is None:
+            return False
+        now = self._now()
+        if st.limit and st.ltag > now + EPS:
+            return False
+        if st.reservation and st.rtag <= now + EPS:
+            return True
+        heap = self._pheap
+        while heap and heap[0][2] != heap[0][3].ver:
+            heappop(heap)  # stale entries: they would be dropped by the next choice anyway
+        return not heap or st.ptag <= heap[0][0] + EPS
+
     def can_submit(self, g: Group) -> int:
         """Whether a group with nothing held may issue at once (the engine asks before holding).
         A capped group always queues: its head request's size and direction decide."""
