@@ -22,17 +22,19 @@ of their depth as the least they ever saw (the gap the first version of this con
 So the window *probes*, as a hill climber on throughput:
 
 - **slow start**: at first it doubles every period while nothing waits in the store and
-  doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods);
+  doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods),
+  and returns to the last window that paid;
 - **probe down**: now and then it tries a quarter less (half while the last step down won, so a
   serial store goes from 16 to 1 in about two seconds) for two periods after one to settle, and
-  keeps it if the throughput held (``KEEP``); else it returns and waits four times longer before
-  the next try (at most ``DOWN_MOST`` periods: a lost probe costs some throughput for ~0.1 s);
+  keeps it if the throughput held (``KEEP``); else it returns (after one period if it clearly
+  lost) and waits eight times longer before the next try (at most ``DOWN_MOST`` periods: a lost
+  probe costs some throughput for ~0.1 s);
   latency above ``base`` (``queued > BETA``) makes it probe down sooner, by what waits;
 - **probe up**: when requests waited for room, it tries more (double while that pays, then a
   quarter) and keeps it only if the throughput rose (``GAIN``), retrying at most every
   ``UP_MOST`` periods (a lost probe up costs nothing but a little accuracy for a period);
-- **change**: a steady period whose throughput differs from the reference by a quarter means the
-  store changed (a throttle set at run time, another tenant): what was learnt is dropped and it
+- **change**: a steady period whose throughput differs from the steady level by a quarter means
+  the store changed (a throttle set at run time, another tenant): what was learnt is dropped and it
   explores both ways at once, so it follows within a second or two.
 
 It is judged also when the clients keep at least half of it in flight without filling it, so it
@@ -191,6 +193,10 @@ class AdaptiveWindow:
         self.queued = queued
         if self.settling:
             self.settling = False  # what was in flight under the old window drains or fills
+            if self.state == PROBE_DOWN and throughput < self.reference * CLEAR_LOSS:
+                # Even while the old window's requests drained (which flatters a smaller
+                # window) it served clearly less: lost, without paying for another period.
+                self._end_probe(False)
         elif self.full or self.state == PROBE_DOWN or 2 * self.area >= self.value * elapsed:
             # Judged too when the clients kept at least half the window in flight without
             # filling it: to hold anything (and so apply the weights), the window must go
@@ -238,7 +244,13 @@ class AdaptiveWindow:
                 self.value = min(self.maximum, old * 2)
                 return
             self.slow_start = False
-            self.reference = ref = 0.0
+            self.reference = 0.0
+            if ref and self.value > START and throughput < ref * GAIN:
+                # The last doubling did not pay: return to where it started.
+                self.value //= 2
+                self.settling = True
+                return
+            ref = 0.0
         level = self.level
         self.level = throughput if level == 0.0 else (3 * level + throughput) / 4
         if level and abs(throughput - level) > CHANGED * level:
@@ -303,7 +315,7 @@ class AdaptiveWindow:
         self.reference = 0.0  # measured anew at the window returned to
         if down:
             self.down_streak = False
-            self.down_wait = min(DOWN_MOST, self.down_wait * 4)
+            self.down_wait = min(DOWN_MOST, self.down_wait * 8)
             # The latency that suggested it was from another time (the store changed since):
             # learn the least latency anew.
             self.minima.clear()
