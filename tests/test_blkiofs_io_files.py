@@ -67,7 +67,7 @@ def test_v2_files_are_listed_as_in_cgroup_v2(fs):
                          f"{fs.prefix}c/io.stat 444"]  # fmt: skip
 
 
-def test_io_max_reads_nothing_and_writes_are_refused_until_mclock(fs):
+def test_io_max_reads_nothing_and_writes_are_refused_without_mclock(fs):
     fs.cgroup("m")
     fs.ok("mkdir ${P}m")
     before = fs.tables()
@@ -193,3 +193,31 @@ def test_a_group_attached_by_path_is_the_one_the_files_change(fs):
     assert fs.table("vg0-lv0").endswith(f" /{path}:80")  # no second group by id
     fs.ok('echo "vg0-lv0" > ${P}p/blkio.settings')
     assert f"/{path}" not in fs.table("vg0-lv0")
+
+
+def test_io_max_sets_the_caps_of_an_mclock_device(fs):
+    """On a device group running mclock, io.max is the group's caps: written as the kernel
+    takes it (only the keys named change, ``max`` removes one), read back in the kernel's
+    format, kept in the table; a weight-policy device still refuses it."""
+    fs.ctl.ok("message", "vg1-lv0", "0", "policy", "mclock")  # vg1-lv0 and vg1-lv1
+    fs.cgroup("c")
+    fs.ok("mkdir ${P}c")
+    cgid = (fs.real / f"{fs.prefix}c").stat().st_ino
+    fs.ok('echo "vg1-lv0 riops=500 rbps=1048576" > ${P}c/io.max')  # attaches a group
+    assert fs.ok("cat ${P}c/io.max") == "vg1-lv0 rbps=1048576 wbps=max riops=500 wiops=max\n"
+    assert f" {cgid}:" in fs.table("vg1-lv0") and "riops=500" in fs.table("vg1-lv0")
+    fs.ok('echo "vg1-lv0 wiops=200" > ${P}c/io.max')  # the others stay
+    assert fs.ok("cat ${P}c/io.max") == "vg1-lv0 rbps=1048576 wbps=max riops=500 wiops=200\n"
+    fs.ok('echo "vg1-lv0 rbps=max riops=0" > ${P}c/io.max')  # max (or 0) removes a cap
+    assert fs.ok("cat ${P}c/io.max") == "vg1-lv0 rbps=max wbps=max riops=max wiops=200\n"
+    assert fs.ctl.ok("cgroup", "io.max", f"/{fs.prefix}c") == fs.ok("cat ${P}c/io.max")
+    before = fs.tables()
+    for script, text in [
+        ('echo "vg1-lv0 riops=x" > ${P}c/io.max', "Invalid argument"),
+        ('echo "vg0-lv0 riops=5" > ${P}c/io.max', "Operation not supported"),  # weight
+    ]:
+        res = fs.sh(script)
+        assert res.returncode != 0 and text in res.stderr, (script, res.stderr)
+    assert fs.tables() == before
+    fs.ok('echo "vg1-lv0 wiops=max" > ${P}c/io.max')
+    assert fs.ok("cat ${P}c/io.max") == ""  # no cap left: nothing, as the kernel shows

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ioband.cgroup.proc import Hierarchy
 from ioband.core.engine import Engine
-from ioband.core.grammar import GroupKey, key_text, parse_range, parse_weight
+from ioband.core.grammar import GroupKey, MclockParams, key_text, parse_range, parse_weight
 from ioband.core.model import Device, Group
 from ioband.errors import AccessDenied, InvalidArgument, IobandError, NoSuchDevice, NotFound
 
@@ -245,19 +245,37 @@ def _set_weight(engine: Engine, dev: Device, cgid: int, g: Group | None, weight:
         raise
 
 
+def _cap_devices(engine: Engine) -> Iterator[Device]:
+    """The cgroup-type devices whose device group runs the mclock policy (io.max's devices)."""
+    return (dev for dev in _cgroup_devices(engine) if dev.dp.policy_name == "mclock")
+
+
 def read_io_max(engine: Engine, cgid: int, path: str | None) -> str:
-    """No device has caps (they come with the mclock policy): nothing, as the kernel shows for
-    a cgroup without limits."""
-    return ""
+    """``DEVICE rbps=N wbps=N riops=N wiops=N`` (``max`` where there is no cap) for each mclock
+    device where the cgroup's group has a cap; nothing else, as the kernel shows."""
+    lines = []
+    for dev in _cap_devices(engine):
+        g = _group(dev, cgid, False, path)
+        params = dev.dp.policy.carried_value(g) if g is not None else None
+        caps = params.caps if isinstance(params, MclockParams) else {}
+        if caps:
+            values = " ".join(
+                f"{key}={caps[key].rate if key in caps else 'max'}" for key in IO_MAX_KEYS
+            )
+            lines.append(f"{dev.name} {values}\n")
+    return "".join(lines)
 
 
-def write_io_max(engine: Engine, line: str) -> None:
+def write_io_max(engine: Engine, cgid: int, path: str | None, line: str, now: int = 0) -> None:
     """``DEVICE rbps=N|max wbps=... riops=... wiops=...``: checked as the kernel does (EINVAL,
-    ENODEV), then refused: ioband has no per-group caps until the mclock policy lands."""
+    ENODEV), then the caps of the cgroup's group on that device (mclock: only the keys named
+    change, ``max`` removes one; a group is attached where the cgroup has none). A device
+    running another policy has no caps: refused, nothing changed."""
     words = line.split()
     if not words:
         raise InvalidArgument("io.max: expected '<device> rbps=N wbps=N riops=N wiops=N'")
     dev = _cgroup_device(engine, words[0])
+    items = []
     for word in words[1:]:
         key, sep, value = word.partition("=")
         if not sep or key not in IO_MAX_KEYS:
@@ -265,11 +283,25 @@ def write_io_max(engine: Engine, line: str) -> None:
                                   f" {', '.join(IO_MAX_KEYS)}")  # fmt: skip
         if value != "max" and not value.isdigit():
             raise InvalidArgument(f"io.max: {key}={value!r}: the value is an integer or 'max'")
-    raise IobandError(
-        f"io.max: {dev.name}: ioband has no per-group caps yet (they come with the mclock"
-        " policy); nothing was changed",
-        errno_name="EOPNOTSUPP",
-    )
+        items.append(f"{key}={'max' if value in ('max', '0') else value}")
+    if dev.dp.policy_name != "mclock":
+        raise IobandError(
+            f"io.max: {dev.name} runs {dev.dp.policy_name}, which has no per-group caps (the"
+            " mclock policy has them: 'policy mclock'); nothing was changed",
+            errno_name="EOPNOTSUPP",
+        )
+    if not items:
+        return  # the kernel accepts a device alone and changes nothing
+    g = _group(dev, cgid, False, path)
+    key = g.id if g is not None else cgid
+    if g is None:
+        engine.message(dev.name, ["attach", str(cgid)], now)
+    try:
+        engine.message(dev.name, ["cap", f"{key_text(key)}:{','.join(items)}"], now)
+    except IobandError:
+        if g is None:
+            engine.message(dev.name, ["detach", str(cgid)], now)
+        raise
 
 
 def read_io_stat(engine: Engine, cgid: int, root: bool, path: str | None) -> str:

@@ -362,8 +362,11 @@ class ControlServer:
             blkio.write_stats(engine, cgid, root, value)
             return ""
         if what == "io.max":
-            blkio.write_io_max(engine, value)
-        if what == "io.weight":
+            blkio.write_io_max(engine, cgid, path, value, d.now())
+            name = "io.max"
+            if d.cgroups is not None:
+                d.cgroups.remember(cgid, directory)
+        elif what == "io.weight":
             blkio.write_io_weight(engine, cgid, path, value, d.io_weight_defaults, d.now())
             name = "io.weight"
             if d.cgroups is not None:
