@@ -176,8 +176,9 @@ def count_at(reports: list[tuple[float, int]], when: float) -> float:
     raise AssertionError(f"{when} is outside the reports {reports[0][0]}..{reports[-1][0]}")
 
 
-def measure(clients: dict[str, list[str]], warmup: float = 0) -> dict[str, int]:
-    """Reads each client completed while all of them ran.
+def overlap_counts(clients: dict[str, list[str]], warmup: float = 0
+                   ) -> tuple[dict[str, float], float]:  # fmt: skip
+    """Runs the clients; the reads each completed while all of them ran, and for how long.
 
     The clients start one after another and so end one after another; counting each one's own
     run would hand the last one a tail alone on the device (and the first one a head). The
@@ -195,10 +196,15 @@ def measure(clients: dict[str, list[str]], warmup: float = 0) -> dict[str, int]:
         reports[name] = fio_reports(out)
     start = max(r[0][0] for r in reports.values()) + warmup
     end = min(r[-1][0] for r in reports.values())
-    assert end - start >= RUNTIME - 3 - warmup, (
-        f"the clients overlapped for only {end - start:.1f} s"
-    )
-    return {name: round(count_at(r, end) - count_at(r, start)) for name, r in reports.items()}
+    overlap = end - start
+    assert overlap >= RUNTIME - 3 - warmup, f"the clients overlapped for only {overlap:.1f} s"
+    return {name: count_at(r, end) - count_at(r, start) for name, r in reports.items()}, overlap
+
+
+def measure(clients: dict[str, list[str]], warmup: float = 0) -> dict[str, int]:
+    """Reads each client completed while all of them ran (see :func:`overlap_counts`)."""
+    counts, _ = overlap_counts(clients, warmup)
+    return {name: round(n) for name, n in counts.items()}
 
 
 def assert_shares(ios: dict[str, int]) -> None:

@@ -9,17 +9,14 @@ the default ``io_limit 0`` (the adaptive window): mclock is meant to work with i
 from __future__ import annotations
 
 import os
-import subprocess
 
 from tests.test_nbd_fairness import (
     READ_IOPS,
-    RUNTIME,
     UIDS,
     as_user,
     bottleneck,  # noqa: F401  (the fixture)
-    count_at,
     fio,
-    fio_reports,
+    overlap_counts,
     start_daemon,
 )
 
@@ -30,20 +27,11 @@ WARMUP = 2  # seconds
 
 def measure_rates(clients: dict[str, list[str]]) -> dict[str, float]:
     """Reads per second of each client over the window all of them ran (see
-    ``test_nbd_fairness.measure``), after the adaptive window's first seconds (``WARMUP``: it
-    starts at 16 and finds the throttle's one or two meanwhile; measured per second, the
-    transient is in the first one or two)."""
-    procs = {n: subprocess.Popen(a, stdout=subprocess.PIPE, text=True) for n, a in clients.items()}
-    reports = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=RUNTIME + 60)
-        assert proc.returncode == 0
-        reports[name] = fio_reports(out)
-    start = max(r[0][0] for r in reports.values()) + WARMUP
-    end = min(r[-1][0] for r in reports.values())
-    overlap = end - start
-    assert overlap >= RUNTIME - 3 - WARMUP, f"the clients overlapped for only {overlap:.1f} s"
-    return {n: (count_at(r, end) - count_at(r, start)) / (end - start) for n, r in reports.items()}
+    ``test_nbd_fairness.overlap_counts``), after the adaptive window's first seconds
+    (``WARMUP``: it starts at 16 and finds the throttle's one or two meanwhile; measured per
+    second, the transient is in the first one or two)."""
+    counts, seconds = overlap_counts(clients, WARMUP)
+    return {name: n / seconds for name, n in counts.items()}
 
 
 def run_table(tmp_path, daemon_cg, table: str, names: list[str]) -> dict[str, float]:

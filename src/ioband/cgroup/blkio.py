@@ -146,6 +146,14 @@ def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 
     if root:
         engine.message(dev.name, [cmd, f":{value}"], now)
         return dev.name
+    _set_on_group(engine, dev, cgid, g, cmd, value, now)
+    return dev.name
+
+
+def _set_on_group(engine: Engine, dev: Device, cgid: int, g: Group | None, cmd: str,
+                  value: object, now: int) -> None:  # fmt: skip
+    """``cmd KEY:value`` on the cgroup's group ``g``; where it has none, a group is attached
+    for it first, and detached again if the message is refused (nothing changed)."""
     key = g.id if g is not None else cgid
     if g is None:
         engine.message(dev.name, ["attach", str(cgid)], now)
@@ -155,7 +163,6 @@ def write_settings(engine: Engine, cgid: int, root: bool, line: str, now: int = 
         if g is None:
             engine.message(dev.name, ["detach", str(cgid)], now)
         raise
-    return dev.name
 
 
 def _stat_numbers(engine: Engine, g: Group) -> str:
@@ -234,15 +241,7 @@ def write_io_weight(engine: Engine, cgid: int, path: str | None, line: str,
 
 def _set_weight(engine: Engine, dev: Device, cgid: int, g: Group | None, weight: int,
                 now: int) -> None:  # fmt: skip
-    key = g.id if g is not None else cgid
-    if g is None:
-        engine.message(dev.name, ["attach", str(cgid)], now)
-    try:
-        engine.message(dev.name, ["weight", f"{key_text(key)}:{weight}"], now)
-    except IobandError:
-        if g is None:
-            engine.message(dev.name, ["detach", str(cgid)], now)
-        raise
+    _set_on_group(engine, dev, cgid, g, "weight", weight, now)
 
 
 def _cap_devices(engine: Engine) -> Iterator[Device]:
@@ -292,16 +291,7 @@ def write_io_max(engine: Engine, cgid: int, path: str | None, line: str, now: in
         )
     if not items:
         return  # the kernel accepts a device alone and changes nothing
-    g = _group(dev, cgid, False, path)
-    key = g.id if g is not None else cgid
-    if g is None:
-        engine.message(dev.name, ["attach", str(cgid)], now)
-    try:
-        engine.message(dev.name, ["cap", f"{key_text(key)}:{','.join(items)}"], now)
-    except IobandError:
-        if g is None:
-            engine.message(dev.name, ["detach", str(cgid)], now)
-        raise
+    _set_on_group(engine, dev, cgid, _group(dev, cgid, False, path), "cap", ",".join(items), now)
 
 
 def read_io_stat(engine: Engine, cgid: int, root: bool, path: str | None) -> str:
