@@ -20,6 +20,7 @@ fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -81,9 +82,10 @@ def remove_cgroups(made: list[Path]) -> None:
                 time.sleep(0.1)
 
 
-@pytest.fixture
-def bottleneck(tmp_path: Path):
-    """A throttled loop device and the cgroup the daemon must run in to be throttled."""
+@contextlib.contextmanager
+def throttled_loop(tmp_path: Path, name: str, read_iops: int):
+    """A loop device over a 256 MiB file and the cgroup ``name`` the daemon must run in to
+    have it capped at ``read_iops``: (loop device, daemon cgroup, cgroups made)."""
     prerequisites()
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:
@@ -92,17 +94,19 @@ def bottleneck(tmp_path: Path):
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     cgroups: list[Path] = []
     try:
-        daemon_cg = throttled_cgroup(
-            f"ioband-test-{os.getpid()}-daemon",
-            loop,
-            "blkio.throttle.read_iops_device",
-            READ_IOPS,
-            cgroups,
-        )
+        knob = "blkio.throttle.read_iops_device"
+        daemon_cg = throttled_cgroup(name, loop, knob, read_iops, cgroups)
         yield loop, daemon_cg, cgroups
     finally:
         remove_cgroups(cgroups)
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+@pytest.fixture
+def bottleneck(tmp_path: Path):
+    """A throttled loop device and the cgroup the daemon must run in to be throttled."""
+    with throttled_loop(tmp_path, f"ioband-test-{os.getpid()}-daemon", READ_IOPS) as made:
+        yield made
 
 
 UIDS = {"g1": 61001, "g2": 61002, "g3": 61003}  # the clients of the user-type tests

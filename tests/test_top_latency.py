@@ -22,13 +22,7 @@ import pytest
 
 from ioband.control.client import call
 from tests.conftest import require_real
-from tests.test_nbd_fairness import (
-    client_cgroups,
-    in_cgroup,
-    prerequisites,
-    remove_cgroups,
-    throttled_cgroup,
-)
+from tests.test_nbd_fairness import client_cgroups, in_cgroup, throttled_loop
 
 READ_IOPS = 500  # the store's cap: 3 clients x 16 requests wait ~0.1 s on it, much more than
 # the client's own round trip (libnbd and the socket both ways, ~0.5-1 ms on the test machine),
@@ -49,21 +43,8 @@ def fio_job(sock: str, name: str) -> list[str]:
 @pytest.fixture
 def bottleneck(tmp_path: Path):
     """A loop device capped at READ_IOPS for the cgroup the daemon runs in."""
-    prerequisites()
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(256 << 20)
-    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    cgroups: list[Path] = []
-    try:
-        knob = "blkio.throttle.read_iops_device"
-        daemon_cg = throttled_cgroup(f"ioband-lat-{os.getpid()}-daemon", loop, knob, READ_IOPS,
-                                     cgroups)  # fmt: skip
-        yield loop, daemon_cg, cgroups
-    finally:
-        remove_cgroups(cgroups)
-        subprocess.run(["losetup", "-d", loop], check=False)
+    with throttled_loop(tmp_path, f"ioband-lat-{os.getpid()}-daemon", READ_IOPS) as made:
+        yield made
 
 
 def start(tmp_path: Path, daemon_cg: Path, table: str) -> tuple[subprocess.Popen, str, str]:

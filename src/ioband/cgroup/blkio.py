@@ -221,7 +221,7 @@ def write_io_weight(engine: Engine, cgid: int, path: str | None, line: str,
         for dev in list(_weight_devices(engine)):
             g = _group(dev, cgid, False, path)
             if g is None or (old is not None and g.weight == old):
-                _set_weight(engine, dev, cgid, g, weight, now)
+                _set_on_group(engine, dev, cgid, g, "weight", weight, now)
         defaults[cgid] = weight
         return
     dev = _cgroup_device(engine, target)
@@ -232,16 +232,11 @@ def write_io_weight(engine: Engine, cgid: int, path: str | None, line: str,
     if value == "default":
         default = defaults.get(cgid)
         if default is not None:
-            _set_weight(engine, dev, cgid, g, default, now)
+            _set_on_group(engine, dev, cgid, g, "weight", default, now)
         elif g is not None:
             engine.message(dev.name, ["detach", key_text(g.id)], now)
         return
-    _set_weight(engine, dev, cgid, g, _io_weight(value), now)
-
-
-def _set_weight(engine: Engine, dev: Device, cgid: int, g: Group | None, weight: int,
-                now: int) -> None:  # fmt: skip
-    _set_on_group(engine, dev, cgid, g, "weight", weight, now)
+    _set_on_group(engine, dev, cgid, g, "weight", _io_weight(value), now)
 
 
 def _cap_devices(engine: Engine) -> Iterator[Device]:

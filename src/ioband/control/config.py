@@ -182,7 +182,7 @@ _SECTIONS = {
     ),
     "metrics": ("listen",),
 }
-_DEVICE_KEYS = (
+DEVICE_KEYS = (
     "name",
     "table",
     "messages",
@@ -382,8 +382,8 @@ def _device(src: str, where: str, item: Any, names: set[str]) -> DeviceConfig:
         return default
 
     for key in item:
-        if key not in _DEVICE_KEYS:
-            errors.append(_unknown(src, f"{where}.", key, _DEVICE_KEYS))
+        if key not in DEVICE_KEYS:
+            errors.append(_unknown(src, f"{where}.", key, DEVICE_KEYS))
     for key in ("name", "table"):
         if key not in item:
             errors.append(ConfigError(src, f"{where}.{key}", "is required"))

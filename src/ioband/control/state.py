@@ -31,8 +31,12 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ioband.control.config import DEVICE_KEYS
 from ioband.core.grammar import Rule, parse_rule, parse_table
 from ioband.errors import InvalidArgument
+
+#: A saved device's fields: the configuration's ``[[device]]`` keys, its rules kept as a list.
+_DEVICE_FIELDS = {*(k for k in DEVICE_KEYS if k != "rule"), "rules"}
 
 FORMAT = "ioband-state"
 VERSION = 1
@@ -113,21 +117,7 @@ def parse(text: str, path: str) -> State:
             and isinstance(item.get("mountpoint", ""), str | None)
             and all(isinstance(item.get(k, []), list) for k in _LISTS)
             and all(isinstance(m, str) for k in _LISTS for m in item.get(k, []))
-            and set(item)
-            <= {
-                "name",
-                "table",
-                "messages",
-                "direct",
-                "read_only",
-                "control",
-                "mountpoint",
-                "writeback_cache",
-                "write_behind",
-                "allow",
-                "allow_ro",
-                "rules",
-            }
+            and set(item) <= _DEVICE_FIELDS
         )
         if not ok:
             raise StateError(f"{path}: devices[{i}] is malformed")
