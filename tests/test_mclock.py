@@ -308,10 +308,11 @@ def test_bad_parents_in_tables_are_refused(groups, text):
     assert "the default group cannot have a parent" in str(err.value)
 
 
+@pytest.mark.parametrize("io_limit", [0, 32])  # adaptive, and pinned with requests in flight
 @pytest.mark.parametrize("parent", ["0:1:3000", "0:1:0:riops=3000,riops_burst=100"])
-def test_a_parents_limit_or_cap_bounds_its_subtree(parent):
+def test_a_parents_limit_or_cap_bounds_its_subtree(parent, io_limit):
     table = (
-        f"0 20971520 ioband sda 1 0 0 user mclock iops :0:1:0 2001:{parent}"
+        f"0 20971520 ioband sda 1 0 {io_limit} user mclock iops :0:1:0 2001:{parent}"
         " 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:0"
     )
     sc = scenario(
@@ -333,3 +334,39 @@ def test_a_parents_limit_or_cap_bounds_its_subtree(parent):
         assert a + b <= 3000 + 3000 * 2 / HZ + 1  # the subtree holds the parent's bound
         assert abs(a / b / 3 - 1) <= 0.02  # split 3:1 inside it
         assert c >= 16_900  # the rest goes to the group outside
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [(("3000", "0"), "limit 2001:0"), (("0", "3000"), "limit 1003:0")],
+    ids=["parent", "group"],
+)
+def test_a_lifted_limit_leaves_no_credit_that_starves_the_others(limits, message):
+    """While a limit held a group (or a parent's its subtree) back, its weight tag trailed
+    virtual time; when the limit goes, the group gets its weighted share at once, not that
+    lag back as a burst that starves everyone else (1.5 s of it before)."""
+    parent, other = limits
+    table = (
+        f"0 20971520 ioband sda 1 0 32 user mclock iops :0:1:0 2001:0:1:{parent}"
+        f" 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:{other}"
+    )
+    sc = scenario(
+        "limit-lifted",
+        duration=4.0,
+        seed=1,
+        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
+        devices=[{"name": "d", "disk": "sda", "table": table,
+                  "messages": [{"at": 2.0, "message": message}]}],
+        workloads=[
+            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": 64,
+             "pattern": "randread", "direct": True}
+            for i in (1, 2, 3)
+        ],
+        windows=[1.0],
+    )  # fmt: skip
+    result = run(sc.with_overrides(scheduler="ioband"))
+    tl = {w.name: w.timeline_ios for w in result.workloads}
+    for i in (2, 3):  # from the message on: the weights split the device 1:1 (3:1 inside)
+        subtree, rest = tl["g1"][i] + tl["g2"][i], tl["g3"][i]
+        assert abs(subtree / rest - 1) <= 0.02, (i, tl)
+        assert abs(tl["g1"][i] / tl["g2"][i] / 3 - 1) <= 0.02, (i, tl)
