@@ -204,3 +204,42 @@ def test_fuse_requests_find_path_and_rule_groups(tmp_path):
             assert got["-1"] == 0, got
     finally:
         fair.remove_cgroups([p for p in (a, b, slice_dir) if p.exists()])
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_mclock_takes_parents_from_the_real_cgroup_nesting(version, bottleneck, tmp_path):
+    """Type cgroup, mclock, defaults: a slice (attached by path, weight 1) holds two scopes
+    attached by inode (weights 3 and 1: their paths are learned from their first requests),
+    beside another cgroup of weight 1. No ``parent=`` anywhere: the slice and the other cgroup
+    split the device 1:1, the scopes the slice's half 3:1 (37.5 / 12.5 / 50 %)."""
+    root = hierarchy(version)
+    loop, daemon_cg, _ = bottleneck
+    slice_dir = root / f"ioband-test-{os.getpid()}-nest.slice"
+    a, b = slice_dir / "a.scope", slice_dir / "b.scope"
+    other = root / f"ioband-test-{os.getpid()}-other.slice"
+    made = [a, b, slice_dir, other]
+    for d in (slice_dir, a, b, other):
+        d.mkdir()
+    try:
+        groups = (
+            f"{slice_dir.name}:0:1:0 {a.stat().st_ino}:0:3:0 {b.stat().st_ino}:0:1:0"
+            f" {other.name}:0:1:0"
+        )
+        table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 0 cgroup mclock iops :0:1:0 {groups}"
+        daemon, sock, control = start_daemon(tmp_path, table, version, cgroup=daemon_cg)
+        try:
+            clients = {"a": a, "b": b, "other": other}
+            ios = fair.measure(
+                {n: fair.in_cgroup(cg, fair.fio(sock, n)) for n, cg in clients.items()}, 2
+            )
+            print(ioband(control, "status", "ioband1"))
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    finally:
+        fair.remove_cgroups([p for p in made if p.exists()])
+    total = sum(ios.values())
+    print("IO shares:", {n: round(v / total, 3) for n, v in ios.items()}, ios)
+    for name, want in (("a", 0.375), ("b", 0.125), ("other", 0.5)):
+        share = ios[name] / total
+        assert abs(share - want) / want <= fair.TOLERANCE, f"{name}: {share:.3f} vs {want} {ios}"

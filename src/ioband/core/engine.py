@@ -280,6 +280,9 @@ class Engine:
                 found = dev.groups.get(gid)
                 if found is not None:
                     g = found
+                    if found.cgroup_path is None and req.owner.cgroup_path:
+                        found.cgroup_path = req.owner.cgroup_path
+                        dev.dp.policy.paths_changed()
                 elif dev.by_path or dev.rules:
                     g = self._by_path_or_rule(dev, req.owner, gid) or g
         req.group = g
@@ -722,6 +725,8 @@ class Engine:
             return
         if dp.adaptive is None:
             dp.adaptive = AdaptiveWindow(self.hz, dp.io_limit, self.now)
+            policy = getattr(dp, "policy", None)  # None while the device group is being made
+            dp.adaptive.paced = policy is not None and policy.paces
         dp.adaptive.maximum = dp.io_limit
         dp.adaptive.value = min(dp.adaptive.value, dp.io_limit)
         dp.window = dp.adaptive.value
@@ -817,6 +822,8 @@ class Engine:
     def _apply_scan_mode(self, dp: DeviceGroup) -> None:
         if self.linear_scan and hasattr(dp.policy, "linear"):
             dp.policy.linear = True
+        if dp.adaptive is not None:
+            dp.adaptive.paced = dp.policy.paces
 
     def _switch_policy(self, dp: DeviceGroup, name: str, token_base: int) -> None:
         """Switch the device group's policy. Groups keep their held requests, which the new

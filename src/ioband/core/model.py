@@ -32,7 +32,7 @@ class Group:
 
     __slots__ = (  # noqa: RUF023  (grouped by purpose, not sorted)
         # identity and queues
-        "id", "by_rule", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
+        "id", "by_rule", "cgroup_path", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
         "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
@@ -70,6 +70,12 @@ class Group:
     def __init__(self, gid: GroupKey, device: Device, seq: int) -> None:
         self.id = gid  # an id, or a cgroup path (type cgroup)
         self.by_rule = False  # attached by a rule, not by the table or a message
+        # Its cgroup's path (type cgroup): the key of a group attached by path, else learned from
+        # its first request that carries one (None: not yet; "": not a cgroup device's group).
+        # The mclock policy nests groups by it.
+        self.cgroup_path: str | None = (
+            gid if isinstance(gid, str) else None if device.type_name == "cgroup" else ""
+        )
         self.device = device
         self.dp = device.dp
         self.seq = seq

@@ -81,7 +81,9 @@ class WorkerChannel(asyncio.Protocol):
                     self.out.append(channel.short(channel.ISSUE, rec.tag))
                     continue
                 path = None
-                if device.by_path and daemon.cgroup_paths is not None:
+                if (device.by_path or device.type_name == "cgroup") and (
+                    daemon.cgroup_paths is not None
+                ):  # groups by path, rules, and (mclock) parents from the cgroup nesting
                     path = daemon.cgroup_paths.path_of(rec.cgroup)
                 owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup,
                                   cgroup_path=path)  # fmt: skip

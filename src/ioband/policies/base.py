@@ -59,11 +59,18 @@ class Policy:
     def reshare(self) -> None:
         """Recompute every group's derived share after a batch of ``group_added(reshare=False)``."""
 
+    def paths_changed(self) -> None:
+        """A group's cgroup path became known (type cgroup, a group attached by id): a policy
+        with a hierarchy takes parents from the cgroup nesting."""
+
     def carried_value(self, g: Group) -> object:
         """The group parameter that survives a switch to a policy of the same family."""
         return None
 
     family: ClassVar[str] = ""
+    #: The policy paces groups in time itself (range-bw): the adaptive window must not come
+    #: down to what they keep in flight, which would only slow them.
+    paces: ClassVar[bool] = False
 
     # -- scheduling hooks -------------------------------------------------------------------
     def can_submit(self, g: Group) -> int:

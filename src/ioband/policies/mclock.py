@@ -40,6 +40,7 @@ from ioband.core.grammar import (
     GroupKey,
     MclockParams,
     check_reservation_limit,
+    key_text,
     parse_amount,
     parse_caps,
     parse_cost_model,
@@ -114,14 +115,17 @@ class _State:
         "eff",
         "frontier",
         "group",
+        "implicit",
         "limit",
         "ltag",
         "params",
         "phase",
         "ptag",
         "reservation",
+        "rsv",
         "rtag",
         "served",
+        "subqueued",
         "ver",
         "vmark",
         "weight",
@@ -139,6 +143,14 @@ class _State:
         # holds its subtree back, the subtree's tags trail ``vtime`` together, and lifting each
         # child to ``vtime`` as it rejoined cut their split (3:1 came out 1:1 with 32 in flight).
         self.frontier = 0.0
+        # Service it was given for an ancestor's reservation, in its weight's seconds: with its
+        # ptag, the order in which the subtree shares that reservation (ptag alone does not move
+        # in the reservation phase, so one child would take all of it).
+        self.rsv = 0.0
+        self.subqueued = False  # it has an entry in the subtree-reservation heap
+        # Its parent by the cgroup nesting (type cgroup, no ``parent=``): the group of the
+        # nearest ancestor cgroup that has one on the device.
+        self.implicit: _State | None = None
         self.buckets: list[_Bucket | None] = [None, None, None, None]
         # Where in one request's virtual time the group starts when it (re)joins: spread by the
         # golden ratio so that thousands of equal groups are not served in lock step (a 1 s
@@ -179,11 +191,15 @@ class MclockPolicy(Policy):
         self.nested = False  # some group has a parent: weights are hierarchical
         self.vtime = 0.0
         self._rheap: list[tuple[float, int, int, _State]] = []
+        # Parents with a reservation and a busy subtree, by rtag (hierarchy only). Entries are
+        # (rtag when pushed, seq, 0, state); one per parent, re-keyed lazily when it surfaces.
+        self._subheap: list[tuple[float, int, int, _State]] = []
         self._pheap: list[tuple[float, int, int, _State]] = []
         self._lheap: list[tuple[float, int, int, _State]] = []
         self._capheap: list[tuple[float, int, int, _State]] = []
         self._chosen: _State | None = None
         self._phase = PHASE_WEIGHT
+        self._via_parent = False  # the chosen group goes for an ancestor's reservation
         self._timer_due: int | None = None
         self._reweigh_due: int | None = None
         self.decisions = [0, 0, 0]  # by phase: none, reservation, weight (for inspection)
@@ -250,6 +266,8 @@ class MclockPolicy(Policy):
         g.weight = params.weight
         if params.parent is not None:
             self.nested = True
+        if reshare and g.cgroup_path:
+            self._nest_by_paths()
         g.limit = max(1, self.dp.io_limit)
         g.dirty = False
         g.sched_ver += 1
@@ -268,16 +286,50 @@ class MclockPolicy(Policy):
                         other.apply(
                             MclockParams(p.reservation, p.weight, p.limit, p.caps), self._now()
                         )
+                self._nest_by_paths()  # and those nested under it by path to its nearest ancestor
                 self._reweigh()
 
     def reshare(self) -> None:
+        self._nest_by_paths()
         if self.nested:
+            self._reweigh()
+
+    def paths_changed(self) -> None:
+        self._nest_by_paths()
+
+    def _nest_by_paths(self) -> None:
+        """Parents from the cgroup nesting (type ``cgroup``): a group without ``parent=`` is a
+        child of the group of its nearest ancestor cgroup on the same device, as cgroup v2
+        nests io.weight. O(groups x depth), when groups come and go or a path becomes known."""
+        by_path: dict[tuple[int, str], _State] = {}
+        for st in self.states.values():
+            g = st.group
+            if g.cgroup_path and g is not g.device.head and g.device.type_name == "cgroup":
+                by_path[(id(g.device), g.cgroup_path)] = st
+        changed = False
+        for st in self.states.values():
+            old = st.implicit
+            st.implicit = None
+            path = st.group.cgroup_path
+            if st.params.parent is None and path and by_path:
+                dev = id(st.group.device)
+                parts = path.split("/")
+                for k in range(len(parts) - 1, 0, -1):
+                    cand = by_path.get((dev, "/".join(parts[:k])))
+                    if cand is not None and cand is not st and st not in self._ancestors(cand):
+                        st.implicit = cand
+                        break
+            if st.implicit is not old:
+                changed = True
+                if st.implicit is not None:
+                    self.nested = True
+        if changed and self.nested:
             self._reweigh()
 
     def _parent_of(self, st: _State) -> _State | None:
         pid = st.params.parent
         if pid is None:
-            return None
+            return st.implicit
         pg = st.group.device.groups.get(pid)
         return None if pg is None else self.states.get(pg)
 
@@ -412,6 +464,8 @@ class MclockPolicy(Policy):
             st.ltag = now
         if new.parent is not None:
             self.nested = True
+        if new.parent != p.parent:
+            self._nest_by_paths()  # ``parent none``: the cgroup nesting applies again
         if (new.limit, new.caps, new.parent) != (p.limit, p.caps, p.parent):
             self._rebase(st)
         if self.nested:
@@ -469,6 +523,14 @@ class MclockPolicy(Policy):
         if self.nested:
             self._reweigh()
             self._lift_frames(st)
+            parent = self._parent_of(st)
+            rsv = [
+                o.rsv
+                for o in self.states.values()
+                if o is not st and self._parent_of(o) is parent and self._live(o, now)
+            ]
+            if rsv and st.rsv < min(rsv):
+                st.rsv = min(rsv)  # no credit for an ancestor's reservation from idling
         if st.group.active > 1:  # requests of it in flight (``active`` counts this one too)
             floor = self._frame(st) - self.dp.window * cost / st.eff
             if st.ptag < floor:
@@ -521,6 +583,11 @@ class MclockPolicy(Policy):
         ver = st.ver
         seq = g.seq
         now = self._now()
+        if self.nested:  # a parent's reservation is served by its subtree
+            for a in self._ancestors(st):
+                if a.reservation and not a.subqueued:
+                    a.subqueued = True
+                    heappush(self._subheap, (a.rtag, a.group.seq, 0, a))
         if st.caps:
             wait = self._cap_wait(st, head, now)
             if wait > 0:
@@ -659,6 +726,10 @@ class MclockPolicy(Policy):
         self._wake_sleepers(now)
         chosen = self._top(self._rheap, now, limit)
         phase = PHASE_RESERVATION
+        self._via_parent = False
+        if chosen is None and self._subheap:
+            chosen = self._subtree_top(now, limit)
+            self._via_parent = chosen is not None
         if chosen is None:
             chosen = self._top(self._pheap, None, limit)
             phase = PHASE_WEIGHT
@@ -708,6 +779,57 @@ class MclockPolicy(Policy):
                 heappush(heap, e)
         return found
 
+    def _subtree_top(self, now: float, limit: int) -> _State | None:
+        """The constraint phase for parents: the earliest parent behind its reservation with a
+        group of its subtree that may go now gives that group (the one with the least service
+        for its weight, counting what it got for reservations). O(groups) per such decision,
+        hierarchy mode only."""
+        heap = self._subheap
+        skipped = []
+        found = None
+        while heap and heap[0][0] <= now + EPS:
+            key, seq, _, a = heappop(heap)
+            if a.rtag > key + EPS:  # charged since: later than this key
+                heappush(heap, (a.rtag, seq, 0, a))
+                continue
+            if self.states.get(a.group) is not a or not a.reservation:
+                a.subqueued = False
+                continue
+            busy, best = self._subtree_candidate(a, now, limit)
+            if not busy:
+                a.subqueued = False  # pushed again when a group below it is indexed
+                continue
+            skipped.append((key, seq, 0, a))
+            if best is not None:
+                found = best
+                break
+        for e in skipped:
+            heappush(heap, e)
+        return found
+
+    def _subtree_candidate(self, a: _State, now: float, limit: int) -> tuple[bool, _State | None]:
+        """(whether a group of ``a``'s subtree holds requests, the one to serve for ``a``)."""
+        issued = self.dp.issued
+        busy = False
+        best: _State | None = None
+        for st in self.states.values():
+            if st is not a and a not in self._ancestors(st):
+                continue
+            g = st.group
+            head = self._head(g)
+            if head is None or not st.active:
+                continue
+            busy = True
+            if issued[head.sync] >= limit:
+                continue
+            if st.limit and st.ltag > now + EPS:
+                continue
+            if (st.caps and self._cap_wait(st, head, now) > 0) or self._gate(st, head, now) > now:
+                continue
+            if best is None or st.ptag + st.rsv < best.ptag + best.rsv:
+                best = st
+        return busy, best
+
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
         st = self.states.get(g)
         if st is None:
@@ -744,9 +866,15 @@ class MclockPolicy(Policy):
             if b is not None:
                 b.refill(now)
                 b.tokens -= 1.0
+        if chosen and self._via_parent:
+            st.rsv += cost / st.eff  # given for an ancestor's reservation
         if self.nested:
             floor = now - L_BEHIND_JIFFIES / self.hz
             for a in self._ancestors(st):  # a parent's limit and caps bound its subtree
+                if a.reservation:  # and all of its subtree's service counts toward its own
+                    rtag = a.rtag if a.rtag > now - R_BEHIND else now - R_BEHIND
+                    rtag += cost / a.reservation
+                    a.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
                 if a.limit:
                     a.ltag = (a.ltag if a.ltag > floor else floor) + cost / a.limit
                 for b in (a.buckets[req.dir], a.buckets[2 + req.dir]):
@@ -782,10 +910,13 @@ class MclockPolicy(Policy):
         return f" cost={self.cost_model.text()}"
 
     def show_group(self, g: Group) -> str:
-        p = self.states[g].params
+        st = self.states[g]
+        p = st.params
         out = f" reservation={p.reservation} weight={p.weight} limit={p.limit}"
         if p.parent is not None:
             out += f" parent={p.parent}"
+        elif st.implicit is not None:  # by the cgroup nesting
+            out += f" parent={key_text(st.implicit.group.id)}"
         for key in CAP_KEYS:
             cap = p.caps.get(key)
             if cap is not None:

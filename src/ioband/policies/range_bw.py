@@ -43,6 +43,7 @@ def bw_to_token(kbps: int) -> int:
 class RangeBwPolicy(Policy):
     name = "range-bw"
     family = "range-bw"
+    paces = True
     token_unit = TOKEN_UNIT
 
     def __init__(self, dp: DeviceGroup, token_base: int) -> None:
