@@ -95,6 +95,30 @@ def test_clients_that_do_not_fill_it_do_not_grow_it():
     assert max(trace) <= 16, trace  # never above where it started
 
 
+def test_a_few_shallow_clients_on_a_serial_store_bring_it_down():
+    """Three QD1 clients never fill the starting 16: the window comes down to twice what they
+    keep in flight (which holds nothing), is judged there, and probes down to the store's one,
+    so that something is held and the weights apply; the store never starves meanwhile."""
+    w = AdaptiveWindow(HZ, 192)
+    served: list[int] = []
+    trace = drive(w, slots=1, service=7, demand=3, seconds=4, served=served)
+    settled = trace[20:]
+    assert max(settled) <= 2 and sum(v == 1 for v in settled) >= 0.8 * len(settled), trace
+    full = (HZ // 10) / 7
+    assert min(served[2:]) >= 0.95 * full - 1, served
+
+
+def test_shallow_clients_on_a_parallel_store_are_not_slowed():
+    """Four outstanding on a store that serves 32 at once: the window comes down near what
+    they use, but a probe below it loses throughput and is not kept."""
+    w = AdaptiveWindow(HZ, 192)
+    served: list[int] = []
+    trace = drive(w, slots=32, service=40, demand=4, seconds=4, served=served)
+    assert sum(v >= 4 for v in trace[10:]) >= 0.9 * len(trace[10:]), trace
+    full = 4 * (HZ // 10) / 40
+    assert sum(served[10:]) >= 0.97 * full * len(served[10:]), served
+
+
 def test_a_store_that_becomes_slower_shrinks_it():
     w = AdaptiveWindow(HZ, 192)
     trace = drive(w, slots=32, service=40, demand=96, seconds=4, change=(2.0, 8, 40))

@@ -32,8 +32,8 @@ class Group:
 
     __slots__ = (  # noqa: RUF023  (grouped by purpose, not sorted)
         # identity and queues
-        "id", "by_rule", "cgroup_path", "device", "dp", "seq", "queue", "prio_queue", "prio_sync", "blocked",
-        "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
+        "id", "by_rule", "cgroup_path", "device", "dp", "seq", "queue", "prio_queue", "prio_sync",
+        "blocked", "prio_blocked", "blocked_flag", "waitq", "going_down", "need_up",
         # statistics
         "ios", "sectors", "delayed", "ticks", "io_ticks", "time_in_queue", "active",
         "busy_since", "latency", "hold",

@@ -38,9 +38,11 @@ So the window *probes*, as a hill climber on throughput:
   explores both ways at once, so it follows within a second or two.
 
 It is judged also when the clients keep at least half of it in flight without filling it, so it
-can go below what they keep outstanding (to hold anything, and so apply the weights, it must);
-never when they use little of it (paced by range-bw, or light), where a smaller window would
-only slow them. A request is never held while the window has room (work conserving).
+can go below what they keep outstanding (to hold anything, and so apply the weights, it must).
+When they use less than half, it comes down to twice what they keep in flight (that holds
+nothing), so that a few shallow clients on a serial store are judged too; not under a policy
+that paces the groups itself (range-bw), where a smaller window would only slow them. A request
+is never held while the window has room (work conserving).
 
 """
 
@@ -100,6 +102,7 @@ class AdaptiveWindow:
         "level",
         "maximum",
         "minima",
+        "paced",
         "period",
         "period_start",
         "probe_done",
@@ -151,6 +154,7 @@ class AdaptiveWindow:
         self.down_wait = PROBE_FIRST  # full periods between probes downwards
         self.up_wait = 1  # and upwards (at once at the start: a slow start)
         self.up_streak = True
+        self.paced = False  # the policy paces the groups (range-bw): see ``_evaluate``
 
     def issued(self, now: int) -> None:
         if now != self.last:
@@ -208,6 +212,13 @@ class AdaptiveWindow:
             self.value = self.probe_from
             self.state = STEADY
             self.since_up = 0
+        elif self.value > 1 and not self.paced:
+            # They use little of it: come down to twice what they keep in flight (it holds
+            # nothing, so it costs nothing), and so to where they are judged. Without it a few
+            # shallow clients (three QD1 VMs on a serial store) never filled the starting 16,
+            # nothing was ever held, and their weights never applied.
+            self.value = max(1, -(-2 * self.area // elapsed))
+            self.slow_start = False
         self.period_start = now
         self.area = 0
         self.done = 0
