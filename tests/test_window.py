@@ -116,7 +116,7 @@ def test_shallow_clients_on_a_parallel_store_are_not_slowed():
     trace = drive(w, slots=32, service=40, demand=4, seconds=4, served=served)
     assert sum(v >= 4 for v in trace[10:]) >= 0.9 * len(trace[10:]), trace
     full = 4 * (HZ // 10) / 40
-    assert sum(served[10:]) >= 0.97 * full * len(served[10:]), served
+    assert sum(served[10:]) >= 0.95 * full * len(served[10:]), served  # eta >= 0.95
 
 
 def test_a_store_that_becomes_slower_shrinks_it():
