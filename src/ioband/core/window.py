@@ -106,8 +106,10 @@ class AdaptiveWindow:
         "level",
         "maximum",
         "minima",
+        "noise",
         "paced",
         "period",
+        "period_done",
         "period_start",
         "probe_done",
         "probe_from",
@@ -159,6 +161,11 @@ class AdaptiveWindow:
         self.up_wait = 1  # and upwards (at once at the start: a slow start)
         self.up_streak = True
         self.paced = False  # the policy paces the groups (range-bw): see ``_evaluate``
+        # How much one steady period's throughput strays from the level (mean relative
+        # deviation), and how many completions such a period has: a probe's verdict must be
+        # more than its noise (a disk at 140 IOPS varies by a fifth per period, an SSD by 1 %).
+        self.noise = 0.0
+        self.period_done = 0.0
 
     def issued(self, now: int) -> None:
         if now != self.last:
@@ -246,8 +253,13 @@ class AdaptiveWindow:
             self.probe_time += elapsed
             measured = self.probe_done * self.hz / self.probe_time
             if self.probe_time >= PROBE_PERIODS * self.period and self.probe_done >= PROBE_MIN:
-                bar = KEEP if state == PROBE_DOWN else GAIN
-                self._end_probe(measured >= self.reference * bar, measured)
+                spread = 2 * self._spread()
+                if state == PROBE_DOWN:
+                    won = measured >= self.reference * KEEP
+                    # A loss within the noise is no verdict: try again soon, not 8 x later.
+                    self._end_probe(won, measured, clear=measured < self.reference * (1 - spread))
+                else:  # a gain must be more than the noise: a random walk upwards loses control
+                    self._end_probe(measured >= self.reference * max(GAIN, 1 + spread), measured)
             elif (
                 state == PROBE_DOWN
                 and self.probe_done >= PROBE_MIN // 2
@@ -276,6 +288,10 @@ class AdaptiveWindow:
             ref = 0.0
         level = self.level
         self.level = throughput if level == 0.0 else (3 * level + throughput) / 4
+        if level:
+            dev = min(CHANGED, abs(throughput - level) / level)
+            self.noise = dev if self.noise == 0.0 else 0.9 * self.noise + 0.1 * dev
+            self.period_done = 0.9 * self.period_done + 0.1 * done if self.period_done else done
         if level and abs(throughput - level) > CHANGED * level:
             # The store changed (a throttle was set, another tenant came or went): what was
             # learnt about it is void. Measure again and probe at once, halving if it got
@@ -304,6 +320,13 @@ class AdaptiveWindow:
             step = old if self.up_streak else max(1, old // 4)
             self._start_probe(PROBE_UP, min(self.maximum, old + step))
 
+    def _spread(self) -> float:
+        """The relative noise of a probe's measurement (one period's, shrinking with the square
+        root of the completions the probe measured)."""
+        if not self.probe_done or not self.period_done:
+            return 0.0
+        return float(self.noise * (self.period_done / self.probe_done) ** 0.5)
+
     def _start_probe(self, state: int, value: int) -> None:
         # What is in flight under the old window drains or fills: the next period shows the
         # transition, not the window.
@@ -314,7 +337,7 @@ class AdaptiveWindow:
         self.probe_from = self.value
         self.value = value
 
-    def _end_probe(self, won: bool, throughput: float = 0.0) -> None:
+    def _end_probe(self, won: bool, throughput: float = 0.0, clear: bool = True) -> None:
         """Keep the probed window if it ``won`` (and probe that way again soon), else return."""
         down = self.state == PROBE_DOWN
         self.state = STEADY
@@ -338,7 +361,7 @@ class AdaptiveWindow:
         self.reference = 0.0  # measured anew at the window returned to
         if down:
             self.down_streak = False
-            self.down_wait = min(DOWN_MOST, self.down_wait * 8)
+            self.down_wait = min(DOWN_MOST, self.down_wait * (8 if clear else 2))
             # The latency that suggested it was from another time (the store changed since):
             # learn the least latency anew.
             self.minima.clear()
