@@ -69,17 +69,22 @@ SETTINGS = (
     ("none", "no control", "none", 0),
     ("faithful", "faithful (io_limit 192)", "ioband", 192),
     ("adaptive", "adaptive (default)", "ioband", 0),
+    ("mclock", "mclock, adaptive (default)", "ioband", 0),
 )
 SERIAL = ("hdd", "throttle")  # one request at a time: a QD1 client can be given half
 
 
-def table_line(weights: tuple[int, ...], io_limit: int) -> str:
-    """One ioband device, uid groups; ``io_throttle 0`` (default) and the given io_limit."""
+def table_line(weights: tuple[int, ...], io_limit: int, policy: str = "weight") -> str:
+    """One ioband device, uid groups; ``io_throttle 0`` (default) and the given io_limit;
+    the weight policy, or mclock with the same weights (no reservation, no limit)."""
+    if policy == "mclock":
+        groups = " ".join(f"{uid}:0:{w}:0" for uid, w in zip(UIDS, weights))
+        return f"0 83886080 ioband sda1 1 0 {io_limit} user mclock iops :0:100:0 {groups}"
     groups = " ".join(f"{uid}:{w}" for uid, w in zip(UIDS, weights))
     return f"0 83886080 ioband sda1 1 0 {io_limit} user weight 0 :100 {groups}"
 
 
-def build(ctx: Context, model: str, case: str, io_limit: int) -> Scenario:
+def build(ctx: Context, model: str, case: str, io_limit: int, policy: str = "weight") -> Scenario:
     _, _, disk, full, quick = next(m for m in MODELS if m[0] == model)
     _, _, weights, groups = next(c for c in CASES if c[0] == case)
     workloads = [
@@ -92,7 +97,8 @@ def build(ctx: Context, model: str, case: str, io_limit: int) -> Scenario:
         duration=ctx.dur(full, quick),
         seed=ctx.seed,
         disks=[{"name": "sda", **disk}],
-        devices=[{"name": "ioband1", "disk": "sda", "table": table_line(weights, io_limit)}],
+        devices=[{"name": "ioband1", "disk": "sda",
+                  "table": table_line(weights, io_limit, policy)}],  # fmt: skip
         workloads=workloads,
         windows=[1.0],
     )
@@ -128,7 +134,8 @@ def run_all(ctx: Context) -> dict[str, Any]:
             base = simulate(build(ctx, model, case, 0).with_overrides(scheduler="none"))
             row = {}
             for key, _, sch, limit in SETTINGS:
-                r = base if sch == "none" else simulate(build(ctx, model, case, limit))
+                policy = "mclock" if key == "mclock" else "weight"
+                r = base if sch == "none" else simulate(build(ctx, model, case, limit, policy))
                 row[key] = measure(r, base, weights)
             rows[case] = row
         out[model] = rows
@@ -202,19 +209,28 @@ def run(ctx: Context) -> Outcome:
             f"{pct(data[model]['1v32']['faithful']['share']['g1'])}, no control "
             f"{pct(data[model]['1v32']['none']['share']['g1'])}",
         )
-    # Issue 12's 1/8/32 target is not met by the weight policy: reported, not checked.
+    # Issue 12's 1/8/32 target: met on some models and seeds, not all; reported, not checked.
     open_targets = []
     for model in SERIAL:
-        d = data[model]["1/8/32"]["adaptive"]
-        open_targets.append([
-            f"1/8/32, one client per group, {model}", "within 10 % of 4:2:1, eta >= 0.95",
-            f"{shares_text(d)} %, max error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}",
-        ])  # fmt: skip
+        row = [f"1/8/32, one client per group, {model}", "within 10 % of 4:2:1, eta >= 0.95"]
+        for key in ("adaptive", "mclock"):
+            d = data[model]["1/8/32"][key]
+            row.append(f"{shares_text(d)} %, error {pct(d['max_rel_error'])}, eta {d['eta']:.3f}")
+        open_targets.append(row)
     out.tables.append(
-        Table("Target not met (the weight policy gives unused tokens to whoever claims them "
-              "first: the deep groups; reported, not checked)",
-              ["case", "target", "adaptive default"], open_targets)
+        Table("1/8/32 with one client each (reported, not checked: the QD1 group depends on "
+              "the window settling at one and on anticipation)",
+              ["case", "target", "weight, adaptive default", "mclock, adaptive default"],
+              open_targets)
     )  # fmt: skip
+    d = data["ssd"]["8x1/4/32"]["mclock"]
+    out.check(
+        "mclock (default): where the heaviest group cannot use its share (1/4/32 with "
+        f"{CLIENTS} clients on the SSD), the others use it: eta >= 0.95",
+        d["eta"] >= 0.95,
+        f"eta {d['eta']:.3f} (weight policy: {data['ssd']['8x1/4/32']['adaptive']['eta']:.3f}), "
+        f"shares {shares_text(d)} %",
+    )
     nones = [data[m]["4/4/4"]["none"]["max_rel_error"] for m, *_ in MODELS]
     out.check(
         "no control ignores the weights: 4/4/4 shares follow the depths (error >= 50 %)",
@@ -242,9 +258,9 @@ def run(ctx: Context) -> Outcome:
         f"{ad8['throttle']['eta']:.3f}); no control gives a third each. With one client of "
         f"depth 4 per group (the mix of the real-I/O test) it gives "
         f"{shares_text(ad1['hdd'])} % on the HDD and {shares_text(ad1['throttle'])} % on the "
-        f"throttle: twelve requests are fewer than the window the controller settles at on a "
-        f"serial store, so almost nothing is held and the weight-40 group, whose requests are "
-        f"all in flight, is not a group with requests when the tokens are refilled. On the SSD "
+        f"throttle: the window, which twelve requests never fill, comes down to twice what "
+        f"the clients keep in flight and from there by probes to the store's one or two, so "
+        f"requests are held and the weights apply. On the SSD "
         f"twelve requests cannot use its 32 slots: no share is owed there, no control serves "
         f"everything and ioband (either setting) costs throughput (eta "
         f"{ad1['ssd']['eta']:.3f}). The faithful limit is not the whole story in the "
@@ -256,7 +272,9 @@ def run(ctx: Context) -> Outcome:
         f"requests for a 32-slot SSD) both ioband settings keep the shares and lose the "
         f"throughput (eta {s('ssd', '8x1/4/32', 'faithful')['eta']:.3f} faithful, "
         f"{s('ssd', '8x1/4/32', 'adaptive')['eta']:.3f} adaptive): the token policy does not "
-        f"give a group's unused share to the others while that group has requests in flight. "
+        f"give a group's unused share to the others while that group has requests in flight; "
+        f"mclock does (eta {s('ssd', '8x1/4/32', 'mclock')['eta']:.3f}, the weight-40 group "
+        f"gets all it asks for: {shares_text(s('ssd', '8x1/4/32', 'mclock'))} %). "
         f"One QD1 client against one QD32 client at equal weights gets "
         f"{pct(s('hdd', '1v32', 'adaptive')['share']['g1'])} on the HDD and "
         f"{pct(s('throttle', '1v32', 'adaptive')['share']['g1'])} on the throttle under the "
@@ -265,10 +283,13 @@ def run(ctx: Context) -> Outcome:
         f"client's request completes and it is still owed tokens, the engine keeps a slot for "
         f"its next request for a few of its think times (anticipation), instead of giving the "
         f"store to the deep client in between. 1/8/32 with one client each gives the QD1 "
-        f"client (weight 40) {pct(s('throttle', '1/8/32', 'adaptive')['share']['g1'])} on the "
-        f"throttle, short of 57 %: the weight policy hands the tokens a group leaves unused "
-        f"(the idle default group's, the epoch's leftovers) to whichever group claims new "
-        f"tokens first, and a QD1 group is rarely the one."
+        f"client (weight 40) {pct(s('hdd', '1/8/32', 'adaptive')['share']['g1'])} on the HDD "
+        f"and {pct(s('throttle', '1/8/32', 'adaptive')['share']['g1'])} on the throttle "
+        f"(mclock {pct(s('hdd', '1/8/32', 'mclock')['share']['g1'])} and "
+        f"{pct(s('throttle', '1/8/32', 'mclock')['share']['g1'])}), against 57 %: it is "
+        f"given its share only while the window is at one and it is judged owed when its "
+        f"request completes; the window's probes up (and, on the HDD, the noise of a disk at "
+        f"140 IOPS) keep it at two part of the time."
     )
     out.published = (
         "Issue 12 (wave2-background.md section 1), measured on a 1,500-IOPS throttled loop "
