@@ -97,8 +97,9 @@ def build(ctx: Context, model: str, case: str, io_limit: int, policy: str = "wei
         duration=ctx.dur(full, quick),
         seed=ctx.seed,
         disks=[{"name": "sda", **disk}],
-        devices=[{"name": "ioband1", "disk": "sda",
-                  "table": table_line(weights, io_limit, policy)}],  # fmt: skip
+        devices=[
+            {"name": "ioband1", "disk": "sda", "table": table_line(weights, io_limit, policy)}
+        ],
         workloads=workloads,
         windows=[1.0],
     )
