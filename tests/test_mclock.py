@@ -201,18 +201,25 @@ def test_bad_tables_are_refused(params, text):
     assert "d" not in engine.devices
 
 
-def test_policy_switch_starts_from_defaults_and_loses_no_request():
+def test_policy_switch_carries_weights_only_and_loses_no_request():
+    """weight <-> mclock: each group keeps its weight (what both mean by it); the rest of an
+    mclock value (reservation, limit, caps) starts from the defaults, and range-bw, which has
+    no weights, gives the defaults."""
     engine = Engine(hz=HZ)
     dev = engine.create("d", "0 8 ioband sda 1 0 0 user weight 0 :100 1:30 2:70")
     d = Driver(engine)
     for k in range(600):
         d.submit(dev, Request(k % 3 == 0, 4096 * k, 4096, Submitter(uid=k % 3), sync=True))
     d.call(engine.message, "d", "policy mclock")
-    assert engine.table("d") == "0 8 ioband sda 1 4 0 user mclock iops :0:100:0 1:0:100:0 2:0:100:0"
+    assert engine.table("d") == "0 8 ioband sda 1 4 0 user mclock iops :0:100:0 1:0:30:0 2:0:70:0"
     d.call(engine.message, "d", "cap 1:riops=500,wiops=500")
+    d.call(engine.message, "d", "reservation 2:100")
     d.drain()
     d.call(engine.message, "d", "policy weight")
-    assert engine.table("d").endswith(":100 1:100 2:100")
+    assert engine.table("d").endswith(":100 1:30 2:70")
+    d.call(engine.message, "d", "policy range-bw")
+    d.call(engine.message, "d", "policy mclock")
+    assert engine.table("d").endswith(":0:100:0 1:0:100:0 2:0:100:0")
 
 
 def test_attach_gives_defaults_and_detach_moves_held_requests():

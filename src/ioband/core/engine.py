@@ -832,7 +832,11 @@ class Engine:
         old = dp.policy
         new_cls = POLICIES[name]
         carry = old.family == new_cls.family
-        values = {g: old.carried_value(g) if carry else None for g in dp.groups}
+        # Between families only the weight carries over (weight <-> mclock; range-bw has none).
+        values = {
+            g: old.carried_value(g) if carry else new_cls.value_from_weight(old.carried_weight(g))
+            for g in dp.groups
+        }
         for g in dp.groups:
             g.timer_token += 1  # cancel range-bw timers
             for wq in (*g.waitq, g.maxbw_waitq):

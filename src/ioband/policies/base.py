@@ -67,6 +67,16 @@ class Policy:
         """The group parameter that survives a switch to a policy of the same family."""
         return None
 
+    def carried_weight(self, g: Group) -> int | None:
+        """The group's weight, carried to a policy of another family that has weights."""
+        return None
+
+    @classmethod
+    def value_from_weight(cls, weight: int | None) -> object:
+        """The group value a switch from another family starts from, given the group's weight
+        there (None: none, or that policy has no weights): the policy's default if None."""
+        return None
+
     family: ClassVar[str] = ""
     #: The policy paces groups in time itself (range-bw): the adaptive window must not come
     #: down to what they keep in flight, which would only slow them.

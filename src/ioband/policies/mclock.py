@@ -419,6 +419,13 @@ class MclockPolicy(Policy):
     def carried_value(self, g: Group) -> object:
         return self.states[g].params
 
+    def carried_weight(self, g: Group) -> int | None:
+        return self.states[g].params.weight
+
+    @classmethod
+    def value_from_weight(cls, weight: int | None) -> object:
+        return None if weight is None else MclockParams(weight=weight)
+
     def io_limit_changed(self) -> None:
         for g in self.dp.groups:
             g.limit = max(1, self.dp.io_limit)

@@ -134,6 +134,13 @@ class WeightPolicy(Policy):
     def carried_value(self, g: Group) -> object:
         return g.weight
 
+    def carried_weight(self, g: Group) -> int | None:
+        return g.weight
+
+    @classmethod
+    def value_from_weight(cls, weight: int | None) -> object:
+        return weight
+
     def _store_weight(self, g: Group, weight: int) -> None:
         self.weight_total += weight - g.weight
         g.weight = weight
