@@ -390,3 +390,26 @@ def test_a_mount_re_creates_for_read_only(tmp_path, running):
     assert plan.recreate == {
         "files1": ["read_only changed: a FUSE worker mounts read-only or read-write"]
     }
+
+
+def test_mclock_parents_are_set_after_every_group_exists_and_without_a_cycle(disks, running):
+    """A new group's parent may be a group listed after it, and two groups may swap which is
+    the parent: the plan attaches every group first, moves changed parents through the root,
+    then sets them; the result is the new file's table."""
+    mc = {"policy": "mclock"}
+    old = config(dev("ioband1", disks["d1"], "iops :0:1:0 5:0:1:0 6:0:1:0:parent=5", **mc))
+    run = running(old)
+    new = config(
+        dev(
+            "ioband1",
+            disks["d1"],
+            "iops :0:1:0 4:0:2:0:parent=9 5:0:1:0:parent=6 6:0:1:0 9:0:3:0",
+            **mc,
+        )
+    )
+    plan = run.plan(old, new)
+    steps = messages(plan)
+    assert steps.index("ioband1: attach 9") < steps.index("ioband1: parent 4:9")
+    assert steps.index("ioband1: parent 6:none") < steps.index("ioband1: parent 5:6")
+    run.apply(plan)
+    assert run.table("ioband1").endswith(":0:1:0 4:0:2:0:parent=9 5:0:1:0:parent=6 6:0:1:0 9:0:3:0")

@@ -496,10 +496,9 @@ def _plan_groups(
     for gid in sorted(old_groups - set(want.groups), key=key_order):
         if gid in p.run(name).groups:
             p.send(name, ("detach", key_text(gid)), "the file detached it")
-    for gid in sorted(want.groups, key=key_order):
-        value = want.groups[gid]
-        current = p.run(name).groups
-        if gid not in current:
+    kept = []
+    for gid in sorted(want.groups, key=key_order):  # every group first: parents may come later
+        if gid not in p.run(name).groups:
             if gid in old_groups and not attach_all:  # the file kept it; detached at run time
                 p.plan.notes.append(
                     f"{name}: group {key_text(gid)} was detached at run time: it stays detached"
@@ -510,7 +509,11 @@ def _plan_groups(
                 ("attach", key_text(gid)),
                 "the file lists it after the type change" if attach_all else "the file attached it",
             )
-            current = p.run(name).groups
+        kept.append(gid)
+    parents: list[tuple[GroupKey, tuple[str, ...], str]] = []
+    for gid in kept:
+        value = want.groups[gid]
+        current = p.run(name).groups
         file_changed = reset or gid not in old_groups or base.groups[gid] != value
         if not file_changed or current[gid] == value:
             continue
@@ -522,9 +525,25 @@ def _plan_groups(
                 f" {value!r} is for {want.policy}: not applied"
             )
             continue
-        why = "after the policy switch" if reset else "the file changed it"
+        why = f"{'after the policy switch' if reset else 'the file changed it'}: "
+        why += f"{_group_name(gid)} {current[gid]!r} -> {value!r}"
         for words in _value_words(family, gid, value):
-            p.send(name, words, f"{why}: {_group_name(gid)} {current[gid]!r} -> {value!r}")
+            if words[0] == "parent":
+                parents.append((gid, words, why))
+            else:
+                p.send(name, words, why)
+    # Parents last, and those that change through the root first: a new parent may be attached
+    # after its child, and moving two groups under each other in turn would make a cycle.
+    for gid, words, why in parents:
+        running = p.run(name).groups[gid]
+        moves = isinstance(running, MclockParams) and running.parent is not None
+        if moves and words[1] != f"{key_text(gid)}:{running.parent}":
+            p.send(name, ("parent", f"{key_text(gid)}:none"), why)
+    for gid, words, why in parents:
+        running = p.run(name).groups[gid]
+        at_root = isinstance(running, MclockParams) and running.parent is None
+        if not (at_root and words[1].endswith(":none")):
+            p.send(name, words, why)
 
 
 def _plan_options(
