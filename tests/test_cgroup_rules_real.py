@@ -232,7 +232,6 @@ def test_mclock_takes_parents_from_the_real_cgroup_nesting(version, bottleneck, 
             ios = fair.measure(
                 {n: fair.in_cgroup(cg, fair.fio(sock, n)) for n, cg in clients.items()}, 2
             )
-            print(ioband(control, "status", "ioband1"))
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
