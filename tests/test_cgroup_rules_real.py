@@ -226,7 +226,7 @@ def test_mclock_takes_parents_from_the_real_cgroup_nesting(version, bottleneck, 
             f" {other.name}:0:1:0"
         )
         table = f"0 {(256 << 20) // 512} ioband {loop} 1 0 0 cgroup mclock iops :0:1:0 {groups}"
-        daemon, sock, control = start_daemon(tmp_path, table, version, cgroup=daemon_cg)
+        daemon, sock, _ = start_daemon(tmp_path, table, version, cgroup=daemon_cg)
         try:
             clients = {"a": a, "b": b, "other": other}
             ios = fair.measure(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.test_fair_by_default import WARMUP
 from tests.test_fuse_fairness import (
     RUNTIME,
@@ -33,14 +35,18 @@ def fio(path: Path, name: str, jobs: int) -> list[str]:
     ]  # fmt: skip
 
 
-def test_weights_hold_at_default_settings(bottleneck, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("jobs", [(4, 4, 4), (1, 8, 32)], ids=["4-4-4", "1-8-32"])
+def test_weights_hold_at_default_settings(bottleneck, tmp_path, jobs):  # noqa: F811
+    """Processes per group (each keeps one read outstanding): 4/4/4, and 1/8/32."""
     backfs, daemon_cg, cgroups = bottleneck
     cgs = client_cgroups(f"ioband-fuse-fbd-{os.getpid()}", cgroups)
     groups = " ".join(f"{cgs[n][1]}:{w}" for n, w in WEIGHTS.items())
     table = f"0 0 ioband {backfs} 1 0 0 cgroup weight 0 :1 {groups}"  # defaults
     daemon, mnt = start_daemon(tmp_path, daemon_cg, table)
     try:
-        clients = {n: in_cgroup(cgs[n][0], fio(mnt / n, n, 4)) for n in WEIGHTS}
+        clients = {
+            n: in_cgroup(cgs[n][0], fio(mnt / n, n, k)) for n, k in zip(WEIGHTS, jobs, strict=True)
+        }
         ios = measure(clients, warmup=WARMUP)
     finally:
         stop_daemon(daemon, mnt)
