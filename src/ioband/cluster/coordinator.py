@@ -18,7 +18,17 @@ so far (completed I/Os and their cost). From every other host's record it learns
   each, so host 1's window is half the cluster's and A gets half the backend.
 - **the cluster's window**: each host's estimate of how many requests the cluster should keep
   in flight at the backend (its PARDA loop, see ``window.py``); the hosts adopt the mean of the
-  alive hosts' estimates at every exchange, so every host divides the same total.
+  alive hosts' estimates at every exchange, so every host divides the same total. It is
+  bounded by the most any host can carry its part of (its ``maximum`` over its part), so that a
+  host that cannot keep more in flight (its io_limit, its I/O threads) does not lose its share
+  to the others: the ratios are kept, the total gives way.
+- **the service each host got** (the sum of its groups' costs): PARDA's premise is that the
+  backend's queue is all that differs between hosts, so that windows in proportion to the
+  weights give service in proportion to them. Real hosts differ too (a busier host's event loop
+  completes later, its path to the array is longer): a host that gets less than its share of
+  the cluster's service (measured over about a second) widens its window a little, one that
+  gets more narrows it (``correction``, within 1/2..2; an integral controller with a time
+  constant of a second). On a backend that is a plain queue it stays at 1.
 
 Nothing here waits on Redis or reads a clock: the agent (``agent.py``) passes the time in and
 hands over what it read. Freshness is judged by this host's clock only (a peer is alive while
@@ -36,9 +46,14 @@ from dataclasses import dataclass, field
 EXPIRY_INTERVALS = 3
 #: After this many intervals a dead peer's record is deleted from Redis (by whoever sees it).
 PURGE_INTERVALS = 50
-#: A failed exchange puts the host on local control once the last good one is older than this
-#: many intervals (one: "within one interval").
-FALLBACK_INTERVALS = 1.0
+#: An exchange that timed out puts the host on local control once the last good one is older
+#: than this many intervals: one lost reply does not (an exchange Redis refused does at once).
+FALLBACK_INTERVALS = 2.5
+#: Seconds over which each host's service rate is averaged (exponentially).
+RATE_TAU = 1.0
+#: Time constant of the correction of a host's window by the service it got, seconds.
+CORRECTION_TAU = 1.0
+CORRECTION_RANGE = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,11 @@ class Peer:
     seen: float  # this host's time when ``seq`` last changed
     groups: dict[str, GroupService]
     total: float  # its estimate of the cluster's window (requests in flight at the backend)
+    cap: float  # the largest cluster window it can carry its part of
+    share: float = 0.0  # its share of the active weight
+    correction: float = 1.0  # its window correction
     text: str | bytes = ""  # the record as read (an unchanged record is not parsed again)
+    rate: float = 0.0  # its service per second (cost units), averaged over RATE_TAU
 
 
 @dataclass
@@ -74,16 +93,33 @@ class Exchange:
     peers: int
     fallback: bool
     total: float | None  # the mean of the alive hosts' cluster windows (None: keep one's own)
+    cap: float | None = None  # the least of the alive hosts' caps on the cluster window
+    correction: float = 1.0  # this host's window correction by the service it got
     purge: list[str] = field(default_factory=list)
 
 
-def encode_record(seq: int, total: float, groups: dict[str, GroupService]) -> str:
+@dataclass(frozen=True)
+class Record:
+    """What one host publishes for one device group."""
+
+    seq: int
+    total: float  # its estimate of the cluster's window
+    cap: float  # the largest cluster window it can carry its part of
+    groups: dict[str, GroupService]
+    share: float = 1.0  # its share of the active weight, as it computed it
+    correction: float = 1.0  # its window correction
+
+
+def encode_record(record: Record) -> str:
     """A host's record as stored in Redis (one hash field per host): compact JSON."""
-    g = {k: [v.weight, int(v.active), v.ios, round(v.cost, 3)] for k, v in groups.items()}
-    return json.dumps({"seq": seq, "w": round(total, 3), "g": g}, separators=(",", ":"))
+    g = {k: [v.weight, int(v.active), v.ios, round(v.cost, 3)] for k, v in record.groups.items()}
+    w, m = round(record.total, 3), round(min(record.cap, 1e9), 3)
+    doc = {"seq": record.seq, "w": w, "m": m, "s": round(record.share, 6),
+           "c": round(record.correction, 6), "g": g}  # fmt: skip
+    return json.dumps(doc, separators=(",", ":"))
 
 
-def decode_record(text: str | bytes) -> tuple[int, float, dict[str, GroupService]]:
+def decode_record(text: str | bytes) -> Record:
     """Parse a record; ValueError naming the field and the rule if it is malformed (a peer of
     another version, or garbage written by hand): the caller skips that peer, counts it, and
     keeps going."""
@@ -96,9 +132,12 @@ def decode_record(text: str | bytes) -> tuple[int, float, dict[str, GroupService
     seq = data.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("record.seq: must be a non-negative integer")
-    total = data.get("w")
-    if not isinstance(total, int | float) or isinstance(total, bool) or not total >= 0:
-        raise ValueError("record.w: must be a non-negative number")
+    numbers = []
+    for key in ("w", "m", "s", "c"):
+        value = data.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"record.{key}: must be a non-negative number")
+        numbers.append(float(value))
     raw = data.get("g")
     if not isinstance(raw, dict):
         raise ValueError("record.g: must be an object of groups")
@@ -116,7 +155,7 @@ def decode_record(text: str | bytes) -> tuple[int, float, dict[str, GroupService
                 f"record.g[{name!r}]: weight, ios and cost must be >= 0, active 0 or 1"
             )
         groups[name] = GroupService(float(weight), bool(active), int(ios), float(cost))
-    return seq, float(total), groups
+    return Record(seq, numbers[0], numbers[1], groups, numbers[2], numbers[3])
 
 
 class Coordinator:
@@ -134,22 +173,34 @@ class Coordinator:
         self.local: dict[str, GroupService] = {}
         self.total = 0.0
         self.share = 1.0
+        self.correction = 1.0
+        self.rate = 0.0  # this host's service per second, averaged
+        self.achieved = 0.0  # this host's part of the cluster's service, averaged
+        self._served: float | None = None  # this host's service at the last good exchange
+        self._served_at = 0.0
         self.fallback = False
         self.last_ok: float | None = None
+        self.first_failure: float | None = None
         self.malformed = 0  # peers' records skipped as malformed, in all
         self.exchanges = 0
         self.failures = 0
 
-    def record(self, groups: dict[str, GroupService], total: float) -> str:
-        """This host's record for the next exchange: its groups' service and weights, and its
-        estimate of the cluster's window (``total``)."""
+    def record(self, groups: dict[str, GroupService], total: float, maximum: float) -> str:
+        """This host's record for the next exchange: its groups' service and weights, its
+        estimate of the cluster's window (``total``) and the most it can keep in flight."""
         self.seq += 1
         self.local = groups
         self.total = total
-        return encode_record(self.seq, total, groups)
+        part = self.share * self.correction
+        cap = maximum / part if part > 0 else 1e9
+        return encode_record(Record(self.seq, total, cap, groups, self.share, self.correction))
 
-    def absorb(self, now: float, records: dict[str, str | bytes]) -> Exchange:
-        """Every host's record as read from Redis (this host's own included or not)."""
+    def absorb(
+        self, now: float, records: dict[str, str | bytes], backlogged: bool = True
+    ) -> Exchange:
+        """Every host's record as read from Redis (this host's own included or not).
+        ``backlogged``: this host's clients filled its window lately (a host that does not
+        use its window is not owed a wider one for the service it did not ask for)."""
         self.exchanges += 1
         self.last_ok = now
         self.fallback = False
@@ -161,23 +212,33 @@ class Coordinator:
             if peer is not None and text == peer.text:
                 continue  # unchanged since the last read
             try:
-                seq, total, groups = decode_record(text)
+                rec = decode_record(text)
             except ValueError:
                 self.malformed += 1
                 continue
-            if peer is None:
-                self.peers[host] = Peer(seq, now, groups, total, text)  # a baseline: no charge
+            if peer is None:  # a baseline: nothing charged
+                self.peers[host] = Peer(
+                    rec.seq, now, rec.groups, rec.total, rec.cap, rec.share, rec.correction, text
+                )
                 continue
             peer.text = text
-            if seq == peer.seq:
+            if rec.seq == peer.seq:
                 continue
-            if seq > peer.seq and now - peer.seen <= self.expiry:
-                for name, service in groups.items():
+            if rec.seq > peer.seq and now - peer.seen <= self.expiry:
+                got = 0.0
+                for name, service in rec.groups.items():
                     before = peer.groups.get(name)
                     if before is not None and service.cost > before.cost:
-                        charges[name] = charges.get(name, 0.0) + service.cost - before.cost
+                        delta = service.cost - before.cost
+                        charges[name] = charges.get(name, 0.0) + delta
+                        got += delta
+                peer.rate += min(1.0, (now - peer.seen) / RATE_TAU) * (
+                    got / max(now - peer.seen, 1e-6) - peer.rate
+                )
             # A restarted peer (its seq went back) or one back from the dead: a new baseline.
-            peer.seq, peer.seen, peer.groups, peer.total = seq, now, groups, total
+            peer.seq, peer.seen, peer.groups = rec.seq, now, rec.groups
+            peer.total, peer.cap = rec.total, rec.cap
+            peer.share, peer.correction = rec.share, rec.correction
         purge = [h for h, p in self.peers.items() if now - p.seen > PURGE_INTERVALS * self.interval]
         for host in purge:
             del self.peers[host]
@@ -186,21 +247,59 @@ class Coordinator:
         local = self.local
         charges = {k: v for k, v in charges.items() if k in local and local[k].active}
         totals = [self.total, *(p.total for p in alive.values() if p.total > 0)]
-        total = sum(totals) / len(totals) if self.total > 0 else None
-        return Exchange(charges, self.share, len(alive), False, total, purge)
+        mean = sum(totals) / len(totals) if self.total > 0 else None
+        caps = [p.cap for p in alive.values() if p.cap > 0]
+        self._correct(now, alive, backlogged)
+        return Exchange(charges, self.share, len(alive), False, mean,
+                        min(caps) if caps else None, self.correction, purge)  # fmt: skip
 
-    def failed(self, now: float) -> Exchange | None:
-        """Redis could not be reached. Once the last good exchange is an interval old (or there
-        never was one) the host is on local control: share 1, nothing charged. Returns the
-        exchange to apply when this call started the fallback (log it once), else None."""
+    def _correct(self, now: float, alive: dict[str, Peer], backlogged: bool) -> None:
+        """Update this host's service rate, its part of the cluster's service, and the window
+        correction that brings that part to its share (see the module's docstring)."""
+        served = sum(s.cost for s in self.local.values())
+        if self._served is None or served < self._served:
+            self._served, self._served_at = served, now
+            return
+        dt = now - self._served_at
+        if dt <= 0:
+            return
+        self.rate += min(1.0, dt / RATE_TAU) * ((served - self._served) / dt - self.rate)
+        self._served, self._served_at = served, now
+        everyone = self.rate + sum(p.rate for p in alive.values())
+        if not alive or everyone <= 0 or self.rate <= 0:
+            return
+        self.achieved = self.rate / everyone
+        factor = (self.share / self.achieved) ** min(1.0, dt / CORRECTION_TAU)
+        if factor > 1 and not backlogged:
+            return
+        correction = self.correction * factor
+        # Only the corrections' ratios matter (the cluster's window sets the total): keep their
+        # share-weighted mean at 1, else the hosts' corrections drift up together.
+        weighted = self.share * correction + sum(p.share * p.correction for p in alive.values())
+        shares = self.share + sum(p.share for p in alive.values())
+        if weighted > 0 and shares > 0:
+            correction /= weighted / shares
+        lo, hi = CORRECTION_RANGE
+        self.correction = min(hi, max(lo, correction))
+
+    def failed(self, now: float, refused: bool = False) -> Exchange | None:
+        """Redis could not be reached. The host goes on local control (share 1, nothing
+        charged, no correction) at once when Redis ``refused`` (connection refused or reset:
+        it is down), else — a timeout, perhaps one lost reply — once the last good exchange is
+        ``FALLBACK_INTERVALS`` old. Returns the exchange to apply when this call started the
+        fallback (log it once), else None."""
         self.failures += 1
         if self.fallback:
             return None
-        last = self.last_ok
-        if last is not None and now - last < FALLBACK_INTERVALS * self.interval:
+        if self.last_ok is None and self.first_failure is None:
+            self.first_failure = now  # never reached yet: timed out from the start
+        last = self.last_ok if self.last_ok is not None else self.first_failure
+        if not refused and last is not None and now - last < FALLBACK_INTERVALS * self.interval:
             return None
         self.fallback = True
         self.share = 1.0
+        self.correction = 1.0
+        self._served = None
         self.peers.clear()  # on return, every peer is a new baseline (no charge for the gap)
         return Exchange({}, 1.0, 0, True, None)
 

@@ -25,6 +25,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from ioband.cluster.coordinator import Coordinator, GroupService
 from ioband.cluster.window import SharedBackendWindow
@@ -101,8 +102,8 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
     rng = random.Random(run.seed)
     tenants_of: list[dict[str, float]] = [{} for _ in range(run.hosts)]
     for p in run.placements:
-        for h in p.hosts:
-            tenants_of[h][p.tenant] = p.weight
+        for index in p.hosts:
+            tenants_of[index][p.tenant] = p.weight
     hosts = [_Host(i, run, tenants_of[i]) for i in range(run.hosts)]
     events: list[tuple[float, int, Callable[[float], None]]] = []
     seq = 0
@@ -117,7 +118,7 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
     service = 1.0 / run.iops
     served = {p.tenant: 0 for p in run.placements}
     timeline: list[tuple[float, dict[str, int]]] = []
-    redis: dict[str, str] = {}
+    redis: dict[str, str | bytes] = {}
     ops = 0
     exchanges = 0
 
@@ -164,7 +165,7 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
             groups = {
                 k: GroupService(w, True, h.ios[k], float(h.ios[k])) for k, w in h.weights.items()
             }
-            text = h.coordinator.record(groups, h.window.total)
+            text = h.coordinator.record(groups, h.window.total, h.window.maximum)
             down = run.redis_down is not None and run.redis_down[0] <= t < run.redis_down[1]
             lost = down or rng.random() < run.loss
             if not lost:
@@ -174,8 +175,9 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
                 snapshot = dict(redis)
 
                 def reply(t2: float) -> None:
-                    outcome = h.coordinator.absorb(t2, snapshot)
-                    h.window.adopt(outcome.total, outcome.share, outcome.peers + 1)
+                    outcome = h.coordinator.absorb(t2, snapshot, h.window.filled)
+                    h.window.adopt(outcome.total, outcome.share, outcome.peers + 1,
+                                   outcome.cap, outcome.correction)  # fmt: skip
 
                 at(t + run.rtt, reply)
             else:
@@ -195,7 +197,7 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
             h.held.extend([tenant] * run.depth)
         if run.cluster:
             at(rng.random() * run.interval, exchange(h))
-        at(0.0, lambda t, h=h: dispatch(h, t))
+        at(0.0, partial(dispatch, h))
 
     if sample > 0:
 

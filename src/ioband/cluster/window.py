@@ -14,9 +14,9 @@ host that the weights divide even when the backend is slow (PARDA's per-host ``b
 second term keeps a host with a small share at a window of about its share of ``BETA * hosts``
 rather than below one request, where a window cannot go (in the simulator, 100 hosts against a
 20,000 IOPS backend with a fixed ``BETA`` of 8 left the hosts of the tenant spread over 99 of
-them at the floor of one request each: 2:1 weights gave 50:50). When the backend is not the bottleneck its latency
-stays below the target and ``target / latency`` grows ``W`` multiplicatively up to the most the
-hosts may issue (work-conserving).
+them at the floor of one request each: 2:1 weights gave 50:50). When the backend is not the
+bottleneck its latency stays below the target and ``target / latency`` grows ``W``
+multiplicatively up to the most the hosts may issue (work-conserving).
 
 PARDA runs that loop on each host's own window (``beta`` in proportion to the host's weight);
 its fixed point makes windows proportional to the ``beta``s only if every host measures the same
@@ -59,26 +59,41 @@ class SharedBackendWindow(AdaptiveWindow):
     """A cluster-wide device group's window. The agent sets ``share`` and adopts the cluster's
     mean estimate with :meth:`adopt`; the engine reads ``value`` as usual."""
 
-    __slots__ = ("carry", "hosts", "share", "target", "total")
+    __slots__ = ("cap", "carry", "correction", "filled", "hosts", "share", "target", "total")
 
-    def __init__(
-        self, hz: int, maximum: int, now: int = 0, target: float = LATENCY_TARGET
-    ) -> None:
+    def __init__(self, hz: int, maximum: int, now: int = 0, target: float = LATENCY_TARGET) -> None:
         super().__init__(hz, maximum, now)
         self.share = 1.0
         self.hosts = 1  # hosts alive in the cluster, this one included (bounds ``total``)
         self.target = target * hz  # jiffies
         self.total = float(self.value)  # the cluster's window, requests in flight
+        self.cap = float("inf")  # the least of the hosts' caps on ``total``
+        self.correction = 1.0  # from the service this host got against its share
         self.carry = 0.0  # dithering: the fraction owed to the integer window
+        self.filled = True  # the clients filled the window in the last judged period
 
-    def adopt(self, total: float | None, share: float, hosts: int) -> None:
+    def adopt(
+        self,
+        total: float | None,
+        share: float,
+        hosts: int,
+        cap: float | None = None,
+        correction: float = 1.0,
+    ) -> None:
         """An exchange's outcome: the cluster's mean window (None: keep this host's own), this
-        host's share of the active weight, and the hosts alive."""
+        host's share of the active weight, the hosts alive, the least of their caps on the
+        cluster window, and this host's correction (see the coordinator)."""
         self.share = share
         self.hosts = max(1, hosts)
+        self.correction = correction
+        self.cap = cap if cap is not None and cap > 0 else float("inf")
         if total is not None and total > 0:
-            self.total = min(total, float(self.maximum * self.hosts))
+            self.total = total
+        self.total = min(self.total, self._most())
         self._set_value()
+
+    def _most(self) -> float:
+        return max(1.0, min(float(self.maximum * self.hosts), self.cap))
 
     def _evaluate(self, now: int) -> None:
         elapsed = now - self.period_start
@@ -104,13 +119,14 @@ class SharedBackendWindow(AdaptiveWindow):
         here ``used`` and whether requests waited for room here (``full``)."""
         total = self.total
         new = (1 - GAMMA) * total + GAMMA * (self.target / latency * total + BETA * self.hosts)
-        if new > total and not full and used < self.value - 1:
+        self.filled = full or used >= self.value - 1
+        if new > total and not self.filled:
             new = total  # the clients here do not fill their window: no sign it is too small
-        self.total = min(float(self.maximum * self.hosts), max(1.0, new))
+        self.total = min(self._most(), max(1.0, new))
         self._set_value()
 
     def _set_value(self) -> None:
-        wanted = min(float(self.maximum), max(1.0, self.share * self.total))
+        wanted = min(float(self.maximum), max(1.0, self.share * self.correction * self.total))
         whole = math.floor(wanted)
         self.carry += wanted - whole
         if self.carry >= 1.0:
