@@ -203,7 +203,11 @@ class ClusterAgent:
             window = member.window
             total = window.total if window is not None else 0.0
             most = float(min(window.maximum, self.threads)) if window is not None else 1e9
-            record = member.coordinator.record(self._groups(member, dev), total, most)
+            latency = window.latency / window.hz if window is not None else 0.0
+            throughput = window.throughput if window is not None else 0.0
+            record = member.coordinator.record(
+                self._groups(member, dev), total, most, latency, throughput
+            )
             key = self.key(name)
             pipe.hset(key, host, record)
             pipe.pexpire(key, ttl)
@@ -237,9 +241,11 @@ class ClusterAgent:
             for name, member, _dev in members:
                 w, c = member.window, member.coordinator
                 if w is not None:
-                    log.debug("cluster %s: share %.3f, correction %.3f (got %.3f), cluster "
-                              "window %.1f (cap %.1f), window %d, latency %.1f ms, %d peer(s)",
-                              name, w.share, w.correction, c.achieved, w.total, w.cap, w.value,
+                    ratio = c.latency / c.cluster_latency if c.cluster_latency else 0.0
+                    log.debug("cluster %s: share %.3f, correction %.3f (latency ratio %.3f), "
+                              "cluster window %.1f (cap %.1f), window %d, latency %.1f ms, "
+                              "%d peer(s)", name, w.share, w.correction, ratio, w.total, w.cap,
+                              w.value,
                               w.latency_ms(), len(c.alive(now)))  # fmt: skip
         if purge_pipe is not None:
             with contextlib.suppress(Exception):

@@ -22,13 +22,17 @@ so far (completed I/Os and their cost). From every other host's record it learns
   bounded by the most any host can carry its part of (its ``maximum`` over its part), so that a
   host that cannot keep more in flight (its io_limit, its I/O threads) does not lose its share
   to the others: the ratios are kept, the total gives way.
-- **the service each host got** (the sum of its groups' costs): PARDA's premise is that the
-  backend's queue is all that differs between hosts, so that windows in proportion to the
-  weights give service in proportion to them. Real hosts differ too (a busier host's event loop
-  completes later, its path to the array is longer): a host that gets less than its share of
-  the cluster's service (measured over about a second) widens its window a little, one that
-  gets more narrows it (``correction``, within 1/2..2; an integral controller with a time
-  constant of a second). On a backend that is a plain queue it stays at 1.
+- **each host's latency and throughput**: PARDA's premise is that the backend's queue is all
+  that differs between hosts, so that windows in proportion to the weights give service in
+  proportion to them. Real hosts differ too (a busier host's event loop completes later, its
+  path to the array is longer), and by Little's law a host whose requests take ``k`` times the
+  cluster's mean latency gets ``1/k`` of the service per request in flight. So each host's
+  window is multiplied by ``correction`` = its latency over the cluster's (the throughput-
+  weighted mean of the hosts' latencies), smoothed over about half a second, within 1/2..2.
+  A proportional correction, not an integral one on the service got: in the simulator an
+  integral controller with a second's time constant overshot after every change (A's share
+  went to 60 % for three seconds after Redis returned). On a backend that is a plain queue
+  every host sees the same latency and it stays at 1.
 
 Nothing here waits on Redis or reads a clock: the agent (``agent.py``) passes the time in and
 hands over what it read. Freshness is judged by this host's clock only (a peer is alive while
@@ -49,10 +53,8 @@ PURGE_INTERVALS = 50
 #: An exchange that timed out puts the host on local control once the last good one is older
 #: than this many intervals: one lost reply does not (an exchange Redis refused does at once).
 FALLBACK_INTERVALS = 2.5
-#: Seconds over which each host's service rate is averaged (exponentially).
-RATE_TAU = 1.0
-#: Time constant of the correction of a host's window by the service it got, seconds.
-CORRECTION_TAU = 1.0
+#: Time constant, seconds, of the smoothing of the window correction by latency.
+CORRECTION_TAU = 0.5
 CORRECTION_RANGE = (0.5, 2.0)
 
 
@@ -80,7 +82,8 @@ class Peer:
     share: float = 0.0  # its share of the active weight
     correction: float = 1.0  # its window correction
     text: str | bytes = ""  # the record as read (an unchanged record is not parsed again)
-    rate: float = 0.0  # its service per second (cost units), averaged over RATE_TAU
+    latency: float = 0.0  # its last measured latency, seconds
+    throughput: float = 0.0  # and completions per second
 
 
 @dataclass
@@ -108,6 +111,8 @@ class Record:
     groups: dict[str, GroupService]
     share: float = 1.0  # its share of the active weight, as it computed it
     correction: float = 1.0  # its window correction
+    latency: float = 0.0  # its last measured service latency at the backend, seconds
+    throughput: float = 0.0  # its completions per second then
 
 
 def encode_record(record: Record) -> str:
@@ -115,7 +120,8 @@ def encode_record(record: Record) -> str:
     g = {k: [v.weight, int(v.active), v.ios, round(v.cost, 3)] for k, v in record.groups.items()}
     w, m = round(record.total, 3), round(min(record.cap, 1e9), 3)
     doc = {"seq": record.seq, "w": w, "m": m, "s": round(record.share, 6),
-           "c": round(record.correction, 6), "g": g}  # fmt: skip
+           "c": round(record.correction, 6), "l": round(record.latency, 6),
+           "x": round(record.throughput, 3), "g": g}  # fmt: skip
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -133,7 +139,7 @@ def decode_record(text: str | bytes) -> Record:
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("record.seq: must be a non-negative integer")
     numbers = []
-    for key in ("w", "m", "s", "c"):
+    for key in ("w", "m", "s", "c", "l", "x"):
         value = data.get(key)
         if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"record.{key}: must be a non-negative number")
@@ -155,7 +161,7 @@ def decode_record(text: str | bytes) -> Record:
                 f"record.g[{name!r}]: weight, ios and cost must be >= 0, active 0 or 1"
             )
         groups[name] = GroupService(float(weight), bool(active), int(ios), float(cost))
-    return Record(seq, numbers[0], numbers[1], groups, numbers[2], numbers[3])
+    return Record(seq, numbers[0], numbers[1], groups, *numbers[2:])
 
 
 class Coordinator:
@@ -174,10 +180,10 @@ class Coordinator:
         self.total = 0.0
         self.share = 1.0
         self.correction = 1.0
-        self.rate = 0.0  # this host's service per second, averaged
-        self.achieved = 0.0  # this host's part of the cluster's service, averaged
-        self._served: float | None = None  # this host's service at the last good exchange
-        self._served_at = 0.0
+        self.latency = 0.0  # this host's last measured latency, seconds (0: none yet)
+        self.throughput = 0.0  # and completions per second
+        self.cluster_latency = 0.0  # the throughput-weighted mean of the alive hosts'
+        self._corrected_at: float | None = None
         self.fallback = False
         self.last_ok: float | None = None
         self.first_failure: float | None = None
@@ -185,15 +191,25 @@ class Coordinator:
         self.exchanges = 0
         self.failures = 0
 
-    def record(self, groups: dict[str, GroupService], total: float, maximum: float) -> str:
+    def record(
+        self,
+        groups: dict[str, GroupService],
+        total: float,
+        maximum: float,
+        latency: float = 0.0,
+        throughput: float = 0.0,
+    ) -> str:
         """This host's record for the next exchange: its groups' service and weights, its
-        estimate of the cluster's window (``total``) and the most it can keep in flight."""
+        estimate of the cluster's window (``total``), the most it can keep in flight, and its
+        last measured latency (seconds) and throughput (completions a second)."""
         self.seq += 1
         self.local = groups
         self.total = total
+        self.latency, self.throughput = latency, throughput
         part = self.share * self.correction
         cap = maximum / part if part > 0 else 1e9
-        return encode_record(Record(self.seq, total, cap, groups, self.share, self.correction))
+        return encode_record(Record(self.seq, total, cap, groups, self.share, self.correction,
+                                    latency, throughput))  # fmt: skip
 
     def absorb(
         self, now: float, records: dict[str, str | bytes], backlogged: bool = True
@@ -218,27 +234,23 @@ class Coordinator:
                 continue
             if peer is None:  # a baseline: nothing charged
                 self.peers[host] = Peer(
-                    rec.seq, now, rec.groups, rec.total, rec.cap, rec.share, rec.correction, text
-                )
+                    rec.seq, now, rec.groups, rec.total, rec.cap, rec.share, rec.correction,
+                    text, rec.latency, rec.throughput,
+                )  # fmt: skip
                 continue
             peer.text = text
             if rec.seq == peer.seq:
                 continue
             if rec.seq > peer.seq and now - peer.seen <= self.expiry:
-                got = 0.0
                 for name, service in rec.groups.items():
                     before = peer.groups.get(name)
                     if before is not None and service.cost > before.cost:
-                        delta = service.cost - before.cost
-                        charges[name] = charges.get(name, 0.0) + delta
-                        got += delta
-                peer.rate += min(1.0, (now - peer.seen) / RATE_TAU) * (
-                    got / max(now - peer.seen, 1e-6) - peer.rate
-                )
+                        charges[name] = charges.get(name, 0.0) + service.cost - before.cost
             # A restarted peer (its seq went back) or one back from the dead: a new baseline.
             peer.seq, peer.seen, peer.groups = rec.seq, now, rec.groups
             peer.total, peer.cap = rec.total, rec.cap
             peer.share, peer.correction = rec.share, rec.correction
+            peer.latency, peer.throughput = rec.latency, rec.throughput
         purge = [h for h, p in self.peers.items() if now - p.seen > PURGE_INTERVALS * self.interval]
         for host in purge:
             del self.peers[host]
@@ -254,33 +266,24 @@ class Coordinator:
                         min(caps) if caps else None, self.correction, purge)  # fmt: skip
 
     def _correct(self, now: float, alive: dict[str, Peer], backlogged: bool) -> None:
-        """Update this host's service rate, its part of the cluster's service, and the window
-        correction that brings that part to its share (see the module's docstring)."""
-        served = sum(s.cost for s in self.local.values())
-        if self._served is None or served < self._served:
-            self._served, self._served_at = served, now
+        """The window correction: this host's latency over the cluster's (the throughput-
+        weighted mean), smoothed over CORRECTION_TAU (see the module's docstring). Not raised
+        for a host whose clients do not fill its window (its latency is not what limits it)."""
+        last, self._corrected_at = self._corrected_at, now
+        hosts = [(self.latency, self.throughput)]
+        hosts += [(p.latency, p.throughput) for p in alive.values()]
+        served = sum(x for _, x in hosts)
+        if last is None or not alive or self.latency <= 0 or served <= 0:
             return
-        dt = now - self._served_at
-        if dt <= 0:
-            return
-        self.rate += min(1.0, dt / RATE_TAU) * ((served - self._served) / dt - self.rate)
-        self._served, self._served_at = served, now
-        everyone = self.rate + sum(p.rate for p in alive.values())
-        if not alive or everyone <= 0 or self.rate <= 0:
-            return
-        self.achieved = self.rate / everyone
-        factor = (self.share / self.achieved) ** min(1.0, dt / CORRECTION_TAU)
-        if factor > 1 and not backlogged:
-            return
-        correction = self.correction * factor
-        # Only the corrections' ratios matter (the cluster's window sets the total): keep their
-        # share-weighted mean at 1, else the hosts' corrections drift up together.
-        weighted = self.share * correction + sum(p.share * p.correction for p in alive.values())
-        shares = self.share + sum(p.share for p in alive.values())
-        if weighted > 0 and shares > 0:
-            correction /= weighted / shares
+        if any(lat <= 0 for lat, _ in hosts):
+            return  # a host has not measured yet
+        mean = sum(lat * x for lat, x in hosts) / served
+        self.cluster_latency = mean
         lo, hi = CORRECTION_RANGE
-        self.correction = min(hi, max(lo, correction))
+        want = min(hi, max(lo, self.latency / mean))
+        if want > self.correction and not backlogged:
+            return
+        self.correction += min(1.0, (now - last) / CORRECTION_TAU) * (want - self.correction)
 
     def failed(self, now: float, refused: bool = False) -> Exchange | None:
         """Redis could not be reached. The host goes on local control (share 1, nothing
@@ -299,7 +302,7 @@ class Coordinator:
         self.fallback = True
         self.share = 1.0
         self.correction = 1.0
-        self._served = None
+        self._corrected_at = None
         self.peers.clear()  # on return, every peer is a new baseline (no charge for the gap)
         return Exchange({}, 1.0, 0, True, None)
 

@@ -10,8 +10,10 @@ concluded from it) — driven by a discrete-event model of what surrounds them:
   dispatcher that issues held requests while the window has room;
 - Redis: each host exchanges every ``interval`` (phases spread at random); the pipelined round
   trip takes ``rtt`` and is lost with probability ``loss`` (the coordinator then sees a failed
-  exchange, as the agent does on a timeout). Three commands per exchange (HSET of the host's
-  record, PEXPIRE of the key, HGETALL), counted as Redis operations.
+  exchange an interval later, as the agent does on a timeout); while Redis is down
+  (``redis_down``) every exchange is refused at once, as a connection is. Three commands per
+  exchange (HSET of the host's record, PEXPIRE of the key, HGETALL), counted as Redis
+  operations.
 
 It answers how accurately hosts divide the backend by the weights they carry, at which exchange
 interval, and what Redis load that costs — the questions that decide whether the design scales,
@@ -165,10 +167,19 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
             groups = {
                 k: GroupService(w, True, h.ios[k], float(h.ios[k])) for k, w in h.weights.items()
             }
-            text = h.coordinator.record(groups, h.window.total, h.window.maximum)
+            w = h.window
+            text = h.coordinator.record(groups, w.total, w.maximum, w.latency / HZ, w.throughput)
             down = run.redis_down is not None and run.redis_down[0] <= t < run.redis_down[1]
-            lost = down or rng.random() < run.loss
-            if not lost:
+            lost = not down and rng.random() < run.loss
+            if down:  # refused at once: the agent sees a connection error
+
+                def refused(t2: float) -> None:
+                    outcome = h.coordinator.failed(t2, refused=True)
+                    if outcome is not None:
+                        h.window.adopt(None, outcome.share, 1)
+
+                at(t + run.rtt, refused)
+            elif not lost:
                 ops += COMMANDS_PER_EXCHANGE
                 exchanges += 1
                 redis[h.coordinator.host] = text

@@ -14,6 +14,7 @@ from typing import Any
 
 from ioband.cluster.sim import COMMANDS_PER_EXCHANGE, ClusterRun, simulate, split
 from ioband.experiments.base import Context, Outcome, Table, pct
+from ioband.experiments.plotting import draw
 
 NAME = "cluster-shares"
 TITLE = "Cluster shares: 3, 10 and 100 hosts divide one backend by weight through Redis"
@@ -182,6 +183,32 @@ def run(ctx: Context) -> Outcome:
         and fault["least_ios_per_100ms"] >= 0.8 * fault["ios_per_100ms_expected"],
         f"A {pct(fault['share_while_down'])}, least {fault['least_ios_per_100ms']} I/Os per 100 ms",
     )
+
+    def fig(axes: list[Any]) -> None:
+        left, right = axes
+        for hosts in sorted({r["hosts"] for r in data["runs"]}):
+            for weight, style in ((1.0, "o-"), (2.0, "s--")):
+                runs = [r for r in data["runs"] if r["hosts"] == hosts and r["weight_a"] == weight]
+                if runs:
+                    left.plot([1000 * r["interval_s"] for r in runs],
+                              [100 * r["share_a"] for r in runs], style,
+                              label=f"{hosts} hosts, {weight:g}:1")  # fmt: skip
+        for level in (50, 200 / 3):
+            left.axhline(level, color="grey", linewidth=0.8, linestyle=":")
+        left.set_xscale("log")
+        left.set_xlabel("exchange interval (ms)")
+        left.set_ylabel("A's share of the backend (%)")
+        left.set_title("A on one host, B on the others")
+        left.legend(fontsize=7)
+        series = fault["share_per_100ms"]
+        right.plot([t for t, _ in series], [100 * x for _, x in series], linewidth=0.8)
+        right.axvspan(*fault["redis_down"], color="red", alpha=0.1, label="Redis down")
+        right.set_xlabel("time (s)")
+        right.set_ylabel("A's share per 100 ms (%)")
+        right.set_title("Redis down and back (3 hosts, 1:1)")
+        right.legend(fontsize=7)
+
+    out.figures = [(f"{NAME}.png", lambda path: draw(path, fig))]
     out.summary = (
         f"Hosts divide the backend by the weights they carry: A, alone on one host, gets its "
         f"weight share whichever the cluster size and interval (largest error "
