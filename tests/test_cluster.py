@@ -125,7 +125,8 @@ def start_daemons(tmp_path: Path, daemon_cg: Path, loop: str, weight_a: int,
             f"cluster = {'true' if redis is not None else 'false'}\n"
             f"allow = [{', '.join(repr(f'uid:{u}') for u in UIDS.values())}]\n"
         )
-        argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
+        # -v: the agent's state every 20 exchanges in the daemon's log (read when a test fails)
+        argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config), "-v"]
         log = open(tmp_path / f"daemon{i}.log", "w+")  # noqa: SIM115 (closed by stop_daemons)
         proc = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=log, text=True)
         out.append((proc, sock, tmp_path / f"daemon{i}.log"))
