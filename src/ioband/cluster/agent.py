@@ -291,32 +291,28 @@ class ClusterAgent:
         self.pump()
 
     # -- what status and metrics show ------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        loop_now = asyncio.get_running_loop().time() if self._task is not None else None
-        devices = {}
-        for name, member in self.members.items():
-            c = member.coordinator
-            w = member.window
-            devices[name] = {
-                "peers": len(c.alive(loop_now)) if loop_now is not None else 0,
-                "share": round(c.share, 4),
-                "fallback": c.fallback,
-                "cluster_window": round(w.total, 2) if w is not None else None,
-                "malformed_records": c.malformed,
-            }
+    def device_status(self, name: str) -> dict[str, Any] | None:
+        """A cluster-wide device's state for ``ioband stats``, metrics and top (None: the device
+        is not cluster-wide): peers alive, this host's share and correction, the cluster's
+        window, whether it is on local control, and the age of the last good exchange."""
+        member = self.members.get(name)
+        if member is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        c, w = member.coordinator, member.window
         return {
             "cluster": self.settings.name,
             "host": self.settings.host,
-            "interval_ms": round(self.settings.interval * 1000, 3),
-            "connected": bool(self.connected),
-            "last_exchange_age_s": (
-                round(loop_now - self.last_exchange, 3)
-                if loop_now is not None and self.last_exchange is not None
-                else None
+            "peers": len(c.alive(now)),
+            "share": round(c.share, 4),
+            "correction": round(c.correction, 4),
+            "cluster_window": round(w.total, 2) if w is not None else None,
+            "local_control": c.fallback or not self.connected,
+            "last_exchange_s": (
+                round(now - self.last_exchange, 3) if self.last_exchange is not None else None
             ),
-            "last_error": self.last_error,
+            "malformed_records": c.malformed,
             "redis_commands": self.commands,
-            "devices": devices,
         }
 
 
