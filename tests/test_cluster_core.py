@@ -150,10 +150,14 @@ def test_fallback_at_once_when_refused_after_timeouts_only_when_stale_logged_onc
 
 def test_cluster_window_is_the_mean_and_capped_by_the_least_cap():
     c = Coordinator("h1", IV)
-    c.record(local({"A": (1, True, 0)}), 10.0, 16)
+    c.record(local({"A": (1, True, 0)}), 10.0, 100)
     r2 = encode_record(Record(1, 30.0, 25.0, local({"B": (1, True, 0)})))
     ex = c.absorb(0.0, {"h2": r2})
     assert ex.total == pytest.approx(20.0) and ex.cap == pytest.approx(25.0)
+    # This host's own cap counts too: 16 in flight at most, at a share of 1/2 -> 32.
+    c.record(local({"A": (1, True, 0)}), 10.0, 16)
+    ex = c.absorb(0.05, {"h2": encode_record(Record(2, 30.0, 250.0, local({"B": (1, True, 0)})))})
+    assert ex.cap == pytest.approx(32.0)
 
 
 def test_a_slower_host_gets_a_proportionally_wider_window():

@@ -178,6 +178,7 @@ class Coordinator:
         self.peers: dict[str, Peer] = {}
         self.local: dict[str, GroupService] = {}
         self.total = 0.0
+        self.cap = 1e9  # the largest cluster window this host can carry its part of
         self.share = 1.0
         self.correction = 1.0
         self.latency = 0.0  # this host's last measured latency, seconds (0: none yet)
@@ -208,6 +209,7 @@ class Coordinator:
         self.latency, self.throughput = latency, throughput
         part = self.share * self.correction
         cap = maximum / part if part > 0 else 1e9
+        self.cap = cap
         return encode_record(Record(self.seq, total, cap, groups, self.share, self.correction,
                                     latency, throughput))  # fmt: skip
 
@@ -260,7 +262,7 @@ class Coordinator:
         charges = {k: v for k, v in charges.items() if k in local and local[k].active}
         totals = [self.total, *(p.total for p in alive.values() if p.total > 0)]
         mean = sum(totals) / len(totals) if self.total > 0 else None
-        caps = [p.cap for p in alive.values() if p.cap > 0]
+        caps = [self.cap, *(p.cap for p in alive.values() if p.cap > 0)]
         self._correct(now, alive, backlogged)
         return Exchange(charges, self.share, len(alive), False, mean,
                         min(caps) if caps else None, self.correction, purge)  # fmt: skip
