@@ -36,6 +36,7 @@ from ioband.cluster.coordinator import Coordinator, Exchange, GroupService
 from ioband.cluster.window import LATENCY_TARGET, SharedBackendWindow
 from ioband.core.grammar import ID_ANY, key_text
 from ioband.core.model import Device, Group
+from ioband.core.window import AdaptiveWindow
 
 log = logging.getLogger("ioband.cluster")
 
@@ -154,7 +155,13 @@ class ClusterAgent:
         engine = self.engine
         names = [n for n in self.devices() if n in engine.devices]
         for gone in set(self.members) - set(names):
-            del self.members[gone]
+            window = self.members.pop(gone).window
+            if gone in engine.devices and window is not None:
+                dp = engine.devices[gone].dp
+                if dp.adaptive is window:  # no longer cluster-wide: a host's own window again
+                    engine.set_window_controller(
+                        gone, AdaptiveWindow(engine.hz, dp.io_limit, engine.now)
+                    )
         out = []
         for name in names:
             member = self.members.get(name)

@@ -677,6 +677,11 @@ class Daemon:
         if field == "rules":  # an engine setting: exports and mounts alike
             self.engine.set_rules(name, tuple(value), self.now())  # type: ignore[arg-type]
             return
+        if field == "cluster":  # the cluster agent reads it from self.config each exchange
+            if value and self.cluster is None:
+                log.warning("reload: %s is cluster-wide but the daemon started without "
+                            "[cluster]: restart it to join the cluster", name)  # fmt: skip
+            return
         export = self.exports.get(name)
         if export is None:
             log.warning("reload: %s is not an export: %s not changed", name, field)
