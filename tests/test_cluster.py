@@ -290,3 +290,90 @@ def test_redis_killed_mid_run(array, tmp_path, redis_server):
     for text in daemon_logs:
         assert text.count("Redis unreachable") == 1, text
         assert text.count("Redis reachable again") == 1, text
+
+
+# -- the agent against a real Redis, without a data path (fast) ------------------------------
+
+
+def test_agents_exchange_through_redis_fall_back_and_rejoin(redis_server, caplog):
+    """Three agents in one process (each with its own engine) against the real redis-server:
+    shares from the weights each host carries, remote service charged, local control within
+    an interval of Redis being killed (logged once), cluster control again when it returns."""
+    import asyncio
+    import logging
+
+    from ioband.cluster.agent import ClusterAgent, ClusterSettings
+    from ioband.core.engine import Engine
+    from ioband.core.request import Request, Submitter
+    from tests.core_driver import Driver
+
+    require_real(shutil.which("redis-server") is not None, "redis-server is not installed")
+    interval = 0.02
+    table = "0 100 ioband sda 1 0 0 user weight 0 :1 1000:1 2000:1"
+    hosts = {"h1": 1000, "h2": 2000, "h3": 2000}  # tenant A (uid 1000) on h1, B on h2 and h3
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        agents, drivers, charged = {}, {}, {}
+        for host, uid in hosts.items():
+            engine = Engine()
+            driver = Driver(engine)
+            dev = engine.create("vol", table)
+            for _ in range(4):  # in flight: the tenant is active here
+                driver.submit(dev, Request(False, 0, 4096, Submitter(pid=uid, uid=uid)))
+            policy = dev.dp.policy
+            charged[host] = []
+            original = policy.charge_remote
+
+            def spy(g, cost, host=host, original=original):
+                charged[host].append((g.id, cost))
+                original(g, cost)
+
+            policy.charge_remote = spy
+            agent = ClusterAgent(
+                ClusterSettings(redis_server.url, f"t{os.getpid()}", interval, host),
+                engine, lambda: ["vol"],
+                lambda e=engine: int((loop.time() - t0) * e.hz), lambda: None,
+            )  # fmt: skip
+            agent.start()
+            agents[host], drivers[host] = agent, (driver, dev, uid)
+        try:
+            await asyncio.sleep(0.4)
+            status = {h: a.device_status("vol") for h, a in agents.items()}
+            assert status["h1"]["share"] == pytest.approx(0.5)
+            assert status["h2"]["share"] == pytest.approx(0.25)
+            assert all(s["peers"] == 2 and not s["local_control"] for s in status.values())
+            assert agents["h1"].members["vol"].window.share == pytest.approx(0.5)
+            # Service on h2 is charged to tenant B on h3 (not to anyone on h1: B is idle there).
+            driver, dev, uid = drivers["h2"]
+            before = sum(dev.groups[uid].ios)
+            for _ in range(6):
+                driver.submit(dev, Request(False, 0, 4096, Submitter(pid=uid, uid=uid)))
+                driver.complete(0)  # the window has room again: the next one is issued
+            served = sum(dev.groups[uid].ios) - before
+            await asyncio.sleep(0.2)
+            assert served >= 6 and sum(c for g, c in charged["h3"] if g == 2000) == served
+            assert not charged["h1"]
+            # Redis killed: every host on local control within an interval or two.
+            redis_server.kill()
+            await asyncio.sleep(3 * interval)
+            for agent in agents.values():
+                s = agent.device_status("vol")
+                assert s["local_control"] and s["share"] == 1.0
+                assert agent.members["vol"].window.share == 1.0
+            await asyncio.sleep(0.2)  # still down: nothing more logged
+            redis_server.start()
+            await asyncio.sleep(0.3)
+            status = {h: a.device_status("vol") for h, a in agents.items()}
+            assert status["h1"]["share"] == pytest.approx(0.5), status
+            assert all(not s["local_control"] for s in status.values())
+        finally:
+            for agent in agents.values():
+                await agent.stop()
+
+    with caplog.at_level(logging.WARNING, logger="ioband.cluster"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("Redis unreachable" in m for m in said) == 3, said  # once per host
+    assert sum("Redis reachable again" in m for m in said) == 3, said
