@@ -333,3 +333,15 @@ def test_simulation_is_deterministic():
     run = ClusterRun(3, split(3, 1.0, 1.0), 1500.0, duration=2.0, warmup=0.5, loss=0.05)
     a, b = simulate(run), simulate(run)
     assert json.dumps(a.served) == json.dumps(b.served) and a.redis_ops == b.redis_ops
+
+
+def test_top_shows_a_cluster_devices_share_or_local_control():
+    from ioband.control.top import _device_title
+
+    dev = {"name": "vol", "device_group": "1", "policy": "weight", "window": 13,
+           "adaptive": True, "inflight": 12}  # fmt: skip
+    assert "cluster" not in _device_title({**dev, "cluster": None})
+    joined = {"peers": 2, "share": 0.5, "local_control": False}
+    assert "cluster 2 peer(s) share 50%" in _device_title({**dev, "cluster": joined})
+    alone = {**joined, "local_control": True}
+    assert "local" in _device_title({**dev, "cluster": alone})
