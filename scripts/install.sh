@@ -11,9 +11,10 @@ VENV=${VENV:-.venv}
 # headers pyfuse3 builds against); programs the FUSE tests run through a mount; openssl, whose
 # CLI makes the certificates of the NBD TLS tests; prometheus for promtool, which lints the
 # metrics endpoint; tmux, the 80-column terminal of the top test; fuse-overlayfs, the C peer of
-# the FUSE benchmark.
+# the FUSE benchmark; redis-server, the coordination store of cluster device groups (tests start
+# their own).
 DEB_PACKAGES=(qemu-utils nbdkit libnbd-bin fio fuse3 libfuse3-dev pkg-config sqlite3 git tar openssl
-    prometheus tmux fuse-overlayfs)
+    prometheus tmux fuse-overlayfs redis-server)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

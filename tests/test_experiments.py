@@ -38,6 +38,7 @@ def test_the_suite_has_the_experiments_the_issue_asks_for():
         "fair-by-default",
         "mclock",
         "hierarchy",
+        "cluster-shares",
     ]
 
 

@@ -24,6 +24,12 @@ tls_psk_file = "/etc/ioband/keys.psk"  # username:hexkey lines
 tls_verify_peer = false       # true: clients need a certificate signed by ca-cert.pem (or a PSK)
 [metrics]
 listen = "127.0.0.1:9469"     # optional: the Prometheus endpoint (/metrics)
+[cluster]                     # optional: devices shared with other hosts' daemons
+redis = "redis://:secret@10.0.0.5:6379/0"   # redis://, rediss:// (TLS), unix://; with credentials
+name = "array1"               # the cluster's name (the Redis keys' namespace)
+interval = 50                 # milliseconds between exchanges (5..5000)
+host = "node7"                # this daemon's name in the cluster (default: hostname-pid)
+latency_target = 10           # milliseconds: the shared backend's latency the hosts aim at
 [[device]]
 name = "ioband1"
 table = "0 2097152 ioband /var/lib/ioband/disk1.img 1 0 0 cgroup weight 0 :100"
@@ -34,6 +40,7 @@ weight = 200                  # or range-bw = "MIN:MAX"; types user/uid and gid:
 direct = false                # O_DIRECT on the backing store
 read_only = false
 control = true                # false: bypass the scheduler (overhead measurements)
+cluster = false               # true: cluster-wide ([cluster]; the same name on every host)
 allow = ["group:kvm"]         # who may connect read-write (none given: whoever reaches the socket)
 allow_ro = ["uid:1001"]       # who may connect read-only
 [[device]]                    # a directory: served as a FUSE mount instead of an NBD export
@@ -78,6 +85,9 @@ DEFAULT_SOCKET_GROUP = "ioband"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_CONNECTIONS_PER_UID = 100
+DEFAULT_CLUSTER_INTERVAL = 0.050
+DEFAULT_LATENCY_TARGET = 0.010
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(InvalidArgument):
@@ -127,6 +137,7 @@ class DeviceConfig:
     allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
     allow_ro: tuple[str, ...] = ()  # ... and read-only
     rules: tuple[Rule, ...] = ()  # [[device.rule]]: groups that attach themselves
+    cluster: bool = False  # cluster-wide: its groups' shares are the cluster's ([cluster])
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,18 @@ class Config:
     tls_certificates: str | None = None  # directory: ca-cert.pem, server-cert.pem, server-key.pem
     tls_psk_file: str | None = None  # username:hexkey lines
     tls_verify_peer: bool = False  # X.509 clients must present a certificate signed by the CA
+    cluster: ClusterConfig | None = None  # [cluster]: Redis coordination of cluster-wide devices
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: where the daemons of cluster-wide devices exchange their counters."""
+
+    redis: str
+    name: str
+    interval: float = DEFAULT_CLUSTER_INTERVAL  # seconds
+    host: str | None = None  # None: hostname-pid
+    latency_target: float = DEFAULT_LATENCY_TARGET  # seconds
 
 
 _SECTIONS = {
@@ -182,6 +205,7 @@ _SECTIONS = {
     ),
     "metrics": ("listen",),
 }
+CLUSTER_KEYS = ("redis", "name", "interval", "host", "latency_target")
 DEVICE_KEYS = (
     "name",
     "table",
@@ -195,6 +219,7 @@ DEVICE_KEYS = (
     "allow",
     "allow_ro",
     "rule",
+    "cluster",
 )
 
 
@@ -273,8 +298,9 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
         return default
 
     for key in data:
-        if key not in (*_SECTIONS, "device"):
-            errors.append(_unknown(src, "", key, (*_SECTIONS, "device")))
+        if key not in (*_SECTIONS, "cluster", "device"):
+            errors.append(_unknown(src, "", key, (*_SECTIONS, "cluster", "device")))
+    cluster = attempt(lambda: _cluster(src, data["cluster"])) if "cluster" in data else None
     values: dict[str, Any] = {}
     for section, keys in _SECTIONS.items():
         table = data.get(section, {})
@@ -332,6 +358,10 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
     tls_mode, tls_certificates, tls_psk_file, tls_verify_peer = attempt(
         lambda: _tls(src, values), ("off", None, None, False)
     )
+    for i, dev in enumerate(devices):
+        if dev.cluster and cluster is None and "cluster" not in data:
+            rule = "needs a [cluster] section (its redis URL and name)"
+            errors.append(ConfigError(src, f"device[{i}].cluster", rule))
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -343,7 +373,63 @@ def _parse(data: Mapping[str, Any], src: str, service_defaults: bool = False) ->
                   handshake_timeout=float(timeout), max_connections=most,
                   max_connections_per_uid=per_uid, tls=tls_mode,
                   tls_certificates=tls_certificates, tls_psk_file=tls_psk_file,
-                  tls_verify_peer=tls_verify_peer)  # fmt: skip
+                  tls_verify_peer=tls_verify_peer, cluster=cluster)  # fmt: skip
+
+
+def _cluster(src: str, table: Any) -> ClusterConfig:
+    """``[cluster]``: every key checked, every error reported."""
+    _typed(src, "cluster", table, dict, "a table")
+    errors: list[ConfigError] = []
+    for key in table:
+        if key not in CLUSTER_KEYS:
+            errors.append(_unknown(src, "cluster.", key, CLUSTER_KEYS))
+    for key in ("redis", "name"):
+        if key not in table:
+            errors.append(ConfigError(src, f"cluster.{key}", "is required"))
+
+    def check(fn: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return fn()
+        except ConfigError as err:
+            errors.append(err)
+        return default
+
+    def url() -> str:
+        value = _typed(src, "cluster.redis", table.get("redis", ""), str, "a Redis URL")
+        if not value.startswith(REDIS_SCHEMES) or value in REDIS_SCHEMES:
+            raise ConfigError(src, "cluster.redis", "must be a URL redis://HOST[:PORT][/DB], "
+                              "rediss://... (TLS) or unix:///PATH, got a value that is not "
+                              "(not repeated: it may hold a password)")  # fmt: skip
+        return value
+
+    def name(key: str, value: Any) -> str:
+        _typed(src, f"cluster.{key}", value, str, "a string")
+        if not value or len(value) > 64 or not all(c.isalnum() or c in "._-" for c in value):
+            raise ConfigError(src, f"cluster.{key}", "must be 1 to 64 letters, digits, '.', '_' "
+                              f"or '-', got {value!r}")  # fmt: skip
+        return value
+
+    def millis(key: str, default: float, lo: float, hi: float) -> float:
+        value = table.get(key, default * 1000)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(src, f"cluster.{key}", f"must be a number of milliseconds, got "
+                              f"{value!r}")  # fmt: skip
+        if not lo <= value <= hi:
+            raise ConfigError(src, f"cluster.{key}", f"must be in {lo:g}..{hi:g} ms, got {value!r}")
+        return value / 1000
+
+    redis = check(url, "")
+    cluster_name = check(lambda: name("name", table.get("name", "x")), "")
+    interval = check(lambda: millis("interval", DEFAULT_CLUSTER_INTERVAL, 5, 5000),
+                     DEFAULT_CLUSTER_INTERVAL)  # fmt: skip
+    host = check(lambda: name("host", table["host"])) if "host" in table else None
+    target = check(lambda: millis("latency_target", DEFAULT_LATENCY_TARGET, 0.1, 10_000),
+                   DEFAULT_LATENCY_TARGET)  # fmt: skip
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+    return ClusterConfig(redis, cluster_name, interval, host, target)
 
 
 def _bounded(src: str, key: str, value: Any, lo: int, hi: int) -> int:
@@ -407,6 +493,7 @@ def _device(src: str, where: str, item: Any, names: set[str]) -> DeviceConfig:
                                       "true or false"), default)  # fmt: skip
 
     direct, ro, control = flag("direct", False), flag("read_only", False), flag("control", True)
+    cluster = flag("cluster", False)
 
     def mountpoint_of() -> str | None:
         mountpoint = item.get("mountpoint")
@@ -429,7 +516,7 @@ def _device(src: str, where: str, item: Any, names: set[str]) -> DeviceConfig:
     if errors:
         raise ConfigErrors(errors)
     return DeviceConfig(name, table, tuple(messages), direct, ro, control, mountpoint or None,
-                        writeback, behind, allow, allow_ro, rules)  # fmt: skip
+                        writeback, behind, allow, allow_ro, rules, cluster)  # fmt: skip
 
 
 def _rules(src: str, where: str, item: Mapping[str, Any], key: str) -> tuple[str, ...]:

@@ -13,11 +13,13 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import time
 
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.paths import CgroupPaths
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
+from ioband.cluster.agent import ClusterAgent, ClusterSettings
 from ioband.control import sdnotify
 from ioband.control import state as persist
 from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
@@ -65,6 +67,7 @@ class Daemon:
         self.nbd = NbdServer(self)
         self.control = ControlServer(self)
         self.metrics = MetricsServer(self)
+        self.cluster: ClusterAgent | None = None  # [cluster]: the Redis exchange (started below)
         self.config_path: str | None = None  # the file SIGHUP re-reads
         self.flags: dict[str, tuple[bool, bool, bool]] = {}  # name -> direct, read_only, control
         self.access: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # allow, allow_ro
@@ -429,6 +432,7 @@ class Daemon:
         self.pool = IoPool(self.loop, config.io_threads)
         try:
             self._restore()
+            self._start_cluster()
             await self.nbd.start(config.unix_socket, config.tcp)
             if config.control_socket:
                 await self.control.start(config.control_socket)
@@ -444,8 +448,29 @@ class Daemon:
             await self.close()
             raise
 
+    def _start_cluster(self) -> None:
+        """``[cluster]``: exchange the cluster-wide devices' counters through Redis (a task of
+        this loop; nothing on the request path waits on it). Changing ``[cluster]`` itself
+        needs a restart; devices becoming cluster-wide on reload join at the next exchange."""
+        settings = self.config.cluster
+        if settings is None:
+            return
+        host = settings.host or f"{socket.gethostname()}-{os.getpid()}"
+        self.cluster = ClusterAgent(
+            ClusterSettings(settings.redis, settings.name, settings.interval, host,
+                            settings.latency_target),
+            self.engine,
+            lambda: [d.name for d in self.config.devices if d.cluster],
+            self.now,
+            self.pump,
+            threads=self.config.io_threads,
+        )  # fmt: skip
+        self.cluster.start()
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop taking requests, release everything held, wait for what is in flight."""
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.control.stop()
         await self.metrics.stop()
         await self.nbd.stop()
@@ -465,6 +490,9 @@ class Daemon:
                 conn.transport.close()
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                await self.cluster.stop()
         with contextlib.suppress(Exception):
             await self.control.stop()
         with contextlib.suppress(Exception):
@@ -648,6 +676,11 @@ class Daemon:
         export under its own name (read when a client connects)."""
         if field == "rules":  # an engine setting: exports and mounts alike
             self.engine.set_rules(name, tuple(value), self.now())  # type: ignore[arg-type]
+            return
+        if field == "cluster":  # the cluster agent reads it from self.config each exchange
+            if value and self.cluster is None:
+                log.warning("reload: %s is cluster-wide but the daemon started without "
+                            "[cluster]: restart it to join the cluster", name)  # fmt: skip
             return
         export = self.exports.get(name)
         if export is None:

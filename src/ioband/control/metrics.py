@@ -68,6 +68,7 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
     engine = daemon.engine
     ms = engine.ms
     devices = []
+    cluster = getattr(daemon, "cluster", None)  # [cluster]: the Redis agent, or None
     for name in sorted(engine.devices):
         dev = engine.devices[name]
         dp = dev.dp
@@ -104,6 +105,7 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
             "inflight": dev.inflight,
             "suspended": bool(dev.suspended),
             **window_fields(window if window is not None else dp.io_limit, adaptive, engine.hz),
+            "cluster": cluster.device_status(name) if cluster is not None else None,
             "groups": groups,
         })  # fmt: skip
     clock = daemon.loop.time() - daemon._t0 if daemon.loop is not None else 0.0
@@ -180,6 +182,15 @@ class EngineCollector:
         store_queue = GaugeMetricFamily("ioband_store_queue_requests",
                                         "Estimated requests waiting inside the backing store"
                                         " (adaptive window)", labels=dlabels)  # fmt: skip
+        cluster_share = GaugeMetricFamily(
+            "ioband_cluster_share", "Cluster-wide device: this host's share of the cluster's"
+            " active weight (1 on local control)", labels=dlabels)  # fmt: skip
+        cluster_peers = GaugeMetricFamily(
+            "ioband_cluster_peers", "Cluster-wide device: other daemons alive", labels=dlabels
+        )
+        cluster_local = GaugeMetricFamily(
+            "ioband_cluster_local_control", "Cluster-wide device: 1 while on local control"
+            " (Redis unreachable)", labels=dlabels)  # fmt: skip
         latency_hist = HistogramMetricFamily(
             "ioband_request_latency_seconds",
             "Requests by time from arrival at ioband to completion (held, queued and served)",
@@ -202,6 +213,10 @@ class EngineCollector:
                 latency.add_metric(dl, dev["latency_ms"] / 1000)
             if dev["store_queue"] is not None:
                 store_queue.add_metric(dl, dev["store_queue"])
+            if dev.get("cluster") is not None:
+                cluster_share.add_metric(dl, dev["cluster"]["share"])
+                cluster_peers.add_metric(dl, dev["cluster"]["peers"])
+                cluster_local.add_metric(dl, 1 if dev["cluster"]["local_control"] else 0)
             for g in dev["groups"]:
                 gl = [*dl, group_label(g)]
                 for i, direction in enumerate(DIRS):
@@ -220,7 +235,8 @@ class EngineCollector:
                     max_bw.add_metric(gl, g["max_bw"] * KB)
         yield from (build, requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw,
                     inflight, throttle, limit, policy, window, adaptive, latency, store_queue,
-                    latency_hist, hold_hist)  # fmt: skip
+                    cluster_share, cluster_peers, cluster_local, latency_hist,
+                    hold_hist)  # fmt: skip
 
 
 class MetricsServer:

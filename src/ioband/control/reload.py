@@ -102,6 +102,7 @@ FIELD_RULES: dict[str, FieldRule] = {
     "allow": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "checked when a client connects"),
     "allow_ro": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "checked when a client connects"),
     "rules": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "matched when a new submitter does I/O"),
+    "cluster": FieldRule(Rule.IN_PLACE, Rule.IN_PLACE, "read by the cluster agent each exchange"),
 }
 
 #: The daemon-wide settings a reload applies; every other ``Config`` field (sockets, ``hz``,

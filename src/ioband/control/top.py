@@ -88,7 +88,7 @@ def frame(prev: dict[str, Any], cur: dict[str, Any]) -> dict[str, Any]:
             "name": dev["name"], "device_group": dev["device_group"], "policy": dev["policy"],
             "window": dev.get("window"), "adaptive": dev.get("adaptive"),
             "service_latency_ms": dev.get("latency_ms"), "store_queue": dev.get("store_queue"),
-            "inflight": dev["inflight"], "groups": [],
+            "inflight": dev["inflight"], "cluster": dev.get("cluster"), "groups": [],
         }  # fmt: skip
     for dev, g, old, ios, nbytes in rows:
         pool = dev["device_group"]
@@ -119,6 +119,12 @@ def _device_title(dev: dict[str, Any]) -> str:
         parts.append(f"svc {_number(dev['service_latency_ms'], 2)}ms")
     if dev.get("store_queue") is not None:
         parts.append(f"store q {_number(dev['store_queue'], 1)}")
+    cluster = dev.get("cluster")
+    if cluster is not None:  # a cluster-wide device: its part of the cluster, or local control
+        if cluster["local_control"]:
+            parts.append("cluster [b]local[/b] (Redis unreachable)")
+        else:
+            parts.append(f"cluster {cluster['peers']} peer(s) share {100 * cluster['share']:.0f}%")
     return "  ".join(parts)
 
 

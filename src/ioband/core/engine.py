@@ -731,6 +731,20 @@ class Engine:
         dp.adaptive.value = min(dp.adaptive.value, dp.io_limit)
         dp.window = dp.adaptive.value
 
+    def set_window_controller(self, name: str, window: AdaptiveWindow) -> None:
+        """Replace device ``name``'s adaptive window by another controller of its kind (fed
+        the same way, read through ``value``): a cluster-wide device group's shared-backend
+        window (ioband.cluster). Only an adaptive window (``io_limit 0``) is replaced: a pinned
+        one is the user's."""
+        dp = self.device(name).dp
+        if dp.adaptive is None:
+            raise InvalidArgument(f"{name}: the window is pinned (io_limit {dp.io_limit})")
+        window.maximum = dp.io_limit
+        dp.adaptive = window
+        dp.window = window.value
+        self._queue_conductor(dp, 0)
+        self._settle()
+
     def remove(self, name: str, now: int = 0) -> None:
         """``dmsetup remove``: what the device holds is issued at once (flushed downwards);
         requests in flight complete normally."""

@@ -46,6 +46,8 @@ class Group:
         "min_bw", "max_bw", "io_mode", "slice_expired", "min_bw_token", "max_bw_token",
         "bw_consumed", "over_max", "time_slice", "slice_start", "slice_end", "timer_set",
         "timer_token", "maxbw_waitq",
+        # cluster-wide device groups (ioband.cluster): remote service not yet charged
+        "remote_carry",
     )  # fmt: skip
 
     # Fields the owning policy sets in ``group_added`` (declared here for the type checker).
@@ -101,6 +103,7 @@ class Group:
         self.maxbw_waitq: deque[Request] = deque()
         self.last_done = -1  # jiffy of its last sync completion (-1: none yet)
         self.think = float(THINK_CAP)  # mean jiffies from a completion to its next request
+        self.remote_carry = 0.0  # a cluster-wide group's remote service not yet charged (weight)
 
     def reset_stats(self) -> None:
         self.ios = [0, 0]

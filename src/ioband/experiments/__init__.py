@@ -22,6 +22,7 @@ MODULES = (
     "fair_by_default",
     "mclock",
     "hierarchy",
+    "cluster_shares",
 )
 
 

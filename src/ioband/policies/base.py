@@ -109,6 +109,18 @@ class Policy:
     hold: Callable[[Group, Request], None] | None = None
     pop: Callable[[Group], Request | None] | None = None
 
+    # -- cluster-wide device groups (ioband.cluster) ------------------------------------------
+    def service_cost(self, g: Group) -> float:
+        """The service ``g`` has been given here so far, in this policy's unit of charge (what
+        a host publishes for its peers to charge). From the group's counters: requests here."""
+        return float(g.ios[0] + g.ios[1])
+
+    def charge_remote(self, g: Group, cost: float) -> None:
+        """``g`` was given ``cost`` (this policy's unit) on other hosts since the last exchange:
+        account it as if served here, so that a group served on several hosts gets its
+        weight's share of the cluster, not of each host (dmClock's ``delta``). Policies that
+        account no share over time ignore it."""
+
     def deserves_anticipation(self, g: Group) -> bool:
         """Whether the adaptive window should keep a slot for ``g``, which just completed its
         last request and usually comes back soon: only policies that account shares over time

@@ -218,6 +218,28 @@ class MclockPolicy(Policy):
         d = req.dir
         return self._base[d] + self._per_byte[d] * req.length
 
+    # -- cluster-wide device groups (ioband.cluster) -------------------------------------------
+    def service_cost(self, g: Group) -> float:
+        """The cost model over the group's counters (the model is linear, so the sum of the
+        requests' costs is the model of the summed counts)."""
+        base, per_byte = self._base, self._per_byte
+        return sum(base[d] * g.ios[d] + per_byte[d] * g.sectors[d] * 512 for d in (0, 1))
+
+    def charge_remote(self, g: Group, cost: float) -> None:
+        """dmClock's ``delta``: the ptag of a busy group advances by what it was given
+        elsewhere over its weight, and its ltag by it over its limit (a limit is the group's in
+        the whole cluster). Reservations stay per host (dmClock's ``rho`` would need the phase
+        each remote request was served in; docs/deviations.md). An idle group is not charged:
+        it is lifted to ``vtime`` when it becomes busy anyway."""
+        st = self.states.get(g)
+        if st is None or not st.active or cost <= 0:
+            return
+        st.ptag += cost / st.eff
+        if st.limit:
+            floor = self._now() - L_BEHIND_JIFFIES / self.hz
+            st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
+        self._index(st)
+
     # -- construction-time validation ---------------------------------------------------------
     @classmethod
     def parse_token_base(cls, text: str | None) -> CostModel:  # type: ignore[override]

@@ -239,6 +239,20 @@ class WeightPolicy(Policy):
             return R_YIELD
         return R_OK
 
+    def charge_remote(self, g: Group, cost: float) -> None:
+        """Service received elsewhere spends the group's tokens as local service would (without
+        the batch and dominant bookkeeping of a local charge, which concern this host's turn).
+        The debt is bounded by what the carryover lets a group bank (``token_initial x
+        carryover``), so a group served mostly elsewhere is not starved here for longer than an
+        idle one may bank. Fractions carry over to the next exchange."""
+        owed = cost + g.remote_carry
+        whole = int(owed)
+        g.remote_carry = owed - whole
+        if whole <= 0:
+            return
+        g.token = max(g.token - whole, -g.token_initial * self.carryover)
+        self._touch(g)
+
     def deserves_anticipation(self, g: Group) -> bool:
         """It has tokens left in this epoch (or an epoch began since it last charged)."""
         return g.token > 0 or self.epoch != g.my_epoch
@@ -394,6 +408,9 @@ class WeightIosizePolicy(WeightPolicy):
 
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
         return self.consume(g, req.sectors, urgent)
+
+    def service_cost(self, g: Group) -> float:
+        return float(g.sectors[0] + g.sectors[1])
 
 
 class DefaultPolicy(WeightPolicy):
