@@ -96,10 +96,13 @@ class Driver:
     def submit(self, dev: Any, req: Request) -> None:
         """Schedule ``req`` on ``dev``. Issued at once (the fast path: the window has room and
         nothing waits), it goes out through ``issue`` before this returns; otherwise later."""
+        if self._depth:  # in a batch: the fast path, no clock read, no pump
+            if self.engine.submit(dev, req, self.now):
+                self._issue(req)
+            return
         if self.engine.submit(dev, req, self._time()):
             self._issue(req)
-        if self._depth == 0:
-            self.pump()
+        self.pump()
 
     def bypass(self, req: Request) -> None:
         """Run ``req`` without scheduling it (``control = false``): it goes out at once, and
@@ -108,10 +111,13 @@ class Driver:
 
     def complete(self, req: Request) -> None:
         """The I/O of ``req`` is done. A bypassed request is not the engine's: nothing to do."""
-        if req.state is not None:
-            self.engine.complete(req, self._time())
-            if self._depth == 0:
-                self.pump()
+        if req.state is None:
+            return
+        if self._depth:
+            self.engine.complete(req, self.now)
+            return
+        self.engine.complete(req, self._time())
+        self.pump()
 
     def advance(self) -> None:
         """The alarm armed for the engine's deadline fired: run its timers."""
