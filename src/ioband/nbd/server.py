@@ -25,6 +25,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from ioband.access import OPEN, Access, Peer
@@ -442,15 +443,16 @@ class Connection(asyncio.Protocol):
             self.io_done(req, None, OSError(errnos.EIO, "no export"))
             return
         kind = cmd.kind
-        fua = cmd.fua
-        done: Callable = lambda result, error: self.io_done(req, result, error)  # noqa: E731
-        pool = self.runtime.pool
-        if kind == READ:
+        if kind == READ:  # the common case first: a page-cached read is answered at once
             data = backing.read_cached(cmd.offset, cmd.length)
             if data is not None:
-                done(data, None)
-            else:
-                pool.submit(backing.read, (cmd.offset, cmd.length), done)
+                self.io_done(req, data, None)
+                return
+        fua = cmd.fua
+        done: Callable = partial(self.io_done, req)
+        pool = self.runtime.pool
+        if kind == READ:
+            pool.submit(backing.read, (cmd.offset, cmd.length), done)
         elif kind == WRITE:
             pool.submit(backing.write, (cmd.offset, cmd.data, fua), done)
         elif kind == FLUSH:
