@@ -12,8 +12,10 @@ completes another at once (a page-cached read). The ``Driver`` does that once:
   ``issue`` callback; every sleeper it admits through ``admit``; the earliest timer through
   ``deadline`` (the host arms one alarm and calls ``advance`` when it fires).
 - ``with driver:`` makes a batch of events (the completions one wake-up of the I/O pool
-  delivers, the commands one socket read parsed, a configuration change): the clock is read
-  once and the outboxes are pumped once, at its end. Outside a batch each call pumps.
+  delivers, the commands one socket read parsed, a configuration change): the outboxes are
+  pumped once, at its end. Outside a batch each call pumps. Each call still reads the clock:
+  a batch may take longer than a jiffy, and a time stamped at its start would make what falls
+  due in it (an mclock reservation tag) wait for the next one.
 
 It is sans-I/O: time comes from the injected ``clock`` (jiffies); callbacks do the I/O.
 """
@@ -64,15 +66,15 @@ class Driver:
         self._issue = issue
         self._admit = admit
         self._deadline = deadline
-        # No clock: the host moves ``now`` itself (the simulator, the tests, the benchmark).
+        # No clock: the host moves ``now`` itself (the tests, the benchmark).
         self._clock = clock
-        self.now = 0  # jiffies, read from the clock once per batch
+        self.now = 0  # jiffies: the time of the last call
         self._depth = 0  # batches open; the outboxes are pumped when the last one closes
 
     # -- batches ----------------------------------------------------------------------------
     def __enter__(self) -> Driver:
-        if self._depth == 0 and self._clock is not None:
-            self.now = self._clock()
+        if self._clock is not None:
+            self.now = self._clock()  # for the configuration calls the batch makes
         self._depth += 1
         return self
 
@@ -87,8 +89,8 @@ class Driver:
             self.pump()
 
     def _time(self) -> int:
-        """The time of this call: the batch's, or the clock's now when there is no batch."""
-        if self._depth == 0 and self._clock is not None:
+        """The time of this call: the clock's now (or the host's ``now`` without a clock)."""
+        if self._clock is not None:
             self.now = self._clock()
         return self.now
 
@@ -96,13 +98,10 @@ class Driver:
     def submit(self, dev: Any, req: Request) -> None:
         """Schedule ``req`` on ``dev``. Issued at once (the fast path: the window has room and
         nothing waits), it goes out through ``issue`` before this returns; otherwise later."""
-        if self._depth:  # in a batch: the fast path, no clock read, no pump
-            if self.engine.submit(dev, req, self.now):
-                self._issue(req)
-            return
         if self.engine.submit(dev, req, self._time()):
             self._issue(req)
-        self.pump()
+        if not self._depth:  # in a batch, its end pumps
+            self.pump()
 
     def bypass(self, req: Request) -> None:
         """Run ``req`` without scheduling it (``control = false``): it goes out at once, and
@@ -113,16 +112,14 @@ class Driver:
         """The I/O of ``req`` is done. A bypassed request is not the engine's: nothing to do."""
         if req.state is None:
             return
-        if self._depth:
-            self.engine.complete(req, self.now)
-            return
         self.engine.complete(req, self._time())
-        self.pump()
+        if not self._depth:
+            self.pump()
 
     def advance(self) -> None:
         """The alarm armed for the engine's deadline fired: run its timers."""
         self.engine.advance(self._time())
-        if self._depth == 0:
+        if not self._depth:
             self.pump()
 
     # -- the way out ------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class WorkerChannel(asyncio.Protocol):
             log.error("%s: %s; restarting the worker", self.mount.name, err)
             self.transport.close()
             return
-        with driver:  # the records of one read: one clock read, one pump
+        with driver:  # the records of one read: one pump
             for rec in records:
                 if type(rec) is channel.Submit:
                     if device.removed:  # the mount is going: what is still asked for just runs

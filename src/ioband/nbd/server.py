@@ -296,7 +296,7 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         corked = self._cork()
         try:
-            with self.driver:  # the commands of one read: one pump, one clock read
+            with self.driver:  # the commands of one read: one pump
                 self._process_events()
         finally:
             if corked:
