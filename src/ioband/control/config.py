@@ -96,7 +96,7 @@ class DeviceConfig:
     mountpoint: str | None = None  # a directory device: where its FUSE mount goes
     writeback_cache: bool = False  # FUSE: let the kernel delay and merge writes
     write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
-    allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
+    allow: tuple[str, ...] = ()  # access rules (ioband/access.py): who may connect read-write
     allow_ro: tuple[str, ...] = ()  # ... and read-only
     rules: tuple[Rule, ...] = ()  # [[device.rule]]: groups that attach themselves
 
