@@ -277,7 +277,7 @@ class Daemon:
         """``ioband remove``: the engine flushes what it holds; the export goes away once the
         requests in flight have completed; the state file forgets the device."""
         with self.driver:  # what the device held is issued now
-            self.engine.remove(name, self.driver.now)
+            self.engine.remove(name, self.now())
         export = self.exports.pop(name, None)
         self.flags.pop(name, None)
         self.access.pop(name, None)
@@ -419,7 +419,7 @@ class Daemon:
         await self.nbd.stop()
         with self.driver:
             for name in list(self.engine.devices):
-                self.engine.remove(name, self.driver.now)  # held and waiting are issued now
+                self.engine.remove(name, self.now())  # held and waiting are issued now
         mounts = list(self.mounts.values())
         self.mounts.clear()
         await asyncio.gather(*(m.stop(timeout) for m in mounts), *self._unmounting,
@@ -472,7 +472,7 @@ class Daemon:
         with self.driver:
             for name, gid in gone:
                 self.io_weight_defaults.pop(gid, None)  # type: ignore[call-overload]
-                self.engine.message(name, ["detach", key_text(gid)], self.driver.now)
+                self.engine.message(name, ["detach", key_text(gid)], self.now())
                 log.info("cgroup %s removed: detached from %s", key_text(gid), name)
         if gone:
             with contextlib.suppress(IobandError):
@@ -545,7 +545,7 @@ class Daemon:
         with self.driver:
             for step in plan.steps:
                 try:
-                    self.engine.message(step.device, list(step.words), self.driver.now)
+                    self.engine.message(step.device, list(step.words), self.now())
                 except IobandError as err:  # dry-run on a copy first: only a bug gets here
                     log.error("reload: %s refused: %s", step, err.describe())
         for change in plan.options:

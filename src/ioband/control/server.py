@@ -224,19 +224,19 @@ class ControlServer:
         d = self.daemon
         words = req["words"]
         with d.driver:  # one pump for what the message releases
-            d.engine.message(req["name"], words, d.driver.now)
+            d.engine.message(req["name"], words, d.now())
         d.save_state()
         log.info("message %s: %s", req["name"], " ".join(words))
 
     def op_suspend(self, req: dict[str, Any]) -> None:
         d = self.daemon
         with d.driver:
-            d.engine.suspend(req["name"], d.driver.now)
+            d.engine.suspend(req["name"], d.now())
 
     def op_resume(self, req: dict[str, Any]) -> None:
         d = self.daemon
         with d.driver:
-            d.engine.resume(req["name"], d.driver.now)
+            d.engine.resume(req["name"], d.now())
 
     def op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
         """``ioband reload``: re-read the configuration file as SIGHUP does; the answer says
