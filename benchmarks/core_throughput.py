@@ -2,8 +2,10 @@
 
 No simulator: a closed loop keeps every group backlogged (more requests outstanding than the
 device group may have in flight), a FIFO "device" completes the oldest issued request, and the
-submitter of each completed request submits the next one at once. Each request costs one
-``submit`` and one ``complete`` plus its share of conductor work. Prints requests/s, µs per
+submitter of each completed request submits the next one at once. The engine is driven through
+``ioband.core.driver`` as the daemon drives it, one batch per jiffy (64 completions, as one
+wake-up of the I/O pool delivers them). Each request costs one ``submit`` and one ``complete``
+plus its share of conductor work and of the batch's pump. Prints requests/s, µs per
 request and the cost ratio to 2 groups, and writes the results to a JSON file.
 
 Usage: python benchmarks/core_throughput.py [--requests N] [--policy weight] [--out FILE]
@@ -19,6 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ioband.core.driver import Driver
 from ioband.core.engine import Engine
 from ioband.core.request import Request, Submitter
 
@@ -47,30 +50,27 @@ def run(groups: int, requests: int, policy: str = "weight", linear: bool = False
     engine, dev, owners = build(groups, policy, linear)
     per_group = max(1, -(-OUTSTANDING // groups))
     inflight: deque[Request] = deque()
-    submit = engine.submit
-    complete = engine.complete
-    take = engine.take_issued
-    now = 0
+    driver = Driver(engine, inflight.append)  # the "device": issued requests queue up in FIFO
+    submit = driver.submit
+    complete = driver.complete
     for owner in owners:
         for k in range(per_group):
-            req = Request(k & 1 == 0, 4096 * k, 4096, owner, sync=True)
-            if submit(dev, req, now):
-                inflight.append(req)
-            inflight.extend(take())
+            submit(dev, Request(k & 1 == 0, 4096 * k, 4096, owner, sync=True))
     done = 0
     start = time.process_time()  # CPU time of this process: robust to other load
     while done < requests:
-        req = inflight.popleft()
-        complete(req, now)
-        done += 1
-        now = done >> 6  # 64 completions per jiffy
-        nxt = Request(req.dir == 0, req.offset, 4096, req.owner, sync=True)
-        if submit(dev, nxt, now):
-            inflight.append(nxt)
-        inflight.extend(take())
+        with driver:  # one jiffy: 64 completions and the requests their submitters send
+            for _ in range(min(64, requests - done)):
+                if not inflight:
+                    break
+                req = inflight.popleft()
+                complete(req)
+                done += 1
+                submit(dev, Request(req.dir == 0, req.offset, 4096, req.owner, sync=True))
+        driver.now += 1
         if not inflight:
-            engine.advance(engine.next_deadline() or now + 1)
-            inflight.extend(take())
+            driver.now = max(driver.now, engine.next_deadline() or 0)
+            driver.advance()
     elapsed = time.process_time() - start
     return {
         "groups": groups,

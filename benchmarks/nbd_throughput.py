@@ -4,9 +4,14 @@ backing file, same clients.
 
 Clients: ``nbdcopy`` to ``null:`` (1 MiB requests, sequential), ``fio --ioengine=nbd`` 4 KiB
 random reads at queue depth 1 and 32. Prints MiB/s, IOPS, p50/p99 latency and ratios to nbdkit,
-and writes them to benchmarks/results/nbd_throughput.json.
+and the CPU time each server spent per request (user + system, from /proc: unlike the rates, it
+hardly moves when other jobs share the machine), and writes them to
+benchmarks/results/nbd_throughput.json.
 
-Usage: python benchmarks/nbd_throughput.py [--seconds 5] [--size-mib 512]
+``--baseline-src DIR`` adds another ioband tree (its ``src``, e.g. from ``git archive``) as two
+more servers in the same rounds: before and after a change, measured side by side.
+
+Usage: python benchmarks/nbd_throughput.py [--seconds 5] [--size-mib 512] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def start_nbdkit(image: Path, sock: Path) -> subprocess.Popen:
     return proc
 
 
-def start_ioband(image: Path, sock: Path, control: bool, loop: str) -> subprocess.Popen:
+def start_ioband(image: Path, sock: Path, control: bool, loop: str,
+                 src: str | None = None) -> subprocess.Popen:  # fmt: skip
     config = sock.with_suffix(".toml")
     sectors = image.stat().st_size // 512
     config.write_text(
@@ -48,30 +54,47 @@ def start_ioband(image: Path, sock: Path, control: bool, loop: str) -> subproces
         f"control = {'true' if control else 'false'}\n"
     )
     env = dict(os.environ, IOBAND_EVENT_LOOP=loop)
+    if src is not None:  # another tree's ioband
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen([sys.executable, "-m", "ioband", "daemon", "--config", str(config)],
                             env=env, stderr=subprocess.DEVNULL)  # fmt: skip
     wait_for(sock, proc)
     return proc
 
 
-def nbdcopy_mibps(uri: str, size: int) -> dict:
-    start = time.perf_counter()
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def nbdcopy_mibps(uri: str, size: int, pid: int) -> dict:
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
     subprocess.run(["nbdcopy", "--request-size=1048576", uri, "null:"], check=True)
     elapsed = time.perf_counter() - start
-    return {"mib_per_s": size / elapsed / (1 << 20)}
+    requests = size / (1 << 20)
+    return {"mib_per_s": size / elapsed / (1 << 20),
+            "cpu_us": (cpu_seconds(pid) - cpu) / requests * 1e6}  # fmt: skip
 
 
-def fio_randread(uri: str, depth: int, seconds: float) -> dict:
+def fio_randread(uri: str, depth: int, seconds: float, pid: int) -> dict:
+    cpu = cpu_seconds(pid)  # the ramp-up counts too: per request over all of fio's requests
     out = subprocess.run(
         ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", "--rw=randread", "--bs=4k",
          f"--iodepth={depth}", "--time_based", f"--runtime={seconds}", "--ramp_time=1",
          "--output-format=json"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
+    used = cpu_seconds(pid) - cpu
     read = json.loads(out[out.index("{") :])["jobs"][0]["read"]
     pct = read["clat_ns"]["percentile"]
     return {
         "iops": read["iops"],
+        "cpu_us": used / read["total_ios"] * 1e6 if read["total_ios"] else None,
         "p50_us": pct["50.000000"] / 1000,
         "p99_us": pct["99.000000"] / 1000,
     }
@@ -86,11 +109,11 @@ def best(runs: list[dict]) -> dict:
     return out
 
 
-def measure(uri: str, size: int, seconds: float) -> dict:
+def measure(uri: str, size: int, seconds: float, pid: int) -> dict:
     return {
-        "seq_1m": nbdcopy_mibps(uri, size),
-        "rand_4k_qd1": fio_randread(uri, 1, seconds),
-        "rand_4k_qd32": fio_randread(uri, 32, seconds),
+        "seq_1m": nbdcopy_mibps(uri, size, pid),
+        "rand_4k_qd1": fio_randread(uri, 1, seconds, pid),
+        "rand_4k_qd32": fio_randread(uri, 32, seconds, pid),
     }
 
 
@@ -101,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("--repeat", type=int, default=3, help="rounds; the best of each is kept")
     ap.add_argument("--out", default="benchmarks/results/nbd_throughput.json")
+    ap.add_argument("--baseline-src", metavar="DIR", help="also run the ioband tree DIR")
     args = ap.parse_args(argv)
     for tool in ("nbdkit", "nbdcopy", "fio"):
         if shutil.which(tool) is None:
@@ -117,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             "ioband, control off": lambda s: start_ioband(image, s, False, args.loop),
             "ioband, control on": lambda s: start_ioband(image, s, True, args.loop),
         }
+        if args.baseline_src:
+            src = os.path.abspath(args.baseline_src)
+            servers["baseline, control off"] = lambda s: start_ioband(image, s, False, args.loop,
+                                                                      src)  # fmt: skip
+            servers["baseline, control on"] = lambda s: start_ioband(image, s, True, args.loop,
+                                                                     src)  # fmt: skip
         # Rounds interleave the servers, and each figure is the best of the rounds: a busy
-        # machine then hurts all three alike instead of whichever ran at the wrong moment.
+        # machine then hurts all of them alike instead of whichever ran at the wrong moment.
         runs: dict[str, list[dict]] = {name: [] for name in servers}
         for round_ in range(args.repeat):
             for i, (name, start) in enumerate(servers.items()):
@@ -126,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc = start(sock)
                 try:
                     uri = f"nbd+unix:///disk?socket={sock}"
-                    runs[name].append(measure(uri, size, args.seconds))
+                    runs[name].append(measure(uri, size, args.seconds, proc.pid))
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
@@ -147,23 +177,42 @@ def main(argv: list[str] | None = None) -> int:
             "rand_4k_qd1": r["rand_4k_qd1"]["iops"] / base["rand_4k_qd1"]["iops"],
             "rand_4k_qd32": r["rand_4k_qd32"]["iops"] / base["rand_4k_qd32"]["iops"],
         }
+    pairs = {"control on / off": "ioband"}
+    if args.baseline_src:
+        pairs["baseline on / off"] = "baseline"
+
+    def rate(r: dict) -> float:
+        return r.get("iops", r.get("mib_per_s"))
+
+    for label, tree in pairs.items():
+        on, off = results[f"{tree}, control on"], results[f"{tree}, control off"]
+        ratios[label] = {k: rate(on[k]) / rate(off[k]) for k in on}
     on, off = results["ioband, control on"], results["ioband, control off"]
-    ratios["control on / off"] = {
-        k: on[k].get("iops", on[k].get("mib_per_s")) / off[k].get("iops", off[k].get("mib_per_s"))
-        for k in on
-    }
     added_p50 = on["rand_4k_qd1"]["p50_us"] - off["rand_4k_qd1"]["p50_us"]
-    print("\nratios (to nbdkit; last row: control on / control off)")
+    print("\nratios (to nbdkit; last rows: control on / control off)")
     for name, r in ratios.items():
         print(f"{name:<22} 1M seq {r['seq_1m']:5.2f}x   4k QD1 {r['rand_4k_qd1']:5.2f}x"
               f"   4k QD32 {r['rand_4k_qd32']:5.2f}x")  # fmt: skip
     print(f"latency the scheduler adds at QD1 (p50): {added_p50:.0f} µs")
+    print("\nserver CPU per request, µs (lowest of the rounds; other load hardly moves it)")
+    cpu = {name: {k: min(x[k]["cpu_us"] for x in runs[name]) for k in r}
+           for name, r in results.items()}  # fmt: skip
+    for name, c in cpu.items():
+        print(f"{name:<22} 1M seq {c['seq_1m']:7.1f}   4k QD1 {c['rand_4k_qd1']:6.2f}"
+              f"   4k QD32 {c['rand_4k_qd32']:6.2f}")  # fmt: skip
+    for label, tree in pairs.items():
+        cpu_on, cpu_off = cpu[f"{tree}, control on"], cpu[f"{tree}, control off"]
+        shown = label.replace("on / off", "off / on")
+        c = cpu[shown] = {k: cpu_off[k] / cpu_on[k] for k in cpu_on}
+        print(f"{shown:<22} 1M seq {c['seq_1m']:6.2f}x   4k QD1 {c['rand_4k_qd1']:5.2f}x"
+              f"   4k QD32 {c['rand_4k_qd32']:5.2f}x")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": sys.version.split()[0], "loop": args.loop, "seconds": args.seconds,
             "size_mib": args.size_mib, "repeat": args.repeat}  # fmt: skip
     out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios,
-                               "added_p50_us": added_p50}, indent=2) + "\n")  # fmt: skip
+                               "added_p50_us": added_p50, "cpu_us_per_request": cpu},
+                              indent=2) + "\n")  # fmt: skip
     print(f"results written to {out}")
     return 0
 

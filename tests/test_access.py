@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ioband.access import Access, Confinement, Peer, parse_rule
 from ioband.control import state as persist
-from ioband.control.access import Access, Confinement, Peer, parse_rule
 from ioband.control.config import ConfigError, load_config
 from ioband.errors import AccessDenied, InvalidArgument
 

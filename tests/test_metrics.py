@@ -8,7 +8,6 @@ import pytest
 
 from ioband.sim import load_scenario, run
 from ioband.sim.metrics import (
-    analyse,
     compute,
     covers,
     jain_index,
@@ -19,6 +18,7 @@ from ioband.sim.metrics import (
     whole_windows,
     window_counts,
 )
+from ioband.sim.simulator import analyse
 
 
 def test_shares():

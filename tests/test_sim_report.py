@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 from ioband.sim import load_builtin, run
-from ioband.sim.report import make_console, parse_table, render, share_lines, to_json
-from ioband.sim.results import percentile
+from ioband.sim.report import make_console, parse_table, render, share_lines
+from ioband.sim.results import percentile, to_json
 
 
 def short(name, duration=0.3):

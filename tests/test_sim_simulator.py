@@ -64,6 +64,9 @@ class NullEngine:
     def take_admitted(self):
         return []
 
+    def has_output(self):
+        return False
+
 
 class GateEngine(NullEngine):
     """Holds every request for one jiffy; more than `cap` held makes the submitter wait."""
@@ -123,6 +126,9 @@ class GateEngine(NullEngine):
     def take_admitted(self):
         out, self.admitted = self.admitted, []
         return out
+
+    def has_output(self):
+        return bool(self.outbox or self.admitted)
 
 
 def scenario(**workload):

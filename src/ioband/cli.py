@@ -96,8 +96,8 @@ def add_sim(sub: argparse._SubParsersAction) -> None:
 def cmd_sim(args: argparse.Namespace) -> int:
     from ioband.sim import catalog, open_scenario
     from ioband.sim.disk import describe_models
-    from ioband.sim.metrics import analyse
     from ioband.sim.report import make_console, render
+    from ioband.sim.simulator import analyse
 
     if args.describe_models:
         print("\n".join(describe_models()))

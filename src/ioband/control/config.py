@@ -64,7 +64,6 @@ that is not given means none.
 from __future__ import annotations
 
 import difflib
-import errno
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -72,9 +71,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ioband.control.access import NOT_FOR_MOUNTS, parse_rules
+from ioband.access import NOT_FOR_MOUNTS, parse_rules
 from ioband.core.grammar import Rule, parse_rule, parse_table
-from ioband.errors import InvalidArgument, IobandError
+
+# The configuration's errors live with the others (the front ends raise them too); they are
+# this module's as well.
+from ioband.errors import ConfigError as ConfigError
+from ioband.errors import ConfigErrors as ConfigErrors
+from ioband.errors import InvalidArgument, os_errno_name
+from ioband.errors import unusable_path as unusable_path
 
 DEFAULT_UNIX_SOCKET = "/run/ioband/nbd.sock"
 DEFAULT_CONTROL_SOCKET = "/run/ioband/control.sock"
@@ -90,39 +95,6 @@ DEFAULT_LATENCY_TARGET = 0.010
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-class ConfigError(InvalidArgument):
-    """A configuration file was refused; ``key`` names the offending entry. ``errno_name``:
-    the errno of the cause when it is not EINVAL (a missing file: ENOENT; a refusal of the
-    engine: its own), so that it is said once."""
-
-    def __init__(self, source: str, key: str, rule: str, errno_name: str | None = None) -> None:
-        super().__init__(f"{source}: {key}: {rule}", errno_name=errno_name)
-        self.source = source
-        self.key = key
-        self.rule = rule
-
-    @classmethod
-    def of(cls, source: str, key: str, err: IobandError, prefix: str = "") -> ConfigError:
-        """The engine's (or another component's) refusal ``err``, as the entry ``key``'s."""
-        return cls(source, key, f"{prefix}{err}", err.errno_name)
-
-
-class ConfigErrors(ConfigError):
-    """Every error a configuration file has (each entry checked on its own), one a line;
-    ``errors[0]`` is the first (``key``/``rule`` are its)."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        first = errors[0]
-        super().__init__(first.source, first.key, first.rule, first.errno_name)
-        self.errors = errors
-        self.message = "\n".join(str(e) for e in errors)
-        self.args = (self.message,)
-
-
-def _os_errno(err: OSError) -> str | None:
-    return errno.errorcode.get(err.errno) if err.errno else None
-
-
 @dataclass(frozen=True)
 class DeviceConfig:
     name: str
@@ -134,7 +106,7 @@ class DeviceConfig:
     mountpoint: str | None = None  # a directory device: where its FUSE mount goes
     writeback_cache: bool = False  # FUSE: let the kernel delay and merge writes
     write_behind: bool = True  # FUSE: ioband delays buffered writes (charged, paced by weight)
-    allow: tuple[str, ...] = ()  # access rules (control/access.py): who may connect read-write
+    allow: tuple[str, ...] = ()  # access rules (ioband/access.py): who may connect read-write
     allow_ro: tuple[str, ...] = ()  # ... and read-only
     rules: tuple[Rule, ...] = ()  # [[device.rule]]: groups that attach themselves
     cluster: bool = False  # cluster-wide: its groups' shares are the cluster's ([cluster])
@@ -237,7 +209,7 @@ def load_config(
             text = Path(source).read_text()
         except OSError as err:
             rule = f"cannot read: {err.strerror}"
-            raise ConfigError(name, "(file)", rule, _os_errno(err)) from None
+            raise ConfigError(name, "(file)", rule, os_errno_name(err)) from None
     else:
         name, text = "<config>", str(source)
     try:
@@ -245,14 +217,6 @@ def load_config(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(name, "(syntax)", f"not valid TOML: {err}") from None
     return _parse(data, name, service_defaults)
-
-
-def unusable_path(src: str, key: str, path: str, err: OSError, none: str = "none") -> ConfigError:
-    """A path of the configuration the daemon cannot create or write (most often: started by
-    a user who is not root, with the default paths under /run and /var/lib)."""
-    return ConfigError(src, key, f"cannot use {path!r}: {err.strerror or err}: run the daemon as"
-                       f" root, or set {key} to a path it may write ('' for {none})",
-                       _os_errno(err))  # fmt: skip
 
 
 def _unknown(src: str, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:

@@ -1,8 +1,10 @@
 """The ioband daemon: one engine, its clock and timers, the backing stores, the NBD server.
 
-The engine is sans-I/O; this is where real time meets it. ``now()`` turns the event loop's
-monotonic clock into jiffies, ``pump()`` carries out what the engine released after every call
-and arms one loop timer for the engine's next deadline.
+The engine is sans-I/O; this is where real time meets it. The daemon assembles the pieces: the
+``Driver`` (``ioband.core.driver``, the one way into and out of the engine) reads the clock
+``now()`` (the event loop's monotonic clock in jiffies), hands what the engine releases to the
+front end that submitted it, and asks for one loop timer at the engine's next deadline
+(``_arm``); the front ends get the ``Runtime`` (``ioband.runtime``), not the daemon.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import signal
 import socket
 import time
 
+from ioband.access import NOT_FOR_MOUNTS, Access, Confinement
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.paths import CgroupPaths
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
 from ioband.cluster.agent import ClusterAgent, ClusterSettings
 from ioband.control import sdnotify
 from ioband.control import state as persist
-from ioband.control.access import NOT_FOR_MOUNTS, Access, Confinement
 from ioband.control.config import (
     Config,
     ConfigError,
@@ -34,17 +36,19 @@ from ioband.control.config import (
 from ioband.control.metrics import MetricsServer
 from ioband.control.reload import Outcome, Plan, plan_reload
 from ioband.control.server import ControlServer
+from ioband.core.driver import Driver
 from ioband.core.engine import Engine
 from ioband.core.grammar import Rule, key_text
 from ioband.core.model import Device
-from ioband.core.request import Request
 from ioband.errors import IobandError
-from ioband.fuse.mount import FuseMount, MountOptions
+from ioband.eventloop import new_event_loop
+from ioband.fuse.mount import FuseMount, MountOptions, WorkerSettings
 from ioband.fuse.stale import is_dead_mount
 from ioband.nbd import protocol as nbd
 from ioband.nbd.backing import Backing, resolve
 from ioband.nbd.iopool import IoPool
-from ioband.nbd.server import PROCESS_TYPES, Connection, Export, NbdServer
+from ioband.nbd.server import Connection, Export, NbdServer
+from ioband.runtime import Runtime, admitted, start_io
 
 log = logging.getLogger("ioband.daemon")
 
@@ -55,6 +59,9 @@ class Daemon:
         self.hz = config.hz
         # latencies are measured with the monotonic clock in ns (a jiffy is too coarse for them)
         self.engine = Engine(hz=config.hz, resolver=resolve, clock_ns=time.monotonic_ns)
+        self.driver = Driver(self.engine, start_io, admit=admitted, deadline=self._arm,
+                             clock=self.now)  # fmt: skip
+        self.runtime = Runtime(self.driver)  # what the front ends are given
         self.exports: dict[str, Export] = {}
         self.connections: set[Connection] = set()
         self.hierarchy: Hierarchy | None = None
@@ -64,7 +71,7 @@ class Daemon:
         self._cgroup_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: IoPool | None = None
-        self.nbd = NbdServer(self)
+        self.nbd = NbdServer(self.runtime, config, self.exports, self.connections)
         self.control = ControlServer(self)
         self.metrics = MetricsServer(self)
         self.cluster: ClusterAgent | None = None  # [cluster]: the Redis exchange (started below)
@@ -86,16 +93,9 @@ class Daemon:
     def now(self) -> int:
         return int((self.loop.time() - self._t0) * self.hz)
 
-    def pump(self) -> None:
-        """Do what the engine released; wake connections it admitted; arm its next timer."""
-        engine = self.engine
-        while engine.has_output():  # starting I/O may complete at once and release more
-            for req in engine.take_issued():
-                req.tag[0].start_io(req)
-            for req in engine.take_admitted():
-                req.tag[0].admitted(req)
-        due = engine.next_deadline()
-        if due is not None and (self._timer_due is None or due < self._timer_due):
+    def _arm(self, due: int) -> None:
+        """The driver's ``deadline``: one loop timer, at the engine's earliest deadline."""
+        if self._timer_due is None or due < self._timer_due:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_due = due
@@ -104,40 +104,7 @@ class Daemon:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_due = None
-        self.engine.advance(self.now())
-        self.pump()
-
-    def io_done(self, req: Request, result: object, error: BaseException | None) -> None:
-        if req.state is not None:  # None: it bypassed the scheduler (control = false)
-            self.engine.complete(req, self.now())
-        req.tag[0].finish(req, result, error)
-        self.pump()
-
-    # -- NBD exports -------------------------------------------------------------------------
-    def nbd_export_info(self, name: str, conn: Connection | None = None) -> nbd.ExportInfo | None:
-        """The export for a connection; refused when its device's group type cannot be
-        resolved for that connection (never silently classified to the default group)."""
-        export = self.exports.get(name)
-        if export is None:
-            return None
-        if conn is None:
-            return export.info
-        decision = export.access.decide(conn.peer)
-        if decision is None:
-            self.nbd.limited.warn(("denied", name, self.nbd.limit_key(conn)),
-                                  "NBD: export %r refused to %s: not in the device's allow or"
-                                  " allow_ro rules", name, conn.peer.describe())  # fmt: skip
-            raise nbd.ExportRefused(f"access to export {name!r} denied by its allow rules")
-        gtype = export.device.type_name
-        if conn.tcp and gtype in PROCESS_TYPES:
-            raise nbd.ExportRefused(
-                f"device {name!r} classifies requests by {gtype!r}, which is unknown for a TCP"
-                " client: connect over the unix socket, or use type 'client' or 'none'"
-            )
-        return export.info if decision == "rw" else export.info_ro
-
-    def nbd_export_names(self) -> list[str]:
-        return list(self.exports)
+        self.driver.advance()
 
     def add_device(
         self,
@@ -285,7 +252,8 @@ class Daemon:
                                   f"{options.mountpoint!r} is already used by {clash}")  # fmt: skip
             if self.loop is None:  # validation only (a reload's check)
                 return None
-            mount = FuseMount(self, name, device, device.backing, options)
+            worker = WorkerSettings(self.config.cgroup_hierarchy, self.config.io_threads)
+            mount = FuseMount(self.runtime, name, device, device.backing, options, worker)
             try:
                 mount.start()
             except IobandError as err:
@@ -311,8 +279,8 @@ class Daemon:
     def remove_device(self, name: str) -> None:
         """``ioband remove``: the engine flushes what it holds; the export goes away once the
         requests in flight have completed; the state file forgets the device."""
-        self.engine.remove(name, self.now())
-        self.pump()
+        with self.driver:  # what the device held is issued now
+            self.engine.remove(name, self.now())
         export = self.exports.pop(name, None)
         self.flags.pop(name, None)
         self.access.pop(name, None)
@@ -418,18 +386,18 @@ class Daemon:
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.runtime.loop = asyncio.get_running_loop()
         self._t0 = self.loop.time()
         config = self.config
         try:
-            self.hierarchy = find_hierarchy(config.cgroup_hierarchy)
+            self.hierarchy = self.runtime.hierarchy = find_hierarchy(config.cgroup_hierarchy)
         except IobandError as err:
             raise ConfigError(config.source, "daemon.cgroup_hierarchy", str(err)) from None
         if self.hierarchy is not None:
             self.cgroups = CgroupWatcher(self.hierarchy)
-            self.cgroup_paths = CgroupPaths(self.hierarchy)
+            self.cgroup_paths = self.runtime.cgroup_paths = CgroupPaths(self.hierarchy)
             self._cgroup_task = self.loop.create_task(self._watch_cgroups())
-        self.pool = IoPool(self.loop, config.io_threads)
+        self.pool = self.runtime.pool = IoPool(self.loop, config.io_threads, batch=self.driver)
         try:
             self._restore()
             self._start_cluster()
@@ -474,9 +442,9 @@ class Daemon:
         await self.control.stop()
         await self.metrics.stop()
         await self.nbd.stop()
-        for name in list(self.engine.devices):
-            self.engine.remove(name, self.now())  # held and waiting requests are issued now
-        self.pump()
+        with self.driver:
+            for name in list(self.engine.devices):
+                self.engine.remove(name, self.now())  # held and waiting are issued now
         mounts = list(self.mounts.values())
         self.mounts.clear()
         await asyncio.gather(*(m.stop(timeout) for m in mounts), *self._unmounting,
@@ -529,12 +497,12 @@ class Daemon:
         if self.cgroups is None:
             return
         gone = self.cgroups.gone(self.engine)
-        for name, gid in gone:
-            self.io_weight_defaults.pop(gid, None)  # type: ignore[call-overload]
-            self.engine.message(name, ["detach", key_text(gid)], self.now())
-            log.info("cgroup %s removed: detached from %s", key_text(gid), name)
+        with self.driver:
+            for name, gid in gone:
+                self.io_weight_defaults.pop(gid, None)  # type: ignore[call-overload]
+                self.engine.message(name, ["detach", key_text(gid)], self.now())
+                log.info("cgroup %s removed: detached from %s", key_text(gid), name)
         if gone:
-            self.pump()
             with contextlib.suppress(IobandError):
                 self.save_state()
 
@@ -602,13 +570,12 @@ class Daemon:
         for name in (*plan.remove, *plan.recreate):
             if name in self.engine.devices:
                 self.remove_device(name)
-        now = self.now()
-        for step in plan.steps:
-            try:
-                self.engine.message(step.device, list(step.words), now)
-            except IobandError as err:  # dry-run on a copy first: only a bug gets here
-                log.error("reload: %s refused: %s", step, err.describe())
-        self.pump()
+        with self.driver:
+            for step in plan.steps:
+                try:
+                    self.engine.message(step.device, list(step.words), self.now())
+                except IobandError as err:  # dry-run on a copy first: only a bug gets here
+                    log.error("reload: %s refused: %s", step, err.describe())
         for change in plan.options:
             self.set_option(change.device, change.field, change.new, backings.get(change.device))
         want = {d.name: d for d in new.devices}
@@ -746,7 +713,7 @@ class Daemon:
         except IobandError as err:  # checked before; the backing store may have changed
             log.error("reload: %s not created: %s", dev.name, err.describe())
             return
-        self.pump()
+        self.driver.pump()
         self.device_created(dev.name)
         log.info("reload: created %s: %s", dev.name, dev.table)
 
@@ -781,18 +748,6 @@ class Daemon:
         finally:
             await self.drain()
             await self.close()
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (IOBAND_EVENT_LOOP=asyncio forces the stock loop, to compare)."""
-    if os.environ.get("IOBAND_EVENT_LOOP") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def run_daemon(config: Config, config_path: str | None = None) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ioband.control.config import Config
-from ioband.control.daemon import Daemon, new_event_loop
+from ioband.control.daemon import Daemon
+from ioband.eventloop import new_event_loop
 
 T = TypeVar("T")
 

@@ -19,10 +19,10 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ioband import TARGET_VERSION, __version__
+from ioband.access import Confinement
 from ioband.cgroup import blkio
 from ioband.cgroup.proc import peer_credentials, process_groups, relative
 from ioband.control import protocol
-from ioband.control.access import Confinement
 from ioband.control.config import ConfigError, unusable_path
 from ioband.control.metrics import group_counters
 from ioband.core.grammar import parse_table
@@ -212,7 +212,7 @@ class ControlServer:
         except ConfigError as err:  # the field the rule is about, as the CLI names it
             field = err.key.rpartition(".")[2]
             raise InvalidArgument(f"{field}: {err.rule}" if field else err.rule) from None
-        d.pump()
+        d.driver.pump()
         d.device_created(req["name"])
         log.info("created %s: %s", req["name"], req["table"])
 
@@ -223,20 +223,20 @@ class ControlServer:
     def op_message(self, req: dict[str, Any]) -> None:
         d = self.daemon
         words = req["words"]
-        d.engine.message(req["name"], words, d.now())
-        d.pump()
+        with d.driver:  # one pump for what the message releases
+            d.engine.message(req["name"], words, d.now())
         d.save_state()
         log.info("message %s: %s", req["name"], " ".join(words))
 
     def op_suspend(self, req: dict[str, Any]) -> None:
         d = self.daemon
-        d.engine.suspend(req["name"], d.now())
-        d.pump()
+        with d.driver:
+            d.engine.suspend(req["name"], d.now())
 
     def op_resume(self, req: dict[str, Any]) -> None:
         d = self.daemon
-        d.engine.resume(req["name"], d.now())
-        d.pump()
+        with d.driver:
+            d.engine.resume(req["name"], d.now())
 
     def op_reload(self, req: dict[str, Any]) -> dict[str, Any]:
         """``ioband reload``: re-read the configuration file as SIGHUP does; the answer says
@@ -377,7 +377,7 @@ class ControlServer:
             name = blkio.write_settings(engine, cgid, root, value, d.now(), path)
             if not root and d.cgroups is not None:
                 d.cgroups.remember(cgid, directory)
-        d.pump()
+        d.driver.pump()
         d.save_state()
         log.info("cgroup %s %s: %s (%s)", what, directory, value, name)
         return ""

@@ -22,19 +22,27 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ioband.core.request import Request, Submitter
+from ioband.core.request import ISSUED, Request, Submitter
 from ioband.errors import IobandError
 from ioband.fuse import channel
 from ioband.fuse.stale import clear_stale_mount, detach, mounted_at
 
 if TYPE_CHECKING:
-    from ioband.control.daemon import Daemon
     from ioband.core.model import Device
+    from ioband.runtime import Runtime
 
 log = logging.getLogger("ioband.fuse")
 
 START_TIMEOUT = 15.0  # seconds for a worker to mount
 RESTARTS_PER_MINUTE = 5
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The daemon's settings a FUSE worker is started with (``[daemon]`` keys)."""
+
+    cgroup_hierarchy: str = "auto"
+    io_threads: int = 16
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,12 @@ class MountOptions:
 
 class WorkerChannel(asyncio.Protocol):
     """One worker's admission channel, seen from the daemon: a front end like an NBD connection
-    (the daemon's ``pump`` calls ``start_io`` and ``admitted``)."""
+    (the driver calls ``start_io`` and ``admitted``)."""
 
     def __init__(self, mount: FuseMount) -> None:
         self.mount = mount
-        self.daemon = mount.daemon
+        self.runtime = mount.runtime
+        self.driver = mount.runtime.driver
         self.transport: asyncio.Transport | None = None
         self.decoder = channel.Decoder()
         self.requests: dict[int, Request] = {}
@@ -65,50 +74,48 @@ class WorkerChannel(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        daemon = self.daemon
-        engine = daemon.engine
+        driver = self.driver
         device = self.mount.device
-        now = daemon.now()
+        cgroup_paths = self.runtime.cgroup_paths
         try:
             records = self.decoder.feed(data)
         except IobandError as err:
             log.error("%s: %s; restarting the worker", self.mount.name, err)
             self.transport.close()
             return
-        for rec in records:
-            if type(rec) is channel.Submit:
-                if device.removed:  # the mount is going: what is still asked for just runs
-                    self.out.append(channel.short(channel.ISSUE, rec.tag))
-                    continue
-                path = None
-                if (device.by_path or device.type_name == "cgroup") and (
-                    daemon.cgroup_paths is not None
-                ):  # groups by path, rules, and (mclock) parents from the cgroup nesting
-                    path = daemon.cgroup_paths.path_of(rec.cgroup)
-                owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup,
-                                  cgroup_path=path)  # fmt: skip
-                req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
-                              tag=(self, rec.tag))  # fmt: skip
-                self.requests[rec.tag] = req
-                if engine.submit(device, req, now):
-                    self.start_io(req)
-            elif rec[0] == channel.DONE:
-                req = self.requests.pop(rec[1], None)
-                if req is not None and req.state is not None:
-                    engine.complete(req, now)
-        daemon.pump()
+        with driver:  # the records of one read: one pump
+            for rec in records:
+                if type(rec) is channel.Submit:
+                    if device.removed:  # the mount is going: what is still asked for just runs
+                        self.out.append(channel.short(channel.ISSUE, rec.tag))
+                        continue
+                    path = None
+                    if (device.by_path or device.type_name == "cgroup") and (
+                        cgroup_paths is not None
+                    ):  # groups by path, rules, and (mclock) parents from the cgroup nesting
+                        path = cgroup_paths.path_of(rec.cgroup)
+                    owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup,
+                                      cgroup_path=path)  # fmt: skip
+                    req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
+                                  tag=(self, rec.tag))  # fmt: skip
+                    self.requests[rec.tag] = req
+                    driver.submit(device, req)
+                elif rec[0] == channel.DONE:
+                    req = self.requests.pop(rec[1], None)
+                    if req is not None:
+                        driver.complete(req)
         self._flush()
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: the worker may do its I/O."""
         if self.closed:  # the worker is gone: nothing will run it, so it is done
             self.requests.pop(req.tag[1], None)
-            self.daemon.engine.complete(req, self.daemon.now())
+            self.driver.complete(req)
             return
         self.out.append(channel.short(channel.ISSUE, req.tag[1]))
         if not self.flushing:
             self.flushing = True
-            self.daemon.loop.call_soon(self._flush)
+            self.runtime.loop.call_soon(self._flush)
 
     def admitted(self, req: Request) -> None:
         """The submitter of a FUSE request is already asleep in its system call: nothing to do."""
@@ -121,22 +128,21 @@ class WorkerChannel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        engine = self.daemon.engine
-        now = self.daemon.now()
-        for req in list(self.requests.values()):
-            if req.state == "issued":
-                engine.complete(req, now)
+        with self.driver:
+            for req in list(self.requests.values()):
+                if req.state == ISSUED:
+                    self.driver.complete(req)
         # Held and waiting requests complete when the core releases them (start_io above).
-        self.daemon.pump()
         self.mount.worker_gone()
 
 
 class FuseMount:
     """An ioband device over a directory, mounted with FUSE by a worker process."""
 
-    def __init__(self, daemon: Daemon, name: str, device: Device, backing: str,
-                 options: MountOptions) -> None:  # fmt: skip
-        self.daemon = daemon
+    def __init__(self, runtime: Runtime, name: str, device: Device, backing: str,
+                 options: MountOptions, worker: WorkerSettings) -> None:  # fmt: skip
+        self.runtime = runtime
+        self.worker = worker
         self.name = name
         self.device = device
         self.backing = backing
@@ -154,8 +160,8 @@ class FuseMount:
         argv = [sys.executable, "-m", "ioband.fuse.worker", "--name", self.name,
                 "--backing", self.backing, "--mountpoint", self.mountpoint,
                 "--channel-fd", str(fd if o.control else -1),
-                "--cgroup-hierarchy", self.daemon.config.cgroup_hierarchy,
-                "--threads", str(self.daemon.config.io_threads),
+                "--cgroup-hierarchy", self.worker.cgroup_hierarchy,
+                "--threads", str(self.worker.io_threads),
                 "--parent-pid", str(os.getpid())]  # fmt: skip
         for flag, on in (("--direct", o.direct), ("--read-only", o.read_only),
                          ("--writeback-cache", o.writeback_cache),
@@ -198,10 +204,10 @@ class FuseMount:
         ours.setblocking(False)
         self.channel = WorkerChannel(self)
         if self.options.control:
-            self.daemon.loop.create_task(self._connect(ours))
+            self.runtime.loop.create_task(self._connect(ours))
         else:
             ours.close()
-            self.daemon.loop.create_task(self._watch_uncontrolled())
+            self.runtime.loop.create_task(self._watch_uncontrolled())
         log.info("%s: %s mounted at %s (worker pid %d)", self.name, self.backing,
                  self.mountpoint, self.proc.pid)  # fmt: skip
 
@@ -232,7 +238,7 @@ class FuseMount:
                           errno_name="EIO")  # fmt: skip
 
     async def _connect(self, sock: socket.socket) -> None:
-        await self.daemon.loop.create_unix_connection(lambda: self.channel, sock=sock)
+        await self.runtime.loop.create_unix_connection(lambda: self.channel, sock=sock)
 
     async def _watch_uncontrolled(self) -> None:
         while not self.stopping and self.proc is not None and self.proc.poll() is None:
@@ -280,7 +286,7 @@ class FuseMount:
             return
         if proc.poll() is None:
             proc.terminate()
-        loop = self.daemon.loop
+        loop = self.runtime.loop
         deadline = loop.time() + timeout
         while proc.poll() is None and loop.time() < deadline:
             await asyncio.sleep(0.02)

@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one O_PATH fd per inode
-    from ioband.control.daemon import new_event_loop
+    from ioband.eventloop import new_event_loop
 
     loop = new_event_loop()
     asyncio.set_event_loop(loop)

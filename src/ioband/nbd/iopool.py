@@ -2,7 +2,8 @@
 
 Completions go back to the event loop in batches: a worker wakes the loop only when the
 completion queue was empty, so a busy server pays one wake-up per batch, not one per request
-(``run_in_executor`` pays one per request).
+(``run_in_executor`` pays one per request). The batch is delivered inside ``batch`` (the
+daemon's ``Driver``), so that what the completions release is pumped out once, not once each.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 Done = Callable[[Any, BaseException | None], None]
 
 
 class IoPool:
-    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        threads: int,
+        batch: AbstractContextManager[object] | None = None,
+    ) -> None:
         self._loop = loop
+        self._batch = batch if batch is not None else nullcontext()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque[tuple[Done, Any, BaseException | None]] = deque()
         self._lock = threading.Lock()
@@ -60,8 +68,9 @@ class IoPool:
             batch = list(self._done)
             self._done.clear()
             self._signalled = False
-        for done, result, error in batch:
-            done(result, error)
+        with self._batch:
+            for done, result, error in batch:
+                done(result, error)
 
     def close(self) -> None:
         for _ in self._threads:

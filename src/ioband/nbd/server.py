@@ -25,12 +25,13 @@ import socket
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
+from ioband.access import OPEN, Access, Peer
 from ioband.cgroup.proc import Hierarchy, identity, peer_cgroup, peer_credentials, peer_groups
-from ioband.control.access import OPEN, Access, Peer
-from ioband.control.config import ConfigError, unusable_path
 from ioband.core.request import WAITING, Request, Submitter
+from ioband.errors import ConfigError, unusable_path
 from ioband.logutil import LogLimiter
 from ioband.nbd import protocol as nbd
 from ioband.nbd import tls
@@ -38,8 +39,8 @@ from ioband.nbd.backing import Backing
 from ioband.nbd.replies import nbd_error
 
 if TYPE_CHECKING:
-    from ioband.control.daemon import Daemon
     from ioband.core.model import Device
+    from ioband.runtime import Runtime
 
 log = logging.getLogger("ioband.nbd")
 
@@ -53,6 +54,23 @@ SEND_BUFFER = 4 << 20
 #: File descriptors kept for everything but NBD connections (control socket, backing stores,
 #: FUSE workers, I/O threads): ``nbd.max_connections`` is lowered to fit the limit.
 FD_RESERVE = 512
+
+
+class NbdSettings(tls.TlsSettings, Protocol):
+    """The ``[nbd]`` keys the server is configured by (the daemon's ``Config`` has them)."""
+
+    @property
+    def socket_mode(self) -> int: ...
+    @property
+    def socket_group(self) -> str | None: ...
+    @property
+    def socket_group_required(self) -> bool: ...
+    @property
+    def handshake_timeout(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_uid(self) -> int: ...
 
 
 @dataclass
@@ -106,9 +124,10 @@ def peer_identity(sock: socket.socket, hierarchy: Hierarchy | None) -> tuple[Pee
 class Connection(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, daemon: Daemon, server: NbdServer) -> None:
-        self.daemon = daemon
+    def __init__(self, server: NbdServer) -> None:
         self.server = server
+        self.runtime = server.runtime
+        self.driver = server.runtime.driver
         self.transport: asyncio.Transport | None = None
         self.codec: nbd.ServerConnection | None = None
         self.owner: Submitter = Submitter()
@@ -139,7 +158,7 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.tcp = sock.family != socket.AF_UNIX
         try:
-            self.peer, self.owner = peer_identity(sock, self.daemon.hierarchy)
+            self.peer, self.owner = peer_identity(sock, self.runtime.hierarchy)
         except (OSError, ValueError) as err:
             log.warning("cannot identify NBD peer: %s", err)
         if not self.server.admit(self):
@@ -156,12 +175,12 @@ class Connection(asyncio.Protocol):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.codec = nbd.ServerConnection(
-            lambda name: self.daemon.nbd_export_info(name, self),
-            self.daemon.nbd_export_names,
+            lambda name: self.server.export_info(name, self),
+            self.server.export_names,
             tls=self.server.tls_mode(self.tcp),
         )
         self._send(self.codec.data_to_send())
-        self.daemon.connections.add(self)
+        self.server.connections.add(self)
         log.debug("NBD connection from %s", self.peer.describe())  # ioband daemon -v
 
     @property
@@ -195,7 +214,7 @@ class Connection(asyncio.Protocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.server.release(self)
-        self.daemon.connections.discard(self)
+        self.server.connections.discard(self)
         if self.export is not None:
             self.export.connections.discard(self)
         if self.codec is not None:  # admitted (a refused one was logged as refused)
@@ -277,7 +296,8 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         corked = self._cork()
         try:
-            self._process_events()
+            with self.driver:  # the commands of one read: one pump
+                self._process_events()
         finally:
             if corked:
                 self._uncork()
@@ -292,7 +312,7 @@ class Connection(asyncio.Protocol):
         codec) and hand the socket to the TLS handshake."""
         if self._tls_task is None and not self.closed:
             self.transport.pause_reading()
-            self._tls_task = self.daemon.loop.create_task(self._upgrade())
+            self._tls_task = self.runtime.loop.create_task(self._upgrade())
 
     async def _upgrade(self) -> None:
         peer = self.transport.get_extra_info("peername") or "unix socket peer"
@@ -326,7 +346,7 @@ class Connection(asyncio.Protocol):
                 if self._handshake_timer is not None:
                     self._handshake_timer.cancel()
                     self._handshake_timer = None
-                self.export = self.daemon.exports[event.name]
+                self.export = self.server.exports[event.name]
                 self.export.connections.add(self)
                 mode = "read-write" if self.writable else "read-only"
                 log.debug("NBD connection from %s: export %r (%s)", self.peer.describe(),
@@ -341,7 +361,7 @@ class Connection(asyncio.Protocol):
 
     def _command(self, cmd: nbd.Command) -> None:
         if self.waiting is not None or self.deferred:  # behind a waiting request, in order
-            self.deferred.append((cmd, self.daemon.engine.clock_ns()))
+            self.deferred.append((cmd, self.driver.engine.clock_ns()))
             self.inflight += 1
             return
         self._run_command(cmd)
@@ -362,12 +382,12 @@ class Connection(asyncio.Protocol):
             req = Request(True, cmd.offset, 0, self.owner, sync=True, tag=(self, cmd))
         req.arrival_ns = arrival_ns  # 0: it arrives now
         self.inflight += 1
-        daemon = self.daemon
-        if not export.control or daemon.engine.submit(export.device, req, daemon.now()):
-            self.start_io(req)
-        if req.state == WAITING:
-            self.waiting = req
-        daemon.pump()
+        if export.control:
+            self.driver.submit(export.device, req)
+            if req.state == WAITING:
+                self.waiting = req
+        else:
+            self.driver.bypass(req)
 
     # BLOCK_STATUS requests of this connection in the I/O pool, and those waiting for a turn
     # (class-level defaults: most connections never send one).
@@ -405,7 +425,7 @@ class Connection(asyncio.Protocol):
 
         def done(result: object, error: BaseException | None) -> None:
             try:
-                self.daemon.io_done(req, result, error)  # not the core's: it only replies
+                self.finish(req, result, error)  # not the core's: it only replies
             finally:
                 queue = self._block_status_queue
                 if queue:
@@ -413,25 +433,26 @@ class Connection(asyncio.Protocol):
                 else:
                     self._block_status_running -= 1
 
-        self.daemon.pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
+        self.runtime.pool.submit(backing.block_status, (cmd.offset, cmd.length, cmd.req_one), done)
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: do its I/O."""
         cmd: nbd.Command = req.tag[1]
         backing = self.export.backing if self.export else None
         if backing is None:  # cannot happen: commands only arrive after an export is chosen
-            self.daemon.io_done(req, None, OSError(errnos.EIO, "no export"))
+            self.io_done(req, None, OSError(errnos.EIO, "no export"))
             return
         kind = cmd.kind
-        fua = cmd.fua
-        done: Callable = lambda result, error: self.daemon.io_done(req, result, error)  # noqa: E731
-        pool = self.daemon.pool
-        if kind == READ:
+        if kind == READ:  # the common case first: a page-cached read is answered at once
             data = backing.read_cached(cmd.offset, cmd.length)
             if data is not None:
-                done(data, None)
-            else:
-                pool.submit(backing.read, (cmd.offset, cmd.length), done)
+                self.io_done(req, data, None)
+                return
+        fua = cmd.fua
+        done: Callable = partial(self.io_done, req)
+        pool = self.runtime.pool
+        if kind == READ:
+            pool.submit(backing.read, (cmd.offset, cmd.length), done)
         elif kind == WRITE:
             pool.submit(backing.write, (cmd.offset, cmd.data, fua), done)
         elif kind == FLUSH:
@@ -446,6 +467,12 @@ class Connection(asyncio.Protocol):
             pool.submit(backing.cache, (cmd.offset, cmd.length), done)
         else:
             done(None, OSError(errnos.EINVAL, "unsupported command"))
+
+    def io_done(self, req: Request, result: object, error: BaseException | None) -> None:
+        """The I/O of ``req`` is done: the core is told (it may release more), then the
+        client."""
+        self.driver.complete(req)
+        self.finish(req, result, error)
 
     def finish(self, req: Request, result: object, error: BaseException | None) -> None:
         """The I/O of ``req`` is done (the core already knows): reply."""
@@ -483,11 +510,15 @@ class NbdServer:
     the listen queue, where it would block honest clients behind it), and that is logged.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, runtime: Runtime, settings: NbdSettings, exports: dict[str, Export],
+                 connections: set[Connection]) -> None:  # fmt: skip
+        self.runtime = runtime
+        self.settings = settings
+        self.exports = exports  # the daemon's: it adds and removes them
+        self.connections = connections  # every open connection (the daemon drains them)
         self.servers: list[asyncio.AbstractServer] = []
         self.unix_path: str | None = None
-        config = daemon.config
+        config = settings
         self.handshake_timeout = config.handshake_timeout
         self.max_connections = config.max_connections
         self.max_per_peer = config.max_connections_per_uid
@@ -495,6 +526,31 @@ class NbdServer:
         self.total = 0
         self.limited = LogLimiter(log)
         self.tls: tls.TlsCredentials | None = None
+
+    def export_info(self, name: str, conn: Connection | None = None) -> nbd.ExportInfo | None:
+        """The export for a connection; refused when its device's group type cannot be
+        resolved for that connection (never silently classified to the default group)."""
+        export = self.exports.get(name)
+        if export is None:
+            return None
+        if conn is None:
+            return export.info
+        decision = export.access.decide(conn.peer)
+        if decision is None:
+            self.limited.warn(("denied", name, self.limit_key(conn)),
+                              "NBD: export %r refused to %s: not in the device's allow or"
+                              " allow_ro rules", name, conn.peer.describe())  # fmt: skip
+            raise nbd.ExportRefused(f"access to export {name!r} denied by its allow rules")
+        gtype = export.device.type_name
+        if conn.tcp and gtype in PROCESS_TYPES:
+            raise nbd.ExportRefused(
+                f"device {name!r} classifies requests by {gtype!r}, which is unknown for a TCP"
+                " client: connect over the unix socket, or use type 'client' or 'none'"
+            )
+        return export.info if decision == "rw" else export.info_ro
+
+    def export_names(self) -> list[str]:
+        return list(self.exports)
 
     @staticmethod
     def limit_key(conn: Connection) -> Hashable:
@@ -550,28 +606,26 @@ class NbdServer:
         requires it (its peers are authenticated by SO_PEERCRED)."""
         if self.tls is None:
             return nbd.TlsMode.OFF
-        return nbd.TlsMode(self.daemon.config.tls) if tcp else nbd.TlsMode.ON
+        return nbd.TlsMode(self.settings.tls) if tcp else nbd.TlsMode.ON
 
     async def start(self, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
         self._fit_descriptor_limit()
-        self.tls = tls.load_credentials(self.daemon.config)  # a bad file refuses the start
+        self.tls = tls.load_credentials(self.settings)  # a bad file refuses the start
         if self.tls is not None:
-            log.info("NBD TLS %s: %s", self.daemon.config.tls, self.tls.describe())
+            log.info("NBD TLS %s: %s", self.settings.tls, self.tls.describe())
         if unix_path:
             sock = self._unix_socket(unix_path)
-            server = await loop.create_unix_server(lambda: Connection(self.daemon, self), sock=sock)
+            server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
             self.unix_path = unix_path
             self.servers.append(server)
         if tcp:
             try:
-                server = await loop.create_server(
-                    lambda: Connection(self.daemon, self), tcp[0], tcp[1]
-                )
+                server = await loop.create_server(lambda: Connection(self), tcp[0], tcp[1])
             except OSError as err:
                 host, port = tcp
                 raise ConfigError(
-                    self.daemon.config.source, "nbd.tcp",
+                    self.settings.source, "nbd.tcp",
                     f"cannot listen on {host}:{port}: "
                     f"{os.strerror(err.errno) if err.errno else err}",
                     errnos.errorcode.get(err.errno) if err.errno else None,
@@ -584,7 +638,7 @@ class NbdServer:
         It is bound under a temporary name with no permissions for others and only then
         renamed into place, so there is no moment when the path accepts anyone it should not.
         """
-        config = self.daemon.config
+        config = self.settings
         gid = -1
         if config.socket_group:
             try:

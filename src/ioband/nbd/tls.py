@@ -18,7 +18,7 @@ too, one OpenSSL context serves both kinds of client, so certificates go through
 ``benchmarks/nbd_tls.py`` compares the two paths and plain TCP.
 
 Loading is done once, when the server starts; a file that cannot be read or parsed refuses the
-start with a :class:`~ioband.control.config.ConfigError` naming the key.
+start with a :class:`~ioband.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import threading
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ioband.control.config import Config, ConfigError
+from ioband.errors import ConfigError
 
 log = logging.getLogger("ioband.nbd")
 
@@ -218,7 +218,23 @@ def _openssl_context(
     return ctx
 
 
-def load_credentials(config: Config) -> TlsCredentials | None:
+class TlsSettings(Protocol):
+    """The ``[nbd]`` keys TLS is configured by (the daemon's ``Config`` has them), and the
+    file they were read from, which errors name."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def tls(self) -> str: ...
+    @property
+    def tls_certificates(self) -> str | None: ...
+    @property
+    def tls_verify_peer(self) -> bool: ...
+    @property
+    def tls_psk_file(self) -> str | None: ...
+
+
+def load_credentials(config: TlsSettings) -> TlsCredentials | None:
     """The configured credentials, checked and loaded; None when ``tls = "off"``."""
     if config.tls == "off":
         return None

@@ -151,6 +151,9 @@ class BaselineEngine:
     def take_admitted(self) -> list[Request]:
         return []  # no submitter ever sleeps
 
+    def has_output(self) -> bool:
+        return bool(self._issued)
+
     def next_deadline(self) -> int | None:
         return None
 

@@ -17,7 +17,8 @@ on-phase for the whole window; shares are owed to active groups only:
   scheduler (submit -> issued).
 
 Windows cover ``[k*W, (k+1)*W)`` for the whole windows that fit the run (a trailing part is
-dropped). ``analyse`` runs a scenario (and its ``none`` twin) and attaches ``metrics``.
+dropped). ``simulator.analyse`` runs a scenario (and its ``none`` twin) and attaches
+``metrics``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any
 from ioband.core.grammar import parse_group_param, parse_range, parse_table, parse_weight
 from ioband.errors import IobandError
 from ioband.sim.results import GroupResult, Result, percentile
-from ioband.sim.scenario import Scenario
 
 WEIGHT_POLICIES = ("weight", "weight-iosize", "default")
 KB = 1024  # range-bw's KB/s: 2 sectors per KB
@@ -361,22 +361,6 @@ def range_bw_metrics(
             }
         out.append(entry)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a scenario with its metrics
-
-
-def analyse(scenario: Scenario, *, baseline: Result | None = None) -> Result:
-    """Run ``scenario``, and (when ``scenario.efficiency`` and it is controlled) the same
-    workload with ``scheduler = "none"`` for eta; the result carries ``metrics``."""
-    from ioband.sim.simulator import run
-
-    result = run(scenario)
-    if baseline is None and scenario.efficiency and scenario.scheduler != "none":
-        baseline = run(scenario.with_overrides(scheduler="none"))
-    result.metrics = compute(result, baseline)
-    return result
 
 
 def text_lines(metrics: Mapping[str, Any]) -> list[str]:

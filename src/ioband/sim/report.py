@@ -1,100 +1,22 @@
-"""Presenting a result: the human table (rich), share lines, and the JSON document."""
+"""Presenting a result: the human table (rich) and the share lines (the JSON document is
+``results.to_json``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ioband.sim.metrics import text_lines
 from ioband.sim.results import Result
 from ioband.sim.units import format_bytes
 
 WEIGHT_POLICIES = ("weight", "weight-iosize", "default")
 DELIMS = "=:,"
 REPORT_WIDTH = 120  # when not writing to a terminal: fixed, so that output files are reproducible
-
-
-def to_json(result: Result) -> dict[str, Any]:
-    """The JSON document of a run. Latencies are in seconds; ``mbps`` is 10**6 bytes/s."""
-    sc = result.scenario
-    doc = {
-        "scenario": {
-            "name": sc.name,
-            "description": sc.description,
-            "duration": sc.duration,
-            "seed": sc.seed,
-            "hz": sc.hz,
-            "interval": sc.interval,
-            "status_format": sc.status_format,
-            "scheduler": sc.scheduler,
-            **({"sfq_depth": sc.sfq_depth} if sc.sfq_depth is not None else {}),
-        },
-        "duration": result.duration,
-        "events": result.events,
-        "requests": result.requests,
-        "workloads": [
-            {
-                "name": w.name,
-                "device": w.device,
-                "disk": w.disk,
-                "pattern": w.pattern,
-                "processes": w.processes,
-                "block_size": w.block_size,
-                "active_time": w.active_time,
-                "submitted": w.submitted,
-                "ios": w.ios,
-                "bytes": w.bytes,
-                "reads": w.reads,
-                "writes": w.writes,
-                "read_bytes": w.read_bytes,
-                "write_bytes": w.write_bytes,
-                "iops": w.iops,
-                "mbps": w.mbps,
-                "kibps": w.kibps,
-                "latency_p50": w.latency_p50,
-                "latency_p99": w.latency_p99,
-                "latency_p999": w.latency_p999,
-                "latency_mean": w.latency_mean,
-                "latency_max": w.latency_max,
-                "delay_p50": w.delay_p50,
-                "delay_p99": w.delay_p99,
-                "delay_p999": w.delay_p999,
-                "timeline": {
-                    "interval": sc.interval,
-                    "ios": w.timeline_ios,
-                    "bytes": w.timeline_bytes,
-                },
-            }
-            for w in result.workloads
-        ],
-        "devices": {
-            d.name: {
-                "disk": d.disk,
-                "table": d.table,
-                "status": d.status,
-                "ios": d.ios,
-                "bytes": d.bytes,
-            }
-            for d in result.devices.values()
-        },
-        "disks": {
-            d.name: {
-                "model": d.model,
-                "ios": d.ios,
-                "bytes": d.bytes,
-                "iops": d.iops,
-                "mbps": d.mbps,
-                "utilization": d.utilization,
-            }
-            for d in result.disks.values()
-        },
-    }
-    if result.metrics is not None:
-        doc["metrics"] = result.metrics
-    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +177,6 @@ def render(result: Result, console: Console, *, shares: bool = True) -> None:
             for line in lines:
                 out("  " + line, markup=False)
     if result.metrics is not None:
-        from ioband.sim.metrics import text_lines
-
         lines = text_lines(result.metrics)
         if lines:
             out("")

@@ -114,7 +114,7 @@ class Result:
     requests: int  # requests submitted to the engine
     wall_time: float = field(default=0.0, compare=False)  # not part of the (deterministic) output
     groups: list[GroupResult] = field(default_factory=list)
-    metrics: dict[str, Any] | None = None  # set by ioband.sim.metrics.analyse
+    metrics: dict[str, Any] | None = None  # set by ioband.sim.simulator.analyse
 
     def group(self, key: str) -> GroupResult:
         for g in self.groups:
@@ -129,7 +129,85 @@ class Result:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document (see ``report.to_json``)."""
-        from ioband.sim.report import to_json
-
+        """The JSON document (see ``to_json``)."""
         return to_json(self)
+
+
+def to_json(result: Result) -> dict[str, Any]:
+    """The JSON document of a run. Latencies are in seconds; ``mbps`` is 10**6 bytes/s."""
+    sc = result.scenario
+    doc = {
+        "scenario": {
+            "name": sc.name,
+            "description": sc.description,
+            "duration": sc.duration,
+            "seed": sc.seed,
+            "hz": sc.hz,
+            "interval": sc.interval,
+            "status_format": sc.status_format,
+            "scheduler": sc.scheduler,
+            **({"sfq_depth": sc.sfq_depth} if sc.sfq_depth is not None else {}),
+        },
+        "duration": result.duration,
+        "events": result.events,
+        "requests": result.requests,
+        "workloads": [
+            {
+                "name": w.name,
+                "device": w.device,
+                "disk": w.disk,
+                "pattern": w.pattern,
+                "processes": w.processes,
+                "block_size": w.block_size,
+                "active_time": w.active_time,
+                "submitted": w.submitted,
+                "ios": w.ios,
+                "bytes": w.bytes,
+                "reads": w.reads,
+                "writes": w.writes,
+                "read_bytes": w.read_bytes,
+                "write_bytes": w.write_bytes,
+                "iops": w.iops,
+                "mbps": w.mbps,
+                "kibps": w.kibps,
+                "latency_p50": w.latency_p50,
+                "latency_p99": w.latency_p99,
+                "latency_p999": w.latency_p999,
+                "latency_mean": w.latency_mean,
+                "latency_max": w.latency_max,
+                "delay_p50": w.delay_p50,
+                "delay_p99": w.delay_p99,
+                "delay_p999": w.delay_p999,
+                "timeline": {
+                    "interval": sc.interval,
+                    "ios": w.timeline_ios,
+                    "bytes": w.timeline_bytes,
+                },
+            }
+            for w in result.workloads
+        ],
+        "devices": {
+            d.name: {
+                "disk": d.disk,
+                "table": d.table,
+                "status": d.status,
+                "ios": d.ios,
+                "bytes": d.bytes,
+            }
+            for d in result.devices.values()
+        },
+        "disks": {
+            d.name: {
+                "model": d.model,
+                "ios": d.ios,
+                "bytes": d.bytes,
+                "iops": d.iops,
+                "mbps": d.mbps,
+                "utilization": d.utilization,
+            }
+            for d in result.disks.values()
+        },
+    }
+    if result.metrics is not None:
+        doc["metrics"] = result.metrics
+    return doc

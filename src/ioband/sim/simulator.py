@@ -1,8 +1,9 @@
 """The discrete-event loop: workloads -> engine -> disk models, in virtual time.
 
 Time is a float of virtual seconds; the engine sees ``jiffy = int(t * hz)`` (never decreasing) and
-is advanced at its ``next_deadline()``. After every engine call the loop drains ``take_issued()``
-(dispatching those requests to their disk) and ``take_admitted()`` (waking their submitters).
+is advanced at its ``next_deadline()``. The engine is driven through ``ioband.core.driver``:
+what it issues is dispatched to its disk (``_dispatch``), the submitters it admits are woken
+(``_admitted``), and its next deadline becomes an ``ADVANCE`` event.
 Events at the same time run in the order they were scheduled, so a run is a pure function of the
 scenario (including its seed).
 
@@ -20,10 +21,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ioband.core.driver import Driver
 from ioband.core.engine import BackingInfo, Engine
-from ioband.core.request import WAITING
+from ioband.core.request import WAITING, Request
 from ioband.errors import IobandError
+from ioband.sim.baselines import FifoEngine, SFQDEngine
 from ioband.sim.disk import DiskModel, create_disk
+from ioband.sim.metrics import compute
 from ioband.sim.results import (
     DeviceResult,
     DiskResult,
@@ -72,20 +76,28 @@ def run(scenario: Scenario, *, engine_factory: EngineFactory | None = None) -> R
     return Simulator(scenario, engine_factory=engine_factory).run()
 
 
+def analyse(scenario: Scenario, *, baseline: Result | None = None) -> Result:
+    """Run ``scenario``, and (when ``scenario.efficiency`` and it is controlled) the same
+    workload with ``scheduler = "none"`` for eta; the result carries ``metrics``."""
+    result = run(scenario)
+    if baseline is None and scenario.efficiency and scenario.scheduler != "none":
+        baseline = run(scenario.with_overrides(scheduler="none"))
+    result.metrics = compute(result, baseline)
+    return result
+
+
 def scheduler_factory(scenario: Scenario, disks: dict[str, DiskModel]) -> EngineFactory:
     """The engine class for ``scenario.scheduler`` (baselines get their options bound)."""
     if scenario.scheduler == "ioband":
         return Engine
-    from ioband.sim import baselines
-
     if scenario.scheduler == "none":
-        return baselines.FifoEngine
+        return FifoEngine
     depth = scenario.sfq_depth
     if depth is None:  # the device's internal concurrency, as the paper's D
         depth = max((d.queue_depth for d in disks.values()), default=1)
 
-    def sfq(**kwargs: Any) -> baselines.SFQDEngine:
-        return baselines.SFQDEngine(depth=depth, **kwargs)
+    def sfq(**kwargs: Any) -> SFQDEngine:
+        return SFQDEngine(depth=depth, **kwargs)
 
     return sfq
 
@@ -103,6 +115,13 @@ class Simulator:
         }
         factory = engine_factory or scheduler_factory(scenario, self.disks)
         self.engine = factory(hz=scenario.hz, resolver=self._resolve, seed=scenario.seed)
+        self.driver = Driver(
+            self.engine,
+            self._dispatch,
+            admit=self._admitted,
+            deadline=self._schedule_advance,
+            clock=lambda: self.now_j,
+        )
         self.devices: dict[str, Any] = {}  # name -> the engine's Device
         self.device_disk: dict[str, str] = {}  # name -> disk name
         self.device_size: dict[str, int] = {}  # name -> bytes
@@ -133,7 +152,7 @@ class Simulator:
                 self.devices[spec.name] = self.engine.create(spec.name, spec.table, now=0)
             except IobandError as exc:
                 raise ScenarioRefused(spec.name, "table", spec.table, exc) from None
-            self._drain()
+            self.driver.pump()
             self.device_disk[spec.name] = self._disk_of(spec, f"device[{i}]")
             length = table_length(spec.table)
             if length is None or length <= 0:
@@ -168,7 +187,7 @@ class Simulator:
             self.engine.message(spec.name, msg.text, self.now_j)
         except IobandError as exc:
             raise ScenarioRefused(spec.name, msg.key, msg.text, exc) from None
-        self._drain()
+        self.driver.pump()
 
     def _setup_workloads(self) -> None:
         sc = self.scenario
@@ -223,10 +242,9 @@ class Simulator:
         heap = self.heap
         heappop = heapq.heappop
         heappush = heapq.heappush
-        eng = self.engine
+        driver = self.driver
         hz = self.hz
         end = self.end
-        drain = self._drain
         run_ready = self._run_ready
         fill = self._fill
         runnable = self.runnable
@@ -252,8 +270,7 @@ class Simulator:
                     nxt[0].t_start = t
                     self.seq += 1
                     heappush(heap, (nxt[1], self.seq, COMPLETE, nxt[0]))
-                eng.complete(req, self.now_j)
-                drain()
+                driver.complete(req)
                 proc.workload.completed(req, t)
                 proc.outstanding -= 1
                 if runnable:
@@ -271,8 +288,7 @@ class Simulator:
                 if jiffy > self.now_j:
                     self.now_j = jiffy
                 self.advancing = True
-                eng.advance(self.now_j)
-                drain()
+                driver.advance()
                 self.advancing = False
                 run_ready()
             elif kind == START:
@@ -301,11 +317,10 @@ class Simulator:
         t = self.now
         if proc.asleep or (not wl.on_from <= t < wl.on_until and not wl.is_on(t)):
             return
-        eng = self.engine
+        submit = self.driver.submit
         depth = wl.iodepth
         new_request = wl.new_request
         dev = proc.device
-        drain = self._drain
         gap = wl.gap
         while proc.outstanding < depth:
             if gap:
@@ -318,46 +333,30 @@ class Simulator:
             req = new_request(proc, t)
             proc.outstanding += 1
             self.requests += 1
-            if eng.submit(dev, req, self.now_j):
-                req.t_issue = t
-                done = proc.disk.submit(req, t)
-                if done is not None:
-                    req.t_start = t
-                    self.seq += 1
-                    heapq.heappush(self.heap, (done, self.seq, COMPLETE, req))
-                drain()
-            else:
-                drain()
-                if req.state == WAITING:
-                    proc.asleep = True
-                    proc.waiting_for = req
-                    return
+            submit(dev, req)
+            if req.state == WAITING:
+                proc.asleep = True
+                proc.waiting_for = req
+                return
 
-    def _drain(self) -> None:
-        """Carry out what the engine released, and reschedule its timer."""
-        eng = self.engine
-        issued = eng.take_issued()
-        if issued:
-            t = self.now
-            heap = self.heap
-            for req in issued:
-                req.t_issue = t
-                done = req.proc.disk.submit(req, t)
-                if done is not None:
-                    req.t_start = t
-                    self.seq += 1
-                    heapq.heappush(heap, (done, self.seq, COMPLETE, req))
-        admitted = eng.take_admitted()
-        if admitted:
-            for req in admitted:
-                proc = req.proc
-                if proc.waiting_for is req:
-                    proc.asleep = False
-                    proc.waiting_for = None
-                    self.runnable.append(proc)
-        deadline = eng.next_deadline()
-        if deadline is not None:
-            self._schedule_advance(deadline)
+    def _dispatch(self, req: Request) -> None:
+        """The engine issued ``req``: its disk starts it now, or queues it."""
+        sim_req: SimRequest = req  # type: ignore[assignment]  # the simulator submits only these
+        t = self.now
+        sim_req.t_issue = t
+        done = sim_req.proc.disk.submit(sim_req, t)
+        if done is not None:
+            sim_req.t_start = t
+            self.seq += 1
+            heapq.heappush(self.heap, (done, self.seq, COMPLETE, sim_req))
+
+    def _admitted(self, req: Request) -> None:
+        """The engine admitted the request its submitter slept on: the process may go on."""
+        proc = req.proc  # type: ignore[attr-defined]
+        if proc.waiting_for is req:
+            proc.asleep = False
+            proc.waiting_for = None
+            self.runnable.append(proc)
 
     def _schedule_advance(self, jiffy: int) -> None:
         if self.advancing and jiffy <= self.now_j:
