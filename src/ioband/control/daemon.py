@@ -430,7 +430,7 @@ class Daemon:
             self.engine,
             lambda: [d.name for d in self.config.devices if d.cluster],
             self.now,
-            self.pump,
+            self.driver.pump,
             threads=self.config.io_threads,
         )  # fmt: skip
         self.cluster.start()
