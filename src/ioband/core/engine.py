@@ -166,7 +166,7 @@ class Engine:
         if not req.arrival_ns:  # else the front end read it earlier and kept it in order
             req.arrival_ns = self.clock_ns()
         if dev.suspended:
-            req.group = None  # type: ignore[assignment]  # classified when it resumes
+            req.group = None  # classified when it resumes
             req.state = WAITING
             dev.suspend_waiters.append(req)
             return False
@@ -194,11 +194,12 @@ class Engine:
             raise InvalidArgument(f"complete: request {req!r} is not in flight")
         if now > self.now:
             self.now = now
-        g = req.group
+        g: Group = req.group
         dp = g.dp
         full = dp.issued[req.sync] >= dp.window
         dp.issued[req.sync] -= 1
-        req.device.inflight -= 1
+        dev: Device = req.device
+        dev.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
         g.latency.record(self.clock_ns() - req.arrival_ns)
@@ -352,15 +353,10 @@ class Engine:
         if g.blocked_flag[sync]:
             return g.waitq[sync]
         policy = g.dp.policy
-        if policy.hold_back is not None:
-            wq = policy.hold_back(g)
-            if wq is not None:
-                return wq
-        if policy.should_block is None:
-            full = g.blocked[sync] >= g.limit
-        else:
-            full = policy.should_block(g, sync)
-        if full:
+        wq = policy.hold_back(g)
+        if wq is not None:
+            return wq
+        if policy.should_block(g, sync):
             g.blocked_flag[sync] = True
             return g.waitq[sync]
         return None
@@ -379,7 +375,8 @@ class Engine:
                 req.issue_time = self.now
                 req.dispatch_ns = self.clock_ns()
                 g.hold.record(req.dispatch_ns - req.arrival_ns)
-                req.device.inflight += 1
+                dev: Device = req.device
+                dev.inflight += 1
                 if dp.adaptive is not None:
                     dp.adaptive.issued(self.now)
                 return True
@@ -401,21 +398,17 @@ class Engine:
             dp.urgent.append(req)
         else:
             g.blocked[sync] += 1
-            hold = dp.policy.hold
-            if hold is None:
-                g.queue.append(req)
-            else:
-                hold(g, req)
+            dp.policy.hold(g, req)
             if g.blocked[0] + g.blocked[1] == 1:
                 dp.policy.backlogged(g)
 
     def _run_waiter(self, req: Request) -> deque[Request] | None:
         """A woken submitter re-evaluates where it slept; returns where it sleeps again."""
-        dev = req.device
+        dev: Device = req.device
         if dev.removed:
             self._issue_now(req)  # its device was removed while it slept
             return None
-        g = req.group
+        g: Group | None = req.group
         if g is None:
             if dev.suspended:
                 dev.suspend_waiters.append(req)
@@ -464,8 +457,8 @@ class Engine:
                 for i, req in enumerate(batch):
                     wq = run_waiter(req)
                     if same_group and wq is not None:
-                        g = req.group
-                        if g.blocked_flag[req.sync] and not g.going_down:
+                        waiting_in: Group = req.group
+                        if waiting_in.blocked_flag[req.sync] and not waiting_in.going_down:
                             # The rest would stop at the same set flag: skip re-evaluating.
                             wq.extend(batch[i + 1 :])
                             break
@@ -537,15 +530,10 @@ class Engine:
                 return R_BLOCK
             if issued[0] >= limit and issued[1] >= limit:
                 return R_OK
-            if policy.pop is None:
-                if not g.queue:
-                    return R_OK
-                req = g.queue.popleft()
-            else:
-                popped = policy.pop(g)
-                if popped is None:
-                    return R_OK
-                req = popped
+            popped = policy.pop(g)
+            if popped is None:
+                return R_OK
+            req = popped
             c = req.sync
             if issued[c] >= limit:
                 if not g.prio_queue:
@@ -572,7 +560,8 @@ class Engine:
         req.issue_time = self.now
         req.dispatch_ns = self.clock_ns()
         g.hold.record(req.dispatch_ns - req.arrival_ns)
-        req.device.inflight += 1
+        dev: Device = req.device
+        dev.inflight += 1
         self._issued.append(req)
         dp.issued[c] += 1
         if dp.adaptive is not None:
@@ -583,18 +572,20 @@ class Engine:
         req.state = ISSUED
         req.issue_time = self.now
         req.dispatch_ns = self.clock_ns()
-        req.group.hold.record(req.dispatch_ns - req.arrival_ns)
-        req.device.inflight += 1
+        g: Group = req.group
+        g.hold.record(req.dispatch_ns - req.arrival_ns)
+        dev: Device = req.device
+        dev.inflight += 1
         self._issued.append(req)
-        adaptive = req.group.dp.adaptive
+        adaptive = g.dp.adaptive
         if adaptive is not None:
             adaptive.issued(self.now)
 
     def _issue_now(self, req: Request) -> None:
         """Issue without scheduling (device removal): counted in flight, not charged."""
         was_waiting = req.state == WAITING
-        dev = req.device
-        g = req.group
+        dev: Device = req.device
+        g: Group | None = req.group
         if g is None:
             g = dev.head
             req.group = g
@@ -818,7 +809,7 @@ class Engine:
         if self.linear_scan and hasattr(dp.policy, "linear"):
             dp.policy.linear = True
 
-    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: int) -> None:
+    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: object) -> None:
         """Switch the device group's policy. Groups keep their held requests, which the new
         policy releases; parameters reset to defaults, except that weights carry over between
         the weight policies."""
@@ -905,10 +896,10 @@ class Engine:
                 else:
                     self._attach(dev, gid, None, by_rule=False)
             else:
-                g = dev.groups.get(gid)  # type: ignore[assignment]
-                if g is None:
+                gone = dev.groups.get(gid)
+                if gone is None:
                     raise InvalidArgument(f"detach: id={shown} not found.")
-                self._detach(dev, g)
+                self._detach(dev, gone)
         elif cmd == "policy":
             assert arg is not None
             if arg not in POLICIES:
@@ -936,10 +927,10 @@ class Engine:
         else:
             assert arg is not None
             gid, value = parse_group_param(arg, f"Invalid {cmd}", dev.type_name == "cgroup")
-            g = dev.head if gid == ID_ANY else dev.groups.get(gid)  # type: ignore[assignment]
-            if g is None:
+            target = dev.head if gid == ID_ANY else dev.groups.get(gid)
+            if target is None:
                 raise InvalidArgument(f"{cmd}: id={key_text(gid)} not found.")
-            dp.policy.set_param(g, cmd, value)
+            dp.policy.set_param(target, cmd, value)
         if dp.blocked[0] + dp.blocked[1] > 0:
             self._queue_conductor(dp, 0)
         self._settle()

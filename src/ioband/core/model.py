@@ -123,6 +123,8 @@ class Group:
 class DeviceGroup:
     """The shared pool: policy, io_throttle, io_limit, tokens, in-flight and held counters."""
 
+    policy: Policy  # set right after construction (the policy is built on the device group)
+
     def __init__(
         self, name: str, engine: Engine, io_throttle: int, io_limit: int, nr_requests: int | None
     ) -> None:
@@ -141,7 +143,6 @@ class DeviceGroup:
         self.idle_since = -1  # when the store went idle for the wait (-1: it did not)
         self.idle_seq = 0  # invalidates the timers of earlier waits
         self.nr_requests = nr_requests
-        self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
         self.policy_name = ""
         self.issued = [0, 0]  # g_issued[ASYNC], g_issued[SYNC]
         self.blocked = [0, 0]  # g_blocked
@@ -170,6 +171,8 @@ class DeviceGroup:
 class Device:
     """One ioband device (a dm target): its table, group type, default group and attached groups."""
 
+    head: Group  # the default group, made right after the device
+
     def __init__(
         self, name: str, dp: DeviceGroup, start: int, length: int, backing: str, display: str
     ) -> None:
@@ -181,7 +184,6 @@ class Device:
         self.display = display  # how the table shows it (major:minor for block devices)
         self.type_name = "none"
         self.id_of: IdOf | None = None
-        self.head: Group = None  # type: ignore[assignment]
         self.groups: dict[GroupKey, Group] = {}  # attached groups by id or cgroup path
         self.rules: tuple[Rule, ...] = ()  # attach a new submitter's group by itself
         self.by_path = False  # a group is keyed by a cgroup path, or a cgroup rule exists

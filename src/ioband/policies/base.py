@@ -9,7 +9,6 @@ charges what is issued (``charge``), starts new rounds (``restart``), caps per-g
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ioband.errors import InvalidArgument
@@ -30,13 +29,14 @@ class Policy:
     name: ClassVar[str]
     token_unit: ClassVar[int] = 0
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
+        """``token_base``: what ``parse_token_base`` returned (its type is the policy's)."""
         self.dp = dp
         self.engine = dp.engine
 
     # -- construction-time validation (nothing may change before all of it passes) ---------
     @classmethod
-    def parse_token_base(cls, text: str | None) -> int:
+    def parse_token_base(cls, text: str | None) -> object:
         raise NotImplementedError
 
     @classmethod
@@ -79,18 +79,24 @@ class Policy:
         """``can_submit(g) != 0`` (release loops need no priority); policies may shortcut it."""
         return self.can_submit(g) != 0
 
-    #: ``should_block(g, sync)``: the per-group queue cap that puts a submitter to sleep.
-    #: None means the usual ``g.blocked[sync] >= g.limit``, which the engine checks inline.
-    should_block: Callable[[Group, int], bool] | None = None
+    # Hooks with a default every policy may keep: methods, not ``None`` tested per request (a
+    # compiled call through the class's method table costs less than the test did).
+    def should_block(self, g: Group, sync: int) -> bool:
+        """The per-group queue cap that puts a submitter to sleep."""
+        return g.blocked[sync] >= g.limit
 
-    #: ``hold_back(g)``: a wait queue the submitter must sleep on before queueing at all
-    #: (range-bw: a group over its max), or None. None here: the policy has no such wait.
-    hold_back: Callable[[Group], deque[Request] | None] | None = None
+    def hold_back(self, g: Group) -> deque[Request] | None:
+        """A wait queue the submitter must sleep on before queueing at all (range-bw: a group
+        over its max), or None."""
+        return None
 
-    #: ``hold(g, req)`` / ``pop(g)``: how a group queues what it holds. None: one FIFO
-    #: (``g.queue``), as both original policies; the engine then does it inline.
-    hold: Callable[[Group, Request], None] | None = None
-    pop: Callable[[Group], Request | None] | None = None
+    def hold(self, g: Group, req: Request) -> None:
+        """Queue a held request in its group: one FIFO, as both original policies."""
+        g.queue.append(req)
+
+    def pop(self, g: Group) -> Request | None:
+        """The group's next held request to release (None: nothing to release)."""
+        return g.queue.popleft() if g.queue else None
 
     def deserves_anticipation(self, g: Group) -> bool:
         """Whether the adaptive window should keep a slot for ``g``, which just completed its

@@ -45,8 +45,9 @@ class RangeBwPolicy(Policy):
     family = "range-bw"
     token_unit = TOKEN_UNIT
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
         super().__init__(dp, token_base)
+        base = token_base if isinstance(token_base, int) else 0  # parse_token_base's int
         hz = self.engine.hz
         self.slice_base = hz // 10
         self.range_slice = hz // 50
@@ -62,7 +63,7 @@ class RangeBwPolicy(Policy):
         self.below_min = 0  # groups in MINBW or NO_IO mode (the leftover test, kept in O(1))
         # Only for display: the table shows token bucket x carryover, as the original.
         self.token_bucket = (dp.io_limit * 2 * DEFAULT_BUCKET) << TOKEN_UNIT
-        pool = max(token_base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
+        pool = max(base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
         self.carryover = pool // self.token_bucket
 
     @classmethod

@@ -37,8 +37,9 @@ class WeightPolicy(Policy):
     family = "weight"
     token_unit = 0
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
         super().__init__(dp, token_base)
+        base = token_base if isinstance(token_base, int) else 0  # parse_token_base's int
         self.epoch = 0
         self.current: Group | None = None
         self.dominant: Group | None = None
@@ -47,12 +48,12 @@ class WeightPolicy(Policy):
         self.yield_mark = 0
         self.weight_total = 0
         # What the user set (0 = default), so that a later io_limit change keeps them.
-        self.token_set = token_base
+        self.token_set = base
         self.carryover_set = 0
         self.token_bucket = 0
         self.carryover = 1
         self.token_left = 0
-        self.init_token_bucket(token_base, 0)
+        self.init_token_bucket(base, 0)
         self.token_left = self.token_bucket
         # Index of backlogged groups (see choose): a heap of groups with tokens, keyed by
         # (-iopriority, creation order), plus groups out of tokens this epoch and groups whose
