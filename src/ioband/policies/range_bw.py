@@ -9,6 +9,7 @@ device enters "leftover" mode with random priorities 1..9. Units are KB/s; 1 KB 
 from __future__ import annotations
 
 from collections import deque
+from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
@@ -65,6 +66,12 @@ class RangeBwPolicy(Policy):
         self.token_bucket = (dp.io_limit * 2 * DEFAULT_BUCKET) << TOKEN_UNIT
         pool = max(base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
         self.carryover = pool // self.token_bucket
+        # Index of backlogged groups (see choose): a heap keyed by (-priority, creation order);
+        # an entry carries the group's sched_ver, a stale one is skipped. ``_dirty``: groups
+        # whose priority may have changed since they were keyed.
+        self.linear = False  # True: scan every group like the original (reference mode)
+        self._heap: list[tuple[int, int, int, Group]] = []
+        self._dirty: list[Group] = []
 
     @classmethod
     def parse_token_base(cls, text: str | None) -> int:
@@ -82,6 +89,9 @@ class RangeBwPolicy(Policy):
         now_below = mode in (MINBW_IO_MODE, NO_IO_MODE)
         self.below_min += now_below - was_below
         g.io_mode = mode
+        if not g.dirty:  # its priority follows its mode
+            g.dirty = True
+            self._dirty.append(g)
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
@@ -119,6 +129,7 @@ class RangeBwPolicy(Policy):
         g.min_bw_token = bw_to_token(lo)
         g.max_bw_token = bw_to_token(hi)
         self.total_min_bw_token = bw_to_token(self.min_bw_total)
+        self.backlogged(g)
         if reshare:
             self.reshare()
 
@@ -134,6 +145,7 @@ class RangeBwPolicy(Policy):
             else:
                 p.time_slice = base + (base * ((p.min_bw + p.max_bw) // 2)) // total
                 p.limit = (io_limit * 2 * p.min_bw // total) // OVER_IO_RATE + 1
+        self._reindex_all()
 
     def io_limit_changed(self) -> None:
         self.reshare()  # the original left the caps stale (docs/deviations.md)
@@ -218,6 +230,9 @@ class RangeBwPolicy(Policy):
         else:
             g.bw_consumed += count
             self.consumed_min_bw_token += count
+            if not g.dirty:  # a group below its min: its priority is the min still missing
+                g.dirty = True
+                self._dirty.append(g)
             if g.max_bw > 0 and g.bw_consumed >= g.max_bw_token:
                 g.over_max = True
                 self._set_mode(g, NO_IO_MODE)
@@ -246,9 +261,70 @@ class RangeBwPolicy(Policy):
         self.consumed_min_bw_token = 0
         self.next_period = now + self.period
         self.io_mode = MINBW_IO_MODE
+        self._reindex_all()  # once a period: every group's priority starts again
 
     def restart(self) -> bool:
         return True
+
+    # -- choosing the best group in O(log n) ---------------------------------------------------
+    def backlogged(self, g: Group) -> None:
+        if not g.dirty:
+            g.dirty = True
+            self._dirty.append(g)
+
+    def _reindex_all(self) -> None:
+        self._heap = []
+        groups = self.dp.groups
+        for g in groups:
+            g.sched_ver += 1
+            g.dirty = True  # also clears a flag left by a previous policy instance
+        self._dirty = list(groups)
+
+    def choose(self) -> Group | None:
+        """Same answer as the original's scan of every group, found through a heap.
+
+        Why it is the same: outside leftover mode ``can_submit`` of a backlogged group is its
+        ``priority`` (at least 1) and has no side effect, and a priority changes only with the
+        group's mode, its min or what it consumed (each of which re-keys it: ``_dirty``) or at a
+        new period (re-key all). In leftover mode every backlogged group draws a random
+        priority, in creation order, as the original: that draw is a scan, and stays one.
+        """
+        dp = self.dp
+        limit = dp.window
+        issued = dp.issued
+        if issued[0] >= limit and issued[1] >= limit:
+            return None
+        if self.linear or self.io_mode == LEFTOVER_IO_MODE:
+            return super().choose()
+        heap = self._heap
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = []
+            for g in dirty:
+                g.dirty = False
+                g.sched_ver += 1
+                if g.blocked[0] + g.blocked[1]:
+                    pri = self.priority(g)
+                    heappush(heap, (-pri if pri > 0 else -1, g.seq, g.sched_ver, g))
+        skipped: list[tuple[int, int, int, Group]] | None = None
+        best = None
+        while heap:
+            entry = heap[0]
+            g = entry[3]
+            if entry[2] != g.sched_ver or g.blocked[0] + g.blocked[1] == 0:
+                heappop(heap)  # stale, or nothing held: re-keyed when it is backlogged again
+                continue
+            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
+                if skipped is None:
+                    skipped = []
+                skipped.append(heappop(heap))
+                continue
+            best = g
+            break
+        if skipped:
+            heap.extend(skipped)
+            heapify(heap)
+        return best
 
     def hold_back(self, g: Group) -> deque[Request] | None:
         """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""
