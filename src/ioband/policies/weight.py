@@ -32,6 +32,19 @@ OVERCOMMIT_RATE = 4
 PAGE_TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages
 
 
+# An index entry is one int: the group's creation number and its version (a heap key adds
+# -iopriority above them). A version is compared modulo 2**48: an entry goes stale after one
+# re-key, and no entry waits in the heap through 2**48 re-keys of its group.
+VER_BITS = 48
+VER_MASK = (1 << VER_BITS) - 1
+SEQ_MASK = (1 << 48) - 1
+KEY_SHIFT = 96
+
+
+def entry(g: Group) -> int:
+    return (g.seq << VER_BITS) | (g.sched_ver & VER_MASK)
+
+
 class WeightPolicy(Policy):
     name = "weight"
     family = "weight"
@@ -55,14 +68,17 @@ class WeightPolicy(Policy):
         self.token_left = 0
         self.init_token_bucket(base, 0)
         self.token_left = self.token_bucket
-        # Index of backlogged groups (see choose): a heap of groups with tokens, keyed by
-        # (-iopriority, creation order), plus groups out of tokens this epoch and groups whose
-        # refill is due. Entries carry the group's sched_ver; a stale version is skipped.
+        # Index of backlogged groups (see choose): a heap of groups with tokens, plus groups out
+        # of tokens this epoch and groups whose refill is due. Every entry is one int (no tuple:
+        # nothing for the garbage collector to track or a comparison to unpack) that carries the
+        # group's creation number and its sched_ver; a stale version is skipped.
         self.linear = False  # True: scan every group like the original (reference mode)
-        self._heap: list[tuple[int, int, int, Group]] = []
-        self._exhausted: list[tuple[int, Group]] = []
-        self._refill: list[tuple[int, Group]] = []
+        self._heap: list[int] = []  # heap_key(): (-iopriority, creation order, version)
+        self._exhausted: list[int] = []  # entry(): (creation order, version)
+        self._refill: list[int] = []
         self._dirty: list[Group] = []
+        self._by_seq: dict[int, Group] = {}  # creation order -> group, to resolve an entry
+        self._in_heap: dict[int, Group] = {}  # groups whose current version is in the heap
 
     # -- parameters --------------------------------------------------------------------------
     @classmethod
@@ -113,6 +129,7 @@ class WeightPolicy(Policy):
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        self._by_seq[g.seq] = g
         g.my_epoch = self.epoch
         g.consumed = 0
         g.token = g.token_initial = 1
@@ -131,6 +148,8 @@ class WeightPolicy(Policy):
         if self.current is g:
             self.current = None
         g.sched_ver += 1
+        self._by_seq.pop(g.seq, None)
+        self._in_heap.pop(g.seq, None)
 
     def carried_value(self, g: Group) -> object:
         return g.weight
@@ -188,9 +207,16 @@ class WeightPolicy(Policy):
             g.token = g.token_initial
             self._touch(g)
             return self.iopriority(g)
-        lag = self.epoch - g.my_epoch
-        if lag == 0:
+        if self.epoch == g.my_epoch:
             return 0
+        self._refill_group(g)
+        self._touch(g)
+        return self.iopriority(g) if g.token > 0 else 0
+
+    def _refill_group(self, g: Group) -> None:
+        """The refill of ``is_token_left``: the epochs' shares ``g`` has not claimed yet (up to
+        ``carryover`` of them) plus its part of the previous epoch's leftover."""
+        lag = self.epoch - g.my_epoch
         g.my_epoch = self.epoch
         delta = g.token_initial * min(lag, self.carryover)
         self.token_left -= delta
@@ -200,8 +226,6 @@ class WeightPolicy(Policy):
         g.consumed = 0
         if g is self.current:
             self.yield_mark += delta
-        self._touch(g)
-        return self.iopriority(g) if g.token > 0 else 0
 
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
         return self.consume(g, 1, urgent)
@@ -255,16 +279,15 @@ class WeightPolicy(Policy):
         self.expired = None
         self.dominant = None
         # Every group out of tokens may now be refilled; groups still holding tokens (rare:
-        # see choose) see their lag bonus grow, so their keys are recomputed.
-        refill = self._refill
-        for entry in self._exhausted:
-            if entry[0] == entry[1].sched_ver:
-                refill.append(entry)
+        # see choose) see their lag bonus grow, so they are re-keyed. Only those: the heap's
+        # other entries are stale, and the heap starts again from the re-keyed ones.
+        self._refill.extend(self._exhausted)
         self._exhausted = []
-        live = [e for e in self._heap if e[2] == e[3].sched_ver]
-        self._heap = live
-        for e in live:
-            self._touch(e[3])
+        touch = self._touch
+        for g in self._in_heap.values():
+            touch(g)
+        self._in_heap = {}
+        self._heap = []
         return True
 
     # -- choosing the best group in O(log n) ---------------------------------------------------
@@ -278,6 +301,7 @@ class WeightPolicy(Policy):
 
     def _reindex_all(self) -> None:
         self._heap = []
+        self._in_heap = {}
         self._exhausted = []
         self._refill = []
         groups = self.dp.groups
@@ -289,6 +313,9 @@ class WeightPolicy(Policy):
     def _index(self, g: Group) -> None:
         g.dirty = False
         g.sched_ver += 1
+        seq = g.seq
+        if seq in self._in_heap:
+            del self._in_heap[seq]  # its entry there is stale now
         if g.blocked[0] + g.blocked[1] == 0:
             return
         token = g.token
@@ -297,17 +324,25 @@ class WeightPolicy(Policy):
                 pri = self.iopriority(g)
             else:
                 pri = token * IOBAND_IOPRIO_BASE // g.token_initial + 1
-            heappush(self._heap, (-pri, g.seq, g.sched_ver, g))
+            heappush(self._heap, (-pri << KEY_SHIFT) | entry(g))
+            self._in_heap[seq] = g
         elif g.my_epoch != self.epoch:
-            self._refill.append((g.sched_ver, g))
+            self._refill.append(entry(g))
         else:
-            self._exhausted.append((g.sched_ver, g))
+            self._exhausted.append(entry(g))
 
     def _flush_dirty(self) -> None:
         dirty = self._dirty
         self._dirty = []
         for g in dirty:
             self._index(g)
+
+    def _live(self, e: int) -> Group | None:
+        """The group of an entry (a heap key's low bits), None if the entry is stale."""
+        g = self._by_seq.get((e >> VER_BITS) & SEQ_MASK)
+        if g is None or e & VER_MASK != g.sched_ver & VER_MASK:
+            return None
+        return g
 
     def choose(self) -> Group | None:
         """Same answer as the original's scan of every group, found through an index.
@@ -329,31 +364,19 @@ class WeightPolicy(Policy):
             self._flush_dirty()
             return super().choose()
         if self._dirty:
-            dirty = self._dirty
-            self._dirty = []
-            index = self._index
-            for g in dirty:
-                index(g)
-        if self._refill:
-            pending = self._refill
-            self._refill = []
-            for ver, g in pending:
-                if ver != g.sched_ver:
-                    continue
-                if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
-                    self._refill.append((ver, g))  # skipped by the scan: no refill yet
-                    continue
-                self.can_submit(g)
-                self._touch(g)
             self._flush_dirty()
+        if self._refill:
+            self._refill_due(issued, limit)
         heap = self._heap
-        skipped = None
+        skipped: list[int] | None = None
         best = None
         while heap:
-            entry = heap[0]
-            g = entry[3]
-            if entry[2] != g.sched_ver or g.blocked[0] + g.blocked[1] == 0:
+            key = heap[0]
+            g = self._live(key)
+            if g is None or g.blocked[0] + g.blocked[1] == 0:
                 heappop(heap)
+                if g is not None:
+                    del self._in_heap[g.seq]
                 continue
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
                 if skipped is None:
@@ -366,6 +389,34 @@ class WeightPolicy(Policy):
             heap.extend(skipped)
             heapify(heap)
         return best
+
+    def _refill_due(self, issued: list[int], limit: int) -> None:
+        """Refill every backlogged group whose refill is due (what the scan's ``can_submit``
+        does), in one pass. A group still in debt after it goes straight to ``_exhausted``
+        (what ``_index`` would do with it): at 10 000 groups of one-token shares that is most
+        of them, every epoch."""
+        pending = self._refill
+        self._refill = []
+        epoch = self.epoch
+        exhausted = self._exhausted
+        for e in pending:
+            g = self._live(e)
+            if g is None:
+                continue
+            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
+                self._refill.append(e)  # skipped by the scan: no refill yet
+                continue
+            if g.token > 0 or g.going_down or g.my_epoch == epoch or g.dirty:
+                self.can_submit(g)  # not a plain refill: the general way
+                self._touch(g)
+                continue
+            self._refill_group(g)
+            if g.token <= 0:
+                g.sched_ver += 1  # _index, inlined: still in debt, out of tokens this epoch
+                exhausted.append(entry(g))
+            else:
+                self._touch(g)
+        self._flush_dirty()
 
     # -- display -----------------------------------------------------------------------------
     def show_table(self, device: Device) -> str:
