@@ -54,11 +54,13 @@ def build() -> None:
 
     sources = [p.relative_to(SRC).as_posix() for p in _build.compiled_sources()]
     os.chdir(SRC)  # module names come from the paths; the in-place files land beside them
+    os.environ["MYPY_CACHE_DIR"] = str(BUILD / "mypy_cache")
     setup(
         name="ioband-core",
         ext_modules=mypycify(sources, opt_level="3", group_name=GROUP, target_dir=str(BUILD)),
-        script_args=["-q", "build_ext", "--inplace", "--build-temp", str(BUILD / "temp")],
-    )
+        script_args=["-q", "build_ext", "--inplace", "--build-temp", str(BUILD / "temp"),
+                     "--build-lib", str(BUILD / "lib")],
+    )  # fmt: skip
 
 
 def main() -> int:

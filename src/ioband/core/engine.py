@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from typing import Final
 
 from ioband.core.cint import INT_MAX, SHORT_MAX
 from ioband.core.classify import GROUP_TYPES
@@ -39,12 +40,12 @@ from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
 from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
 
-DEFAULT_IO_THROTTLE = 4
-DEFAULT_NR_REQUESTS = 128
+DEFAULT_IO_THROTTLE: Final = 4
+DEFAULT_NR_REQUESTS: Final = 128
 # Conductor runs in a row that release nothing before we suspect a livelock and defer to the
 # next jiffy. Legitimate runs of empty epochs are bounded by debt / token_initial (a huge
 # request under weight-iosize with 10 000 groups: a few thousand).
-_SETTLE_LIMIT = 100_000
+_SETTLE_LIMIT: Final = 100_000
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ class Engine:
         self._timers: list[tuple[int, int, Callable[..., None], tuple[object, ...]]] = []
         self._timer_seq = 0
         self._group_seq = 0
-        self._ready: deque[DeviceGroup] = deque()
-        self._runnable: deque[tuple[list[Request], bool]] = deque()
+        # Device groups whose conductor runs once the current call settles, and batches of woken
+        # submitters: short FIFOs (lists: the compiled core tests and pops them natively).
+        self._ready: list[DeviceGroup] = []
+        self._runnable: list[tuple[list[Request], bool]] = []
         self._issued: list[Request] = []
         self._admitted: list[Request] = []
         self.stalls = 0  # conductor livelocks broken by deferring (always 0 unless a bug)
@@ -443,7 +446,7 @@ class Engine:
         while ready or runnable:
             while ready:
                 before = len(self._issued)
-                self._conduct(ready.popleft())
+                self._conduct(ready.pop(0))
                 idle_runs = 0 if len(self._issued) > before else idle_runs + 1
                 if idle_runs > _SETTLE_LIMIT:  # a bug: keep it from hanging a front end
                     self.stalls += 1
@@ -452,7 +455,7 @@ class Engine:
                         self._queue_conductor(dp, 1)
                     ready.clear()
             while runnable:
-                batch, same_group = runnable.popleft()
+                batch, same_group = runnable.pop(0)
                 run_waiter = self._run_waiter
                 for i, req in enumerate(batch):
                     wq = run_waiter(req)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Final, cast
 
-SUB_BITS = 3
-SUB = 1 << SUB_BITS  # buckets per octave
-TOP_BITS = 27  # the octave [2**27, 2**28) µs, up to 268 s, is the last
-BUCKETS = (TOP_BITS - SUB_BITS + 1) * SUB + SUB  # 208
-LAST = BUCKETS - 1
+SUB_BITS: Final = 3
+SUB: Final = 1 << SUB_BITS  # buckets per octave
+TOP_BITS: Final = 27  # the octave [2**27, 2**28) µs, up to 268 s, is the last
+BUCKETS: Final = (TOP_BITS - SUB_BITS + 1) * SUB + SUB  # 208
+LAST: Final = BUCKETS - 1
 
 
 def bucket_of(us: int) -> int:

@@ -9,7 +9,7 @@ id), a ``Device`` is one dm target with its default group (``head``), a ``Group`
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ioband.core.classify import IdOf
 from ioband.core.grammar import GroupKey, Rule, key_order, key_text
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: A group's think time counts up to this many jiffies (and starts there: a group is waited
 #: for only once it has shown that it comes back fast).
-THINK_CAP = 1000
+THINK_CAP: Final = 1000
 
 
 class Group:

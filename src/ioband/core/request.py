@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
-SECTOR_SHIFT = 9
-ASYNC = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
-SYNC = 1  # class index of reads and sync writes, as BLK_RW_SYNC
-READ = 0
-WRITE = 1
+SECTOR_SHIFT: Final = 9
+ASYNC: Final = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
+SYNC: Final = 1  # class index of reads and sync writes, as BLK_RW_SYNC
+READ: Final = 0
+WRITE: Final = 1
 
 # Request states, in the order a request moves through them.
-WAITING = "waiting"  # its submitter sleeps (backpressure); the request is not admitted yet
-HELD = "held"  # admitted and queued in its group
-ISSUED = "issued"  # released to the lower device; the caller performs the I/O
-DONE = "done"  # completed
+WAITING: Final = "waiting"  # its submitter sleeps (backpressure); the request is not admitted yet
+HELD: Final = "held"  # admitted and queued in its group
+ISSUED: Final = "issued"  # released to the lower device; the caller performs the I/O
+DONE: Final = "done"  # completed
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,34 +47,35 @@ only slow them. A request is never held while the window has room (work conservi
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 #: Slow start doubles the window while fewer than this many requests wait in the store.
-ALPHA = 1.0
+ALPHA: Final = 1.0
 #: More than this many waiting in the store makes the window probe down sooner.
-BETA = 2.5
+BETA: Final = 2.5
 #: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
-BASE_PERIODS = 100
+BASE_PERIODS: Final = 100
 #: Completions a period needs before it is judged (it is extended up to a second for them).
-MIN_COMPLETIONS = 16
+MIN_COMPLETIONS: Final = 16
 #: The window a device group starts with.
-START = 16
+START: Final = 16
 #: A smaller window is kept if it keeps this fraction of the throughput.
-KEEP = 0.95
+KEEP: Final = 0.95
 #: A larger window is kept only if it raises the throughput by this fraction.
-GAIN = 1.05
+GAIN: Final = 1.05
 #: Periods a probe is measured for (after one to settle), so that noise decides less.
-PROBE_PERIODS = 2
+PROBE_PERIODS: Final = 2
 #: A steady period whose throughput differs from the reference by more than this fraction
 #: means the store changed.
-CHANGED = 0.25
+CHANGED: Final = 0.25
 #: A probe downwards that serves less than this fraction ends after one period.
-CLEAR_LOSS = 0.85
+CLEAR_LOSS: Final = 0.85
 #: Full periods between probes: at first, and at most downwards (a probe down that loses
 #: costs throughput: at 50 ms periods, one in 5 s) and upwards (one that loses costs nothing
 #: but a little accuracy for a period: a store that became faster is found within a second).
-PROBE_FIRST = 8
-DOWN_MOST = 100
-UP_MOST = 20
+PROBE_FIRST: Final = 8
+DOWN_MOST: Final = 100
+UP_MOST: Final = 20
 
 STEADY, PROBE_DOWN, PROBE_UP = 0, 1, 2
 

@@ -9,7 +9,7 @@ charges what is issued (``charge``), starts new rounds (``restart``), caps per-g
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from ioband.errors import InvalidArgument
 
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-R_OK = 0
-R_BLOCK = 1
-R_YIELD = 2
+R_OK: Final = 0
+R_BLOCK: Final = 1
+R_YIELD: Final = 2
 
 
 class Policy:

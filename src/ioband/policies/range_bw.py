@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
@@ -20,17 +20,17 @@ if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-DEFAULT_BUCKET = 2
-DEFAULT_TOKENPOOL = 2048
-MINBW_IO_MODE = 0
-LEFTOVER_IO_MODE = 1
-RANGE_IO_MODE = 2
-DEFAULT_IO_MODE = 3
-NO_IO_MODE = 4
-MINBW_PRIO_BASE = 10
-OVER_IO_RATE = 4
-TIME_COMPENSATOR = 10
-TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
+DEFAULT_BUCKET: Final = 2
+DEFAULT_TOKENPOOL: Final = 2048
+MINBW_IO_MODE: Final = 0
+LEFTOVER_IO_MODE: Final = 1
+RANGE_IO_MODE: Final = 2
+DEFAULT_IO_MODE: Final = 3
+NO_IO_MODE: Final = 4
+MINBW_PRIO_BASE: Final = 10
+OVER_IO_RATE: Final = 4
+TIME_COMPENSATOR: Final = 10
+TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
 
 
 def time_after(a: int, b: int) -> bool:

@@ -10,7 +10,7 @@ group, which gives the same answer (see ``WeightPolicy.choose``).
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
@@ -20,25 +20,25 @@ if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-DEFAULT_WEIGHT = 100
-DEFAULT_TOKENPOOL = 2048
-DEFAULT_BUCKET = 2
-IOBAND_IOPRIO_BASE = 100
-TOKEN_BATCH_UNIT = 20
-PROCEED_THRESHOLD = 8
-LOCAL_ACTIVE_RATIO = 8
-GLOBAL_ACTIVE_RATIO = 16
-OVERCOMMIT_RATE = 4
-PAGE_TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages
+DEFAULT_WEIGHT: Final = 100
+DEFAULT_TOKENPOOL: Final = 2048
+DEFAULT_BUCKET: Final = 2
+IOBAND_IOPRIO_BASE: Final = 100
+TOKEN_BATCH_UNIT: Final = 20
+PROCEED_THRESHOLD: Final = 8
+LOCAL_ACTIVE_RATIO: Final = 8
+GLOBAL_ACTIVE_RATIO: Final = 16
+OVERCOMMIT_RATE: Final = 4
+PAGE_TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages
 
 
 # An index entry is one int: the group's creation number and its version (a heap key adds
 # -iopriority above them). A version is compared modulo 2**48: an entry goes stale after one
 # re-key, and no entry waits in the heap through 2**48 re-keys of its group.
-VER_BITS = 48
-VER_MASK = (1 << VER_BITS) - 1
-SEQ_MASK = (1 << 48) - 1
-KEY_SHIFT = 96
+VER_BITS: Final = 48
+VER_MASK: Final = (1 << VER_BITS) - 1
+SEQ_MASK: Final = (1 << 48) - 1
+KEY_SHIFT: Final = 96
 
 
 def entry(g: Group) -> int:
