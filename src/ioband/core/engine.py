@@ -456,9 +456,8 @@ class Engine:
                     ready.clear()
             while runnable:
                 batch, same_group = runnable.pop(0)
-                run_waiter = self._run_waiter
                 for i, req in enumerate(batch):
-                    wq = run_waiter(req)
+                    wq = self._run_waiter(req)
                     if same_group and wq is not None:
                         waiting_in: Group = req.group
                         if waiting_in.blocked_flag[req.sync] and not waiting_in.going_down:
@@ -512,14 +511,13 @@ class Engine:
         """``release_bios``: the prio queue first, then the normal queue, until the batch yields,
         tokens run out (R_BLOCK) or there is no room (R_OK)."""
         dp = g.dp
-        policy = dp.policy
-        may_issue = policy.may_issue
+        policy = dp.policy  # its methods called directly: a bound method is a slow path compiled
         issued = dp.issued
         limit = self._room(dp, g)
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:
-                if not may_issue(g):
+                if not policy.may_issue(g):
                     return R_BLOCK
                 if issued[c] >= limit:
                     return R_OK
@@ -529,7 +527,7 @@ class Engine:
                 if r != R_OK:
                     return r
         while g.blocked[0] + g.blocked[1] - g.prio_blocked > 0:
-            if not may_issue(g):
+            if not policy.may_issue(g):
                 return R_BLOCK
             if issued[0] >= limit and issued[1] >= limit:
                 return R_OK

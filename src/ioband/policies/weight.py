@@ -283,9 +283,8 @@ class WeightPolicy(Policy):
         # other entries are stale, and the heap starts again from the re-keyed ones.
         self._refill.extend(self._exhausted)
         self._exhausted = []
-        touch = self._touch
         for g in self._in_heap.values():
-            touch(g)
+            self._touch(g)
         self._in_heap = {}
         self._heap = []
         return True
@@ -333,9 +332,9 @@ class WeightPolicy(Policy):
 
     def _flush_dirty(self) -> None:
         dirty = self._dirty
-        self._dirty = []
         for g in dirty:
-            self._index(g)
+            self._index(g)  # never touches: the list does not grow under the loop
+        dirty.clear()
 
     def _live(self, e: int) -> Group | None:
         """The group of an entry (a heap key's low bits), None if the entry is stale."""
