@@ -22,6 +22,28 @@ R_OK: Final = 0
 R_BLOCK: Final = 1
 R_YIELD: Final = 2
 
+# The indexed policies' entries (a group due a refill, a heap key) are single ints, not tuples:
+# nothing for the garbage collector to track, no tuple to unpack in a comparison. An entry is
+# the group's creation number and its index version; a heap key puts -priority above them. A
+# version is compared modulo 2**48: an entry goes stale after one re-key of its group, and no
+# entry waits through 2**48 re-keys of it.
+VER_BITS: Final = 48
+VER_MASK: Final = (1 << VER_BITS) - 1
+SEQ_MASK: Final = (1 << 48) - 1
+KEY_SHIFT: Final = 96
+
+
+def entry(g: Group) -> int:
+    return (g.seq << VER_BITS) | (g.sched_ver & VER_MASK)
+
+
+def entry_group(by_seq: dict[int, Group], e: int) -> Group | None:
+    """The group of an entry (or of a heap key's low bits); None if the entry is stale."""
+    g = by_seq.get((e >> VER_BITS) & SEQ_MASK)
+    if g is None or e & VER_MASK != g.sched_ver & VER_MASK:
+        return None
+    return g
+
 
 class Policy:
     """Base class; subclasses implement the hooks. Parameters arrive unparsed (grammar strings)."""

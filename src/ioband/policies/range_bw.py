@@ -8,13 +8,15 @@ device enters "leftover" mode with random priorities 1..9. Units are KB/s; 1 KB 
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections import deque
 from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
-from ioband.policies.base import R_OK, R_YIELD, Policy
+from ioband.policies.base import KEY_SHIFT, R_OK, R_YIELD, Policy, entry, entry_group
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -31,6 +33,8 @@ MINBW_PRIO_BASE: Final = 10
 OVER_IO_RATE: Final = 4
 TIME_COMPENSATOR: Final = 10
 TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
+
+WORD: Final = next(t for t in "IL" if array(t).itemsize == 4)  # an unsigned 32-bit array
 
 
 def time_after(a: int, b: int) -> bool:
@@ -66,12 +70,13 @@ class RangeBwPolicy(Policy):
         self.token_bucket = (dp.io_limit * 2 * DEFAULT_BUCKET) << TOKEN_UNIT
         pool = max(base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
         self.carryover = pool // self.token_bucket
-        # Index of backlogged groups (see choose): a heap keyed by (-priority, creation order);
-        # an entry carries the group's sched_ver, a stale one is skipped. ``_dirty``: groups
-        # whose priority may have changed since they were keyed.
+        # Index of backlogged groups (see choose): a heap keyed by (-priority, creation order),
+        # one int per entry (base.entry) that carries the group's sched_ver: a stale one is
+        # skipped. ``_dirty``: groups whose priority may have changed since they were keyed.
         self.linear = False  # True: scan every group like the original (reference mode)
-        self._heap: list[tuple[int, int, int, Group]] = []
+        self._heap: list[int] = []
         self._dirty: list[Group] = []
+        self._by_seq: dict[int, Group] = {}  # creation order -> group, to resolve an entry
 
     @classmethod
     def parse_token_base(cls, text: str | None) -> int:
@@ -95,6 +100,7 @@ class RangeBwPolicy(Policy):
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        self._by_seq[g.seq] = g
         g.min_bw = g.max_bw = 0
         g.io_mode = DEFAULT_IO_MODE
         g.slice_expired = False
@@ -114,6 +120,8 @@ class RangeBwPolicy(Policy):
             self.running = None
         g.timer_token += 1  # cancels its timer
         g.timer_set = False
+        g.sched_ver += 1  # its index entries go stale
+        self._by_seq.pop(g.seq, None)
         # The original left over-max sleepers asleep until some other I/O rolled the period.
         self.engine.wake(g.maxbw_waitq)
 
@@ -294,26 +302,29 @@ class RangeBwPolicy(Policy):
         issued = dp.issued
         if issued[0] >= limit and issued[1] >= limit:
             return None
-        if self.linear or self.io_mode == LEFTOVER_IO_MODE:
+        if self.linear:
             return super().choose()
+        if self.io_mode == LEFTOVER_IO_MODE:
+            return self._choose_leftover(issued, limit)
         heap = self._heap
         if self._dirty:
             dirty = self._dirty
-            self._dirty = []
             for g in dirty:
                 g.dirty = False
                 g.sched_ver += 1
                 if g.blocked[0] + g.blocked[1]:
                     pri = self.priority(g)
-                    heappush(heap, (-pri if pri > 0 else -1, g.seq, g.sched_ver, g))
-        skipped: list[tuple[int, int, int, Group]] | None = None
+                    heappush(heap, ((-pri if pri > 0 else -1) << KEY_SHIFT) | entry(g))
+            dirty.clear()
+        skipped: list[int] | None = None
         best = None
         while heap:
-            entry = heap[0]
-            g = entry[3]
-            if entry[2] != g.sched_ver or g.blocked[0] + g.blocked[1] == 0:
+            key = heap[0]
+            found = entry_group(self._by_seq, key)
+            if found is None or found.blocked[0] + found.blocked[1] == 0:
                 heappop(heap)  # stale, or nothing held: re-keyed when it is backlogged again
                 continue
+            g = found
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
                 if skipped is None:
                     skipped = []
@@ -325,6 +336,36 @@ class RangeBwPolicy(Policy):
             heap.extend(skipped)
             heapify(heap)
         return best
+
+    def _choose_leftover(self, issued: list[int], limit: int) -> Group | None:
+        """The original's leftover scan, with its random draws made in one call: each
+        backlogged group that may issue draws ``getrandbits(32) % 10 or 1`` in creation order
+        and the first highest wins. ``getrandbits(32 * k)`` is the same k draws (the generator's
+        32-bit words, least significant first), so the choice and the generator's state are the
+        original's; only the Python call per group is gone."""
+        eligible = []
+        for g in self.dp.groups:
+            n = g.blocked[0] + g.blocked[1]
+            if n == 0 or (n == g.prio_blocked and issued[g.prio_sync] >= limit):
+                continue
+            eligible.append(g)
+        k = len(eligible)
+        if k == 0:
+            return None
+        words = array(WORD)
+        words.frombytes(self.engine.rng.getrandbits(32 * k).to_bytes(4 * k, "little"))
+        if sys.byteorder == "big":
+            words.byteswap()
+        best = 0
+        highest = 0
+        for i in range(k):
+            pri = words[i] % 10 or 1
+            if pri > highest:
+                highest = pri
+                best = i
+                if pri == 9:
+                    break  # the highest a draw gives: no later group beats it
+        return eligible[best]
 
     def hold_back(self, g: Group) -> deque[Request] | None:
         """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
-from ioband.policies.base import R_OK, R_YIELD, Policy
+from ioband.policies.base import KEY_SHIFT, R_OK, R_YIELD, Policy, entry, entry_group
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -30,19 +30,6 @@ LOCAL_ACTIVE_RATIO: Final = 8
 GLOBAL_ACTIVE_RATIO: Final = 16
 OVERCOMMIT_RATE: Final = 4
 PAGE_TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages
-
-
-# An index entry is one int: the group's creation number and its version (a heap key adds
-# -iopriority above them). A version is compared modulo 2**48: an entry goes stale after one
-# re-key, and no entry waits in the heap through 2**48 re-keys of its group.
-VER_BITS: Final = 48
-VER_MASK: Final = (1 << VER_BITS) - 1
-SEQ_MASK: Final = (1 << 48) - 1
-KEY_SHIFT: Final = 96
-
-
-def entry(g: Group) -> int:
-    return (g.seq << VER_BITS) | (g.sched_ver & VER_MASK)
 
 
 class WeightPolicy(Policy):
@@ -337,11 +324,7 @@ class WeightPolicy(Policy):
         dirty.clear()
 
     def _live(self, e: int) -> Group | None:
-        """The group of an entry (a heap key's low bits), None if the entry is stale."""
-        g = self._by_seq.get((e >> VER_BITS) & SEQ_MASK)
-        if g is None or e & VER_MASK != g.sched_ver & VER_MASK:
-            return None
-        return g
+        return entry_group(self._by_seq, e)
 
     def choose(self) -> Group | None:
         """Same answer as the original's scan of every group, found through an index.
