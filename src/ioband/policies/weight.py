@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
-from ioband.policies.base import KEY_SHIFT, R_OK, R_YIELD, Policy, entry, entry_group
+from ioband.policies.base import R_OK, R_YIELD, Policy
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -55,17 +55,14 @@ class WeightPolicy(Policy):
         self.token_left = 0
         self.init_token_bucket(base, 0)
         self.token_left = self.token_bucket
-        # Index of backlogged groups (see choose): a heap of groups with tokens, plus groups out
-        # of tokens this epoch and groups whose refill is due. Every entry is one int (no tuple:
-        # nothing for the garbage collector to track or a comparison to unpack) that carries the
-        # group's creation number and its sched_ver; a stale version is skipped.
+        # Index of backlogged groups (see choose): a heap of groups with tokens, keyed by
+        # (-iopriority, creation order), plus groups out of tokens this epoch and groups whose
+        # refill is due. Entries carry the group's sched_ver; a stale version is skipped.
         self.linear = False  # True: scan every group like the original (reference mode)
-        self._heap: list[int] = []  # heap_key(): (-iopriority, creation order, version)
-        self._exhausted: list[int] = []  # entry(): (creation order, version)
-        self._refill: list[int] = []
+        self._heap: list[tuple[int, int, int, Group]] = []
+        self._exhausted: list[tuple[int, Group]] = []
+        self._refill: list[tuple[int, Group]] = []
         self._dirty: list[Group] = []
-        self._by_seq: dict[int, Group] = {}  # creation order -> group, to resolve an entry
-        self._in_heap: dict[int, Group] = {}  # groups whose current version is in the heap
 
     # -- parameters --------------------------------------------------------------------------
     @classmethod
@@ -116,7 +113,6 @@ class WeightPolicy(Policy):
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
-        self._by_seq[g.seq] = g
         g.my_epoch = self.epoch
         g.consumed = 0
         g.token = g.token_initial = 1
@@ -135,8 +131,6 @@ class WeightPolicy(Policy):
         if self.current is g:
             self.current = None
         g.sched_ver += 1
-        self._by_seq.pop(g.seq, None)
-        self._in_heap.pop(g.seq, None)
 
     def carried_value(self, g: Group) -> object:
         return g.weight
@@ -194,16 +188,9 @@ class WeightPolicy(Policy):
             g.token = g.token_initial
             self._touch(g)
             return self.iopriority(g)
-        if self.epoch == g.my_epoch:
-            return 0
-        self._refill_group(g)
-        self._touch(g)
-        return self.iopriority(g) if g.token > 0 else 0
-
-    def _refill_group(self, g: Group) -> None:
-        """The refill of ``is_token_left``: the epochs' shares ``g`` has not claimed yet (up to
-        ``carryover`` of them) plus its part of the previous epoch's leftover."""
         lag = self.epoch - g.my_epoch
+        if lag == 0:
+            return 0
         g.my_epoch = self.epoch
         delta = g.token_initial * min(lag, self.carryover)
         self.token_left -= delta
@@ -213,6 +200,8 @@ class WeightPolicy(Policy):
         g.consumed = 0
         if g is self.current:
             self.yield_mark += delta
+        self._touch(g)
+        return self.iopriority(g) if g.token > 0 else 0
 
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
         return self.consume(g, 1, urgent)
@@ -266,14 +255,16 @@ class WeightPolicy(Policy):
         self.expired = None
         self.dominant = None
         # Every group out of tokens may now be refilled; groups still holding tokens (rare:
-        # see choose) see their lag bonus grow, so they are re-keyed. Only those: the heap's
-        # other entries are stale, and the heap starts again from the re-keyed ones.
-        self._refill.extend(self._exhausted)
+        # see choose) see their lag bonus grow, so their keys are recomputed.
+        refill = self._refill
+        for entry in self._exhausted:
+            if entry[0] == entry[1].sched_ver:
+                refill.append(entry)
         self._exhausted = []
-        for g in self._in_heap.values():
-            self._touch(g)
-        self._in_heap = {}
-        self._heap = []
+        live = [e for e in self._heap if e[2] == e[3].sched_ver]
+        self._heap = live
+        for e in live:
+            self._touch(e[3])
         return True
 
     # -- choosing the best group in O(log n) ---------------------------------------------------
@@ -287,7 +278,6 @@ class WeightPolicy(Policy):
 
     def _reindex_all(self) -> None:
         self._heap = []
-        self._in_heap = {}
         self._exhausted = []
         self._refill = []
         groups = self.dp.groups
@@ -299,9 +289,6 @@ class WeightPolicy(Policy):
     def _index(self, g: Group) -> None:
         g.dirty = False
         g.sched_ver += 1
-        seq = g.seq
-        if seq in self._in_heap:
-            del self._in_heap[seq]  # its entry there is stale now
         if g.blocked[0] + g.blocked[1] == 0:
             return
         token = g.token
@@ -310,21 +297,17 @@ class WeightPolicy(Policy):
                 pri = self.iopriority(g)
             else:
                 pri = token * IOBAND_IOPRIO_BASE // g.token_initial + 1
-            heappush(self._heap, (-pri << KEY_SHIFT) | entry(g))
-            self._in_heap[seq] = g
+            heappush(self._heap, (-pri, g.seq, g.sched_ver, g))
         elif g.my_epoch != self.epoch:
-            self._refill.append(entry(g))
+            self._refill.append((g.sched_ver, g))
         else:
-            self._exhausted.append(entry(g))
+            self._exhausted.append((g.sched_ver, g))
 
     def _flush_dirty(self) -> None:
         dirty = self._dirty
+        self._dirty = []
         for g in dirty:
-            self._index(g)  # never touches: the list does not grow under the loop
-        dirty.clear()
-
-    def _live(self, e: int) -> Group | None:
-        return entry_group(self._by_seq, e)
+            self._index(g)
 
     def choose(self) -> Group | None:
         """Same answer as the original's scan of every group, found through an index.
@@ -346,19 +329,30 @@ class WeightPolicy(Policy):
             self._flush_dirty()
             return super().choose()
         if self._dirty:
-            self._flush_dirty()
+            dirty = self._dirty
+            self._dirty = []
+            for g in dirty:
+                self._index(g)
         if self._refill:
-            self._refill_due(issued, limit)
+            pending = self._refill
+            self._refill = []
+            for ver, g in pending:
+                if ver != g.sched_ver:
+                    continue
+                if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
+                    self._refill.append((ver, g))  # skipped by the scan: no refill yet
+                    continue
+                self.can_submit(g)
+                self._touch(g)
+            self._flush_dirty()
         heap = self._heap
-        skipped: list[int] | None = None
+        skipped = None
         best = None
         while heap:
-            key = heap[0]
-            g = self._live(key)
-            if g is None or g.blocked[0] + g.blocked[1] == 0:
+            entry = heap[0]
+            g = entry[3]
+            if entry[2] != g.sched_ver or g.blocked[0] + g.blocked[1] == 0:
                 heappop(heap)
-                if g is not None:
-                    del self._in_heap[g.seq]
                 continue
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
                 if skipped is None:
@@ -371,34 +365,6 @@ class WeightPolicy(Policy):
             heap.extend(skipped)
             heapify(heap)
         return best
-
-    def _refill_due(self, issued: list[int], limit: int) -> None:
-        """Refill every backlogged group whose refill is due (what the scan's ``can_submit``
-        does), in one pass. A group still in debt after it goes straight to ``_exhausted``
-        (what ``_index`` would do with it): at 10 000 groups of one-token shares that is most
-        of them, every epoch."""
-        pending = self._refill
-        self._refill = []
-        epoch = self.epoch
-        exhausted = self._exhausted
-        for e in pending:
-            g = self._live(e)
-            if g is None:
-                continue
-            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
-                self._refill.append(e)  # skipped by the scan: no refill yet
-                continue
-            if g.token > 0 or g.going_down or g.my_epoch == epoch or g.dirty:
-                self.can_submit(g)  # not a plain refill: the general way
-                self._touch(g)
-                continue
-            self._refill_group(g)
-            if g.token <= 0:
-                g.sched_ver += 1  # _index, inlined: still in debt, out of tokens this epoch
-                exhausted.append(entry(g))
-            else:
-                self._touch(g)
-        self._flush_dirty()
 
     # -- display -----------------------------------------------------------------------------
     def show_table(self, device: Device) -> str:
