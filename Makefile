@@ -29,3 +29,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -f src/ioband_core__mypyc*.so src/ioband/core/*.so src/ioband/policies/*.so src/ioband/_compiled.json

@@ -40,3 +40,8 @@ if [ ! -f "$stamp" ]; then
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
+
+# The scheduling core compiled with mypyc, in place (skipped when up to date; IOBAND_BUILD_PURE=1
+# removes it). If it cannot be built, ioband runs the pure-Python modules, which stay the
+# reference (scripts/build_core.py, src/ioband/_build.py).
+"$VENV/bin/python" scripts/build_core.py

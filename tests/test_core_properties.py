@@ -183,15 +183,25 @@ def test_removal_flushes_everything(script):
     driver.drain()
 
 
+def band(rng) -> str:
+    lo = rng.randint(0, 300)
+    return f"{lo}:{lo + rng.randint(1, 500) if rng.random() < 0.5 else 0}"
+
+
 def trace(linear: bool, groups: int, policy: str, seed: int) -> tuple:
     """A deterministic random run; the sequence of completed requests and the final status."""
     import random
 
     rng = random.Random(seed)
     engine = Engine(linear_scan=linear, seed=seed)
-    specs = " ".join(f"{i}:{rng.randint(1, 100)}" for i in range(1, groups))
+    if policy == "range-bw":  # min:max KB/s, some without a max
+        specs = " ".join(f"{i}:{band(rng)}" for i in range(1, groups))
+        head = ":50:0"
+    else:
+        specs = " ".join(f"{i}:{rng.randint(1, 100)}" for i in range(1, groups))
+        head = ":50"
     throttle, limit = rng.choice([0, 4, 16]), rng.choice([0, 8, 32])
-    dev = engine.create("x", f"0 100 ioband s 1 {throttle} {limit} user {policy} 0 :50 {specs}")
+    dev = engine.create("x", f"0 100 ioband s 1 {throttle} {limit} user {policy} 0 {head} {specs}")
     driver = Driver(engine)
     owners = [Submitter(pid=i, uid=i) for i in range(groups)]
     for owner in owners:
@@ -201,8 +211,12 @@ def trace(linear: bool, groups: int, policy: str, seed: int) -> tuple:
     log = []
     for step in range(4000):
         if step == 2000:
+            gid = rng.randrange(1, groups)
+            value = band(rng) if policy == "range-bw" else rng.randint(1, 99)
             driver.call(
-                engine.message, "x", f"weight {rng.randrange(1, groups)}:{rng.randint(1, 99)}"
+                engine.message,
+                "x",
+                f"{'range-bw' if policy == 'range-bw' else 'weight'} {gid}:{value}",
             )
         if not driver.inflight:
             driver.tick(1)
@@ -217,7 +231,7 @@ def trace(linear: bool, groups: int, policy: str, seed: int) -> tuple:
 
 
 @given(st.integers(0, 10_000), st.sampled_from([2, 3, 7, 40]),
-       st.sampled_from(["weight", "weight-iosize"]))  # fmt: skip
+       st.sampled_from(["weight", "weight-iosize", "range-bw"]))  # fmt: skip
 def test_indexed_choice_equals_the_original_scan(seed, groups, policy):
     """The O(log n) best-group index makes exactly the decisions of the original O(n) scan."""
     assert trace(False, groups, policy, seed) == trace(True, groups, policy, seed)

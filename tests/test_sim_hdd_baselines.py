@@ -312,13 +312,19 @@ def test_offset_and_size_restrict_the_region_and_set_the_disk_position():
 
     sim = Simulator(one_workload(offset="256KiB", size="64KiB", block_size="4KiB"))
     wl_requests = []
-    original = sim.engine.submit
 
-    def spy(dev, req, now):
-        wl_requests.append(req)
-        return original(dev, req, now)
+    class Spy:  # the engine with submit recorded (a compiled Engine's methods are read-only)
+        def __init__(self, engine):
+            self._engine = engine
 
-    sim.engine.submit = spy
+        def __getattr__(self, name):
+            return getattr(self._engine, name)
+
+        def submit(self, dev, req, now):
+            wl_requests.append(req)
+            return self._engine.submit(dev, req, now)
+
+    sim.engine = Spy(sim.engine)
     sim.run()
     offsets = {r.offset for r in wl_requests}
     assert min(offsets) >= 256 * 1024 and max(offsets) + 4096 <= 320 * 1024

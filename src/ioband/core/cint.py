@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-INT_MAX = 2**31 - 1
-SHORT_MAX = 32767
-LONG_MAX = 2**63 - 1
+from typing import Final
 
-_DIGITS = "0123456789abcdef"
+INT_MAX: Final = 2**31 - 1
+SHORT_MAX: Final = 32767
+LONG_MAX: Final = 2**63 - 1
+
+_DIGITS: Final = "0123456789abcdef"
 
 
 def cdiv(a: int, b: int) -> int:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from typing import Final
 
 from ioband.core.cint import INT_MAX, SHORT_MAX
 from ioband.core.classify import GROUP_TYPES
@@ -39,12 +40,12 @@ from ioband.core.window import AdaptiveWindow
 from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
 from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
 
-DEFAULT_IO_THROTTLE = 4
-DEFAULT_NR_REQUESTS = 128
+DEFAULT_IO_THROTTLE: Final = 4
+DEFAULT_NR_REQUESTS: Final = 128
 # Conductor runs in a row that release nothing before we suspect a livelock and defer to the
 # next jiffy. Legitimate runs of empty epochs are bounded by debt / token_initial (a huge
 # request under weight-iosize with 10 000 groups: a few thousand).
-_SETTLE_LIMIT = 100_000
+_SETTLE_LIMIT: Final = 100_000
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ class Engine:
         self._timers: list[tuple[int, int, Callable[..., None], tuple[object, ...]]] = []
         self._timer_seq = 0
         self._group_seq = 0
-        self._ready: deque[DeviceGroup] = deque()
-        self._runnable: deque[tuple[list[Request], bool]] = deque()
+        # Device groups whose conductor runs once the current call settles, and batches of woken
+        # submitters: short FIFOs (lists: the compiled core tests and pops them natively).
+        self._ready: list[DeviceGroup] = []
+        self._runnable: list[tuple[list[Request], bool]] = []
         self._issued: list[Request] = []
         self._admitted: list[Request] = []
         self.stalls = 0  # conductor livelocks broken by deferring (always 0 unless a bug)
@@ -166,7 +169,7 @@ class Engine:
         if not req.arrival_ns:  # else the front end read it earlier and kept it in order
             req.arrival_ns = self.clock_ns()
         if dev.suspended:
-            req.group = None  # type: ignore[assignment]  # classified when it resumes
+            req.group = None  # classified when it resumes
             req.state = WAITING
             dev.suspend_waiters.append(req)
             return False
@@ -194,11 +197,12 @@ class Engine:
             raise InvalidArgument(f"complete: request {req!r} is not in flight")
         if now > self.now:
             self.now = now
-        g = req.group
+        g: Group = req.group
         dp = g.dp
         full = dp.issued[req.sync] >= dp.window
         dp.issued[req.sync] -= 1
-        req.device.inflight -= 1
+        dev: Device = req.device
+        dev.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
         g.latency.record(self.clock_ns() - req.arrival_ns)
@@ -355,15 +359,10 @@ class Engine:
         if g.blocked_flag[sync]:
             return g.waitq[sync]
         policy = g.dp.policy
-        if policy.hold_back is not None:
-            wq = policy.hold_back(g)
-            if wq is not None:
-                return wq
-        if policy.should_block is None:
-            full = g.blocked[sync] >= g.limit
-        else:
-            full = policy.should_block(g, sync)
-        if full:
+        wq = policy.hold_back(g)
+        if wq is not None:
+            return wq
+        if policy.should_block(g, sync):
             g.blocked_flag[sync] = True
             return g.waitq[sync]
         return None
@@ -382,7 +381,8 @@ class Engine:
                 req.issue_time = self.now
                 req.dispatch_ns = self.clock_ns()
                 g.hold.record(req.dispatch_ns - req.arrival_ns)
-                req.device.inflight += 1
+                dev: Device = req.device
+                dev.inflight += 1
                 if dp.adaptive is not None:
                     dp.adaptive.issued(self.now)
                 return True
@@ -404,21 +404,17 @@ class Engine:
             dp.urgent.append(req)
         else:
             g.blocked[sync] += 1
-            hold = dp.policy.hold
-            if hold is None:
-                g.queue.append(req)
-            else:
-                hold(g, req)
+            dp.policy.hold(g, req)
             if g.blocked[0] + g.blocked[1] == 1:
                 dp.policy.backlogged(g)
 
     def _run_waiter(self, req: Request) -> deque[Request] | None:
         """A woken submitter re-evaluates where it slept; returns where it sleeps again."""
-        dev = req.device
+        dev: Device = req.device
         if dev.removed:
             self._issue_now(req)  # its device was removed while it slept
             return None
-        g = req.group
+        g: Group | None = req.group
         if g is None:
             if dev.suspended:
                 dev.suspend_waiters.append(req)
@@ -453,7 +449,7 @@ class Engine:
         while ready or runnable:
             while ready:
                 before = len(self._issued)
-                self._conduct(ready.popleft())
+                self._conduct(ready.pop(0))
                 idle_runs = 0 if len(self._issued) > before else idle_runs + 1
                 if idle_runs > _SETTLE_LIMIT:  # a bug: keep it from hanging a front end
                     self.stalls += 1
@@ -462,13 +458,12 @@ class Engine:
                         self._queue_conductor(dp, 1)
                     ready.clear()
             while runnable:
-                batch, same_group = runnable.popleft()
-                run_waiter = self._run_waiter
+                batch, same_group = runnable.pop(0)
                 for i, req in enumerate(batch):
-                    wq = run_waiter(req)
+                    wq = self._run_waiter(req)
                     if same_group and wq is not None:
-                        g = req.group
-                        if g.blocked_flag[req.sync] and not g.going_down:
+                        waiting_in: Group = req.group
+                        if waiting_in.blocked_flag[req.sync] and not waiting_in.going_down:
                             # The rest would stop at the same set flag: skip re-evaluating.
                             wq.extend(batch[i + 1 :])
                             break
@@ -519,14 +514,13 @@ class Engine:
         """``release_bios``: the prio queue first, then the normal queue, until the batch yields,
         tokens run out (R_BLOCK) or there is no room (R_OK)."""
         dp = g.dp
-        policy = dp.policy
-        may_issue = policy.may_issue
+        policy = dp.policy  # its methods called directly: a bound method is a slow path compiled
         issued = dp.issued
         limit = self._room(dp, g)
         if g.prio_queue:
             c = g.prio_sync
             while g.prio_blocked > 0:
-                if not may_issue(g):
+                if not policy.may_issue(g):
                     return R_BLOCK
                 if issued[c] >= limit:
                     return R_OK
@@ -536,19 +530,14 @@ class Engine:
                 if r != R_OK:
                     return r
         while g.blocked[0] + g.blocked[1] - g.prio_blocked > 0:
-            if not may_issue(g):
+            if not policy.may_issue(g):
                 return R_BLOCK
             if issued[0] >= limit and issued[1] >= limit:
                 return R_OK
-            if policy.pop is None:
-                if not g.queue:
-                    return R_OK
-                req = g.queue.popleft()
-            else:
-                popped = policy.pop(g)
-                if popped is None:
-                    return R_OK
-                req = popped
+            popped = policy.pop(g)
+            if popped is None:
+                return R_OK
+            req = popped
             c = req.sync
             if issued[c] >= limit:
                 if not g.prio_queue:
@@ -575,7 +564,8 @@ class Engine:
         req.issue_time = self.now
         req.dispatch_ns = self.clock_ns()
         g.hold.record(req.dispatch_ns - req.arrival_ns)
-        req.device.inflight += 1
+        dev: Device = req.device
+        dev.inflight += 1
         self._issued.append(req)
         dp.issued[c] += 1
         if dp.adaptive is not None:
@@ -586,18 +576,20 @@ class Engine:
         req.state = ISSUED
         req.issue_time = self.now
         req.dispatch_ns = self.clock_ns()
-        req.group.hold.record(req.dispatch_ns - req.arrival_ns)
-        req.device.inflight += 1
+        g: Group = req.group
+        g.hold.record(req.dispatch_ns - req.arrival_ns)
+        dev: Device = req.device
+        dev.inflight += 1
         self._issued.append(req)
-        adaptive = req.group.dp.adaptive
+        adaptive = g.dp.adaptive
         if adaptive is not None:
             adaptive.issued(self.now)
 
     def _issue_now(self, req: Request) -> None:
         """Issue without scheduling (device removal): counted in flight, not charged."""
         was_waiting = req.state == WAITING
-        dev = req.device
-        g = req.group
+        dev: Device = req.device
+        g: Group | None = req.group
         if g is None:
             g = dev.head
             req.group = g
@@ -839,7 +831,7 @@ class Engine:
         if dp.adaptive is not None:
             dp.adaptive.paced = dp.policy.paces
 
-    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: int) -> None:
+    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: object) -> None:
         """Switch the device group's policy. Groups keep their held requests, which the new
         policy releases; parameters reset to defaults, except that weights carry over between
         the weight policies."""
@@ -930,10 +922,10 @@ class Engine:
                 else:
                     self._attach(dev, gid, None, by_rule=False)
             else:
-                g = dev.groups.get(gid)  # type: ignore[assignment]
-                if g is None:
+                gone = dev.groups.get(gid)
+                if gone is None:
                     raise InvalidArgument(f"detach: id={shown} not found.")
-                self._detach(dev, g)
+                self._detach(dev, gone)
         elif cmd == "policy":
             assert arg is not None
             if arg not in POLICIES:
@@ -961,10 +953,10 @@ class Engine:
         else:
             assert arg is not None
             gid, value = parse_group_param(arg, f"Invalid {cmd}", dev.type_name == "cgroup")
-            g = dev.head if gid == ID_ANY else dev.groups.get(gid)  # type: ignore[assignment]
-            if g is None:
+            target = dev.head if gid == ID_ANY else dev.groups.get(gid)
+            if target is None:
                 raise InvalidArgument(f"{cmd}: id={key_text(gid)} not found.")
-            dp.policy.set_param(g, cmd, value)
+            dp.policy.set_param(target, cmd, value)
         if dp.blocked[0] + dp.blocked[1] > 0:
             self._queue_conductor(dp, 0)
         self._settle()

@@ -12,18 +12,19 @@ import difflib
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import quote, unquote
 
 from ioband.core.cint import INT_MAX, SHORT_MAX, strict_strtol, strtol
 from ioband.errors import InvalidArgument
 
-TARGET = "ioband"
-NAME_MAX = 31  # IOBAND_NAME_MAX
-ID_ANY = -1  # IOBAND_ID_ANY: the default group
-POLICY_PARAM_START = 6
-DELIMS = "=:,"  # POLICY_PARAM_DELIM
+TARGET: Final = "ioband"
+NAME_MAX: Final = 31  # IOBAND_NAME_MAX
+ID_ANY: Final = -1  # IOBAND_ID_ANY: the default group
+POLICY_PARAM_START: Final = 6
+DELIMS: Final = "=:,"  # POLICY_PARAM_DELIM
 WEIGHT_MIN, WEIGHT_MAX_VALUE = 1, SHORT_MAX
-BW_MAX = INT_MAX // 2
+BW_MAX: Final = INT_MAX // 2
 
 GROUP_TYPES = ("none", "pgrp", "pid", "node", "cpuset", "cgroup", "user", "uid", "gid", "client")
 POLICIES = ("default", "weight", "weight-iosize", "range-bw", "mclock")
@@ -33,7 +34,7 @@ MESSAGES = (
     "reservation", "limit", "cap", "parent",
 )  # fmt: skip
 
-UNRECOGNISED = "Unrecognised band message received."
+UNRECOGNISED: Final = "Unrecognised band message received."
 
 
 def words_of(text: str | Sequence[str]) -> list[str]:
@@ -394,13 +395,13 @@ def status_block(
 # ---------------------------------------------------------------------------------------------
 
 #: A rate or an amount: up to 2**53 (exact as a float), with an optional binary suffix.
-AMOUNT_MAX = 1 << 53
+AMOUNT_MAX: Final = 1 << 53
 SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 COST_MODELS = ("iops", "bytes", "linear")
 #: The cap keys of cgroup v2 ``io.max``, in the order tables show them.
 CAP_KEYS = ("rbps", "wbps", "riops", "wiops")
 #: A cap's default burst (bucket size) when none is given: this many seconds of its rate.
-DEFAULT_BURST_SECONDS = 0.1
+DEFAULT_BURST_SECONDS: Final = 0.1
 
 
 def parse_amount(text: str | None, what: str, error: str) -> int:

@@ -9,7 +9,7 @@ id), a ``Device`` is one dm target with its default group (``head``), a ``Group`
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ioband.core.classify import IdOf
 from ioband.core.grammar import GroupKey, Rule, key_order, key_text
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: A group's think time counts up to this many jiffies (and starts there: a group is waited
 #: for only once it has shown that it comes back fast).
-THINK_CAP = 1000
+THINK_CAP: Final = 1000
 
 
 class Group:
@@ -132,6 +132,8 @@ class Group:
 class DeviceGroup:
     """The shared pool: policy, io_throttle, io_limit, tokens, in-flight and held counters."""
 
+    policy: Policy  # set right after construction (the policy is built on the device group)
+
     def __init__(
         self, name: str, engine: Engine, io_throttle: int, io_limit: int, nr_requests: int | None
     ) -> None:
@@ -150,7 +152,6 @@ class DeviceGroup:
         self.idle_since = -1  # when the store went idle for the wait (-1: it did not)
         self.idle_seq = 0  # invalidates the timers of earlier waits
         self.nr_requests = nr_requests
-        self.policy: Policy = None  # type: ignore[assignment]  # set right after construction
         self.policy_name = ""
         self.issued = [0, 0]  # g_issued[ASYNC], g_issued[SYNC]
         self.blocked = [0, 0]  # g_blocked
@@ -179,6 +180,8 @@ class DeviceGroup:
 class Device:
     """One ioband device (a dm target): its table, group type, default group and attached groups."""
 
+    head: Group  # the default group, made right after the device
+
     def __init__(
         self, name: str, dp: DeviceGroup, start: int, length: int, backing: str, display: str
     ) -> None:
@@ -190,7 +193,6 @@ class Device:
         self.display = display  # how the table shows it (major:minor for block devices)
         self.type_name = "none"
         self.id_of: IdOf | None = None
-        self.head: Group = None  # type: ignore[assignment]
         self.groups: dict[GroupKey, Group] = {}  # attached groups by id or cgroup path
         self.rules: tuple[Rule, ...] = ()  # attach a new submitter's group by itself
         self.by_path = False  # a group is keyed by a cgroup path, or a cgroup rule exists

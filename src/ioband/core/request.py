@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from ioband.core.model import Device, Group
+from mypy_extensions import mypyc_attr
 
-SECTOR_SHIFT = 9
-ASYNC = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
-SYNC = 1  # class index of reads and sync writes, as BLK_RW_SYNC
-READ = 0
-WRITE = 1
+SECTOR_SHIFT: Final = 9
+ASYNC: Final = 0  # class index of async (buffered) writes, as BLK_RW_ASYNC
+SYNC: Final = 1  # class index of reads and sync writes, as BLK_RW_SYNC
+READ: Final = 0
+WRITE: Final = 1
 
 # Request states, in the order a request moves through them.
-WAITING = "waiting"  # its submitter sleeps (backpressure); the request is not admitted yet
-HELD = "held"  # admitted and queued in its group
-ISSUED = "issued"  # released to the lower device; the caller performs the I/O
-DONE = "done"  # completed
+WAITING: Final = "waiting"  # its submitter sleeps (backpressure); the request is not admitted yet
+HELD: Final = "held"  # admitted and queued in its group
+ISSUED: Final = "issued"  # released to the lower device; the caller performs the I/O
+DONE: Final = "done"  # completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,7 @@ class Submitter:
 ROOT = Submitter()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's requests add their fields
 class Request:
     """One block request (a bio). The core fills in group, state and timing fields."""
 
@@ -87,8 +87,12 @@ class Request:
         self.urgent = urgent
         self.tag = tag
         self.state: str | None = None
-        self.group: Group = None  # type: ignore[assignment]  # set when it is classified
-        self.device: Device = None  # type: ignore[assignment]  # set when it is submitted
+        # The scheduler's group and device of the request: the engine's ``Group`` and ``Device``
+        # (the engine reads them into typed names); the simulator's baseline schedulers put their
+        # own objects here, hence ``Any``. None until it is submitted (the group: until it is
+        # classified, which waits while its device is suspended).
+        self.group: Any = None
+        self.device: Any = None
         self.delayed = False
         self.submit_time = 0
         self.issue_time = 0

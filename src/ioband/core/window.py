@@ -49,42 +49,46 @@ is never held while the window has room (work conserving).
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 #: Slow start doubles the window while fewer than this many requests wait in the store.
-ALPHA = 1.0
+ALPHA: Final = 1.0
 #: More than this many waiting in the store makes the window probe down sooner.
-BETA = 2.5
+BETA: Final = 2.5
 #: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
-BASE_PERIODS = 100
+BASE_PERIODS: Final = 100
 #: Completions a period needs before it is judged (it is extended up to a second for them).
-MIN_COMPLETIONS = 16
+MIN_COMPLETIONS: Final = 16
 #: The window a device group starts with.
-START = 16
+START: Final = 16
 #: A smaller window is kept if it keeps this fraction of the throughput.
-KEEP = 0.95
+KEEP: Final = 0.95
 #: A larger window is kept only if it raises the throughput by this fraction.
-GAIN = 1.05
+GAIN: Final = 1.05
 #: Periods a probe is measured for (after one to settle), so that noise decides less.
-PROBE_PERIODS = 2
+PROBE_PERIODS: Final = 2
 #: Completions a probe needs before it is judged, and half of them before it may end early as
 #: a clear loss: on a disk at 140 IOPS a period of 16 completions varies by a fifth, and the
 #: window random-walked between 3 and 12 (a QD1 client beside a QD32 one got 21 %, not 50).
-PROBE_MIN = 64
+PROBE_MIN: Final = 64
 #: A steady period whose throughput differs from the reference by more than this fraction
 #: means the store changed.
-CHANGED = 0.25
+CHANGED: Final = 0.25
 #: A probe downwards that serves less than this fraction ends after one period.
-CLEAR_LOSS = 0.85
+CLEAR_LOSS: Final = 0.85
 #: Full periods between probes: at first, and at most downwards (a probe down that loses
 #: costs throughput: at 50 ms periods, one in 5 s) and upwards (one that loses costs nothing
 #: but a little accuracy for a period: a store that became faster is found within a second).
-PROBE_FIRST = 8
-DOWN_MOST = 100
-UP_MOST = 20
+PROBE_FIRST: Final = 8
+DOWN_MOST: Final = 100
+UP_MOST: Final = 20
 
 STEADY, PROBE_DOWN, PROBE_UP = 0, 1, 2
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the cluster's shared-backend window
 class AdaptiveWindow:
     """One device group's window (``value``) and what it was decided from.
 

@@ -9,8 +9,7 @@ charges what is issued (``charge``), starts new rounds (``restart``), caps per-g
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from ioband.errors import InvalidArgument
 
@@ -19,9 +18,31 @@ if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-R_OK = 0
-R_BLOCK = 1
-R_YIELD = 2
+R_OK: Final = 0
+R_BLOCK: Final = 1
+R_YIELD: Final = 2
+
+# The indexed policies' entries (a group due a refill, a heap key) are single ints, not tuples:
+# nothing for the garbage collector to track, no tuple to unpack in a comparison. An entry is
+# the group's creation number and its index version; a heap key puts -priority above them. A
+# version is compared modulo 2**48: an entry goes stale after one re-key of its group, and no
+# entry waits through 2**48 re-keys of it.
+VER_BITS: Final = 48
+VER_MASK: Final = (1 << VER_BITS) - 1
+SEQ_MASK: Final = (1 << 48) - 1
+KEY_SHIFT: Final = 96
+
+
+def entry(g: Group) -> int:
+    return (g.seq << VER_BITS) | (g.sched_ver & VER_MASK)
+
+
+def entry_group(by_seq: dict[int, Group], e: int) -> Group | None:
+    """The group of an entry (or of a heap key's low bits); None if the entry is stale."""
+    g = by_seq.get((e >> VER_BITS) & SEQ_MASK)
+    if g is None or e & VER_MASK != g.sched_ver & VER_MASK:
+        return None
+    return g
 
 
 class Policy:
@@ -30,13 +51,14 @@ class Policy:
     name: ClassVar[str]
     token_unit: ClassVar[int] = 0
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
+        """``token_base``: what ``parse_token_base`` returned (its type is the policy's)."""
         self.dp = dp
         self.engine = dp.engine
 
     # -- construction-time validation (nothing may change before all of it passes) ---------
     @classmethod
-    def parse_token_base(cls, text: str | None) -> int:
+    def parse_token_base(cls, text: str | None) -> object:
         raise NotImplementedError
 
     @classmethod
@@ -96,18 +118,24 @@ class Policy:
         """``can_submit(g) != 0`` (release loops need no priority); policies may shortcut it."""
         return self.can_submit(g) != 0
 
-    #: ``should_block(g, sync)``: the per-group queue cap that puts a submitter to sleep.
-    #: None means the usual ``g.blocked[sync] >= g.limit``, which the engine checks inline.
-    should_block: Callable[[Group, int], bool] | None = None
+    # Hooks with a default every policy may keep: methods, not ``None`` tested per request (a
+    # compiled call through the class's method table costs less than the test did).
+    def should_block(self, g: Group, sync: int) -> bool:
+        """The per-group queue cap that puts a submitter to sleep."""
+        return g.blocked[sync] >= g.limit
 
-    #: ``hold_back(g)``: a wait queue the submitter must sleep on before queueing at all
-    #: (range-bw: a group over its max), or None. None here: the policy has no such wait.
-    hold_back: Callable[[Group], deque[Request] | None] | None = None
+    def hold_back(self, g: Group) -> deque[Request] | None:
+        """A wait queue the submitter must sleep on before queueing at all (range-bw: a group
+        over its max), or None."""
+        return None
 
-    #: ``hold(g, req)`` / ``pop(g)``: how a group queues what it holds. None: one FIFO
-    #: (``g.queue``), as both original policies; the engine then does it inline.
-    hold: Callable[[Group, Request], None] | None = None
-    pop: Callable[[Group], Request | None] | None = None
+    def hold(self, g: Group, req: Request) -> None:
+        """Queue a held request in its group: one FIFO, as both original policies."""
+        g.queue.append(req)
+
+    def pop(self, g: Group) -> Request | None:
+        """The group's next held request to release (None: nothing to release)."""
+        return g.queue.popleft() if g.queue else None
 
     # -- cluster-wide device groups (ioband.cluster) ------------------------------------------
     def service_cost(self, g: Group) -> float:

@@ -242,7 +242,7 @@ class MclockPolicy(Policy):
 
     # -- construction-time validation ---------------------------------------------------------
     @classmethod
-    def parse_token_base(cls, text: str | None) -> CostModel:  # type: ignore[override]
+    def parse_token_base(cls, text: str | None) -> CostModel:
         return parse_cost_model(text)
 
     @classmethod

@@ -8,28 +8,33 @@ device enters "leftover" mode with random priorities 1..9. Units are KB/s; 1 KB 
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from heapq import heapify, heappop, heappush
+from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
-from ioband.policies.base import R_OK, R_YIELD, Policy
+from ioband.policies.base import KEY_SHIFT, R_OK, R_YIELD, Policy, entry, entry_group
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-DEFAULT_BUCKET = 2
-DEFAULT_TOKENPOOL = 2048
-MINBW_IO_MODE = 0
-LEFTOVER_IO_MODE = 1
-RANGE_IO_MODE = 2
-DEFAULT_IO_MODE = 3
-NO_IO_MODE = 4
-MINBW_PRIO_BASE = 10
-OVER_IO_RATE = 4
-TIME_COMPENSATOR = 10
-TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
+DEFAULT_BUCKET: Final = 2
+DEFAULT_TOKENPOOL: Final = 2048
+MINBW_IO_MODE: Final = 0
+LEFTOVER_IO_MODE: Final = 1
+RANGE_IO_MODE: Final = 2
+DEFAULT_IO_MODE: Final = 3
+NO_IO_MODE: Final = 4
+MINBW_PRIO_BASE: Final = 10
+OVER_IO_RATE: Final = 4
+TIME_COMPENSATOR: Final = 10
+TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages: 1 token = 1 sector, 2 tokens per KB
+
+WORD: Final = next(t for t in "IL" if array(t).itemsize == 4)  # an unsigned 32-bit array
 
 
 def time_after(a: int, b: int) -> bool:
@@ -46,8 +51,9 @@ class RangeBwPolicy(Policy):
     paces = True
     token_unit = TOKEN_UNIT
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
         super().__init__(dp, token_base)
+        base = token_base if isinstance(token_base, int) else 0  # parse_token_base's int
         hz = self.engine.hz
         self.slice_base = hz // 10
         self.range_slice = hz // 50
@@ -63,8 +69,15 @@ class RangeBwPolicy(Policy):
         self.below_min = 0  # groups in MINBW or NO_IO mode (the leftover test, kept in O(1))
         # Only for display: the table shows token bucket x carryover, as the original.
         self.token_bucket = (dp.io_limit * 2 * DEFAULT_BUCKET) << TOKEN_UNIT
-        pool = max(token_base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
+        pool = max(base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
         self.carryover = pool // self.token_bucket
+        # Index of backlogged groups (see choose): a heap keyed by (-priority, creation order),
+        # one int per entry (base.entry) that carries the group's sched_ver: a stale one is
+        # skipped. ``_dirty``: groups whose priority may have changed since they were keyed.
+        self.linear = False  # True: scan every group like the original (reference mode)
+        self._heap: list[int] = []
+        self._dirty: list[Group] = []
+        self._by_seq: dict[int, Group] = {}  # creation order -> group, to resolve an entry
 
     @classmethod
     def parse_token_base(cls, text: str | None) -> int:
@@ -82,9 +95,13 @@ class RangeBwPolicy(Policy):
         now_below = mode in (MINBW_IO_MODE, NO_IO_MODE)
         self.below_min += now_below - was_below
         g.io_mode = mode
+        if not g.dirty:  # its priority follows its mode
+            g.dirty = True
+            self._dirty.append(g)
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        self._by_seq[g.seq] = g
         g.min_bw = g.max_bw = 0
         g.io_mode = DEFAULT_IO_MODE
         g.slice_expired = False
@@ -104,6 +121,8 @@ class RangeBwPolicy(Policy):
             self.running = None
         g.timer_token += 1  # cancels its timer
         g.timer_set = False
+        g.sched_ver += 1  # its index entries go stale
+        self._by_seq.pop(g.seq, None)
         # The original left over-max sleepers asleep until some other I/O rolled the period.
         self.engine.wake(g.maxbw_waitq)
 
@@ -119,6 +138,7 @@ class RangeBwPolicy(Policy):
         g.min_bw_token = bw_to_token(lo)
         g.max_bw_token = bw_to_token(hi)
         self.total_min_bw_token = bw_to_token(self.min_bw_total)
+        self.backlogged(g)
         if reshare:
             self.reshare()
 
@@ -134,6 +154,7 @@ class RangeBwPolicy(Policy):
             else:
                 p.time_slice = base + (base * ((p.min_bw + p.max_bw) // 2)) // total
                 p.limit = (io_limit * 2 * p.min_bw // total) // OVER_IO_RATE + 1
+        self._reindex_all()
 
     def io_limit_changed(self) -> None:
         self.reshare()  # the original left the caps stale (docs/deviations.md)
@@ -218,6 +239,9 @@ class RangeBwPolicy(Policy):
         else:
             g.bw_consumed += count
             self.consumed_min_bw_token += count
+            if not g.dirty:  # a group below its min: its priority is the min still missing
+                g.dirty = True
+                self._dirty.append(g)
             if g.max_bw > 0 and g.bw_consumed >= g.max_bw_token:
                 g.over_max = True
                 self._set_mode(g, NO_IO_MODE)
@@ -246,9 +270,103 @@ class RangeBwPolicy(Policy):
         self.consumed_min_bw_token = 0
         self.next_period = now + self.period
         self.io_mode = MINBW_IO_MODE
+        self._reindex_all()  # once a period: every group's priority starts again
 
     def restart(self) -> bool:
         return True
+
+    # -- choosing the best group in O(log n) ---------------------------------------------------
+    def backlogged(self, g: Group) -> None:
+        if not g.dirty:
+            g.dirty = True
+            self._dirty.append(g)
+
+    def _reindex_all(self) -> None:
+        self._heap = []
+        groups = self.dp.groups
+        for g in groups:
+            g.sched_ver += 1
+            g.dirty = True  # also clears a flag left by a previous policy instance
+        self._dirty = list(groups)
+
+    def choose(self) -> Group | None:
+        """Same answer as the original's scan of every group, found through a heap.
+
+        Why it is the same: outside leftover mode ``can_submit`` of a backlogged group is its
+        ``priority`` (at least 1) and has no side effect, and a priority changes only with the
+        group's mode, its min or what it consumed (each of which re-keys it: ``_dirty``) or at a
+        new period (re-key all). In leftover mode every backlogged group draws a random
+        priority, in creation order, as the original: that draw is a scan, and stays one.
+        """
+        dp = self.dp
+        limit = dp.window
+        issued = dp.issued
+        if issued[0] >= limit and issued[1] >= limit:
+            return None
+        if self.linear:
+            return super().choose()
+        if self.io_mode == LEFTOVER_IO_MODE:
+            return self._choose_leftover(issued, limit)
+        heap = self._heap
+        if self._dirty:
+            dirty = self._dirty
+            for g in dirty:
+                g.dirty = False
+                g.sched_ver += 1
+                if g.blocked[0] + g.blocked[1]:
+                    pri = self.priority(g)
+                    heappush(heap, ((-pri if pri > 0 else -1) << KEY_SHIFT) | entry(g))
+            dirty.clear()
+        skipped: list[int] | None = None
+        best = None
+        while heap:
+            key = heap[0]
+            found = entry_group(self._by_seq, key)
+            if found is None or found.blocked[0] + found.blocked[1] == 0:
+                heappop(heap)  # stale, or nothing held: re-keyed when it is backlogged again
+                continue
+            g = found
+            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
+                if skipped is None:
+                    skipped = []
+                skipped.append(heappop(heap))
+                continue
+            best = g
+            break
+        if skipped:
+            heap.extend(skipped)
+            heapify(heap)
+        return best
+
+    def _choose_leftover(self, issued: list[int], limit: int) -> Group | None:
+        """The original's leftover scan, with its random draws made in one call: each
+        backlogged group that may issue draws ``getrandbits(32) % 10 or 1`` in creation order
+        and the first highest wins. ``getrandbits(32 * k)`` is the same k draws (the generator's
+        32-bit words, least significant first), so the choice and the generator's state are the
+        original's; only the Python call per group is gone."""
+        eligible = []
+        for g in self.dp.groups:
+            n = g.blocked[0] + g.blocked[1]
+            if n == 0 or (n == g.prio_blocked and issued[g.prio_sync] >= limit):
+                continue
+            eligible.append(g)
+        k = len(eligible)
+        if k == 0:
+            return None
+        words = array(WORD)
+        words.frombytes(self.engine.rng.getrandbits(32 * k).to_bytes(4 * k, "little"))
+        if sys.byteorder == "big":
+            words.byteswap()
+        best = 0
+        highest = 0
+        for i in range(k):
+            pri = words[i] % 10 or 1
+            if pri > highest:
+                highest = pri
+                best = i
+                if pri == 9:
+                    break  # the highest a draw gives: no later group beats it
+        return eligible[best]
 
     def hold_back(self, g: Group) -> deque[Request] | None:
         """``range_bw_queue_full``'s sleep: an over-max group's submitters wait for the period."""

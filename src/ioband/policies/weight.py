@@ -10,7 +10,7 @@ group, which gives the same answer (see ``WeightPolicy.choose``).
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
@@ -20,16 +20,16 @@ if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
     from ioband.core.request import Request
 
-DEFAULT_WEIGHT = 100
-DEFAULT_TOKENPOOL = 2048
-DEFAULT_BUCKET = 2
-IOBAND_IOPRIO_BASE = 100
-TOKEN_BATCH_UNIT = 20
-PROCEED_THRESHOLD = 8
-LOCAL_ACTIVE_RATIO = 8
-GLOBAL_ACTIVE_RATIO = 16
-OVERCOMMIT_RATE = 4
-PAGE_TOKEN_UNIT = 3  # PAGE_SHIFT - 9 with 4 KiB pages
+DEFAULT_WEIGHT: Final = 100
+DEFAULT_TOKENPOOL: Final = 2048
+DEFAULT_BUCKET: Final = 2
+IOBAND_IOPRIO_BASE: Final = 100
+TOKEN_BATCH_UNIT: Final = 20
+PROCEED_THRESHOLD: Final = 8
+LOCAL_ACTIVE_RATIO: Final = 8
+GLOBAL_ACTIVE_RATIO: Final = 16
+OVERCOMMIT_RATE: Final = 4
+PAGE_TOKEN_UNIT: Final = 3  # PAGE_SHIFT - 9 with 4 KiB pages
 
 
 class WeightPolicy(Policy):
@@ -37,8 +37,9 @@ class WeightPolicy(Policy):
     family = "weight"
     token_unit = 0
 
-    def __init__(self, dp: DeviceGroup, token_base: int) -> None:
+    def __init__(self, dp: DeviceGroup, token_base: object) -> None:
         super().__init__(dp, token_base)
+        base = token_base if isinstance(token_base, int) else 0  # parse_token_base's int
         self.epoch = 0
         self.current: Group | None = None
         self.dominant: Group | None = None
@@ -47,12 +48,12 @@ class WeightPolicy(Policy):
         self.yield_mark = 0
         self.weight_total = 0
         # What the user set (0 = default), so that a later io_limit change keeps them.
-        self.token_set = token_base
+        self.token_set = base
         self.carryover_set = 0
         self.token_bucket = 0
         self.carryover = 1
         self.token_left = 0
-        self.init_token_bucket(token_base, 0)
+        self.init_token_bucket(base, 0)
         self.token_left = self.token_bucket
         # Index of backlogged groups (see choose): a heap of groups with tokens, keyed by
         # (-iopriority, creation order), plus groups out of tokens this epoch and groups whose
@@ -351,9 +352,8 @@ class WeightPolicy(Policy):
         if self._dirty:
             dirty = self._dirty
             self._dirty = []
-            index = self._index
             for g in dirty:
-                index(g)
+                self._index(g)
         if self._refill:
             pending = self._refill
             self._refill = []
