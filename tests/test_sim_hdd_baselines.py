@@ -324,7 +324,7 @@ def test_offset_and_size_restrict_the_region_and_set_the_disk_position():
             wl_requests.append(req)
             return self._engine.submit(dev, req, now)
 
-    sim.engine = Spy(sim.engine)
+    sim.engine = sim.driver.engine = Spy(sim.engine)  # the simulator submits through its driver
     sim.run()
     offsets = {r.offset for r in wl_requests}
     assert min(offsets) >= 256 * 1024 and max(offsets) + 4096 <= 320 * 1024
