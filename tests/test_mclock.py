@@ -18,14 +18,18 @@ from tests.core_driver import Driver
 HZ = 1000
 
 
-def three_groups(table_groups: str, duration: float = 6.0, depth: int = 64):
-    table = f"0 20971520 ioband sda 1 0 0 user mclock iops :0:1:0 {table_groups}"
+def three_groups(table_groups: str, duration: float = 6.0, depth: int = 64, *, io_limit: int = 0,
+                 messages: tuple[dict, ...] = (), iops: int = 20000, queue_depth: int = 32,
+                 warmup: int = 1) -> dict[str, list[int]]:  # fmt: skip
+    """Clients g1..g3 (uids 1001..1003) reading at random on an SSD model through one mclock
+    device; their I/Os per 1 s window after ``warmup`` windows."""
+    table = f"0 20971520 ioband sda 1 0 {io_limit} user mclock iops :0:1:0 {table_groups}"
     sc = scenario(
         "mclock-test",
         duration=duration,
         seed=1,
-        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
-        devices=[{"name": "d", "disk": "sda", "table": table}],
+        disks=[ssd(iops=iops, bandwidth="500MiB", queue_depth=queue_depth)],
+        devices=[{"name": "d", "disk": "sda", "table": table, "messages": list(messages)}],
         workloads=[
             {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": depth,
              "pattern": "randread", "direct": True}
@@ -34,7 +38,7 @@ def three_groups(table_groups: str, duration: float = 6.0, depth: int = 64):
         windows=[1.0],
     )  # fmt: skip
     result = run(sc.with_overrides(scheduler="ioband"))
-    return {w.name: w.timeline_ios[1:] for w in result.workloads}  # after a warm-up window
+    return {w.name: w.timeline_ios[warmup:] for w in result.workloads}
 
 
 def test_reservation_met_and_the_rest_shared_by_weight():
@@ -318,25 +322,8 @@ def test_bad_parents_in_tables_are_refused(groups, text):
 @pytest.mark.parametrize("io_limit", [0, 32])  # adaptive, and pinned with requests in flight
 @pytest.mark.parametrize("parent", ["0:1:3000", "0:1:0:riops=3000,riops_burst=100"])
 def test_a_parents_limit_or_cap_bounds_its_subtree(parent, io_limit):
-    table = (
-        f"0 20971520 ioband sda 1 0 {io_limit} user mclock iops :0:1:0 2001:{parent}"
-        " 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:0"
-    )
-    sc = scenario(
-        "parent-bound",
-        duration=4.0,
-        seed=1,
-        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
-        devices=[{"name": "d", "disk": "sda", "table": table}],
-        workloads=[
-            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": 64,
-             "pattern": "randread", "direct": True}
-            for i in (1, 2, 3)
-        ],
-        windows=[1.0],
-    )  # fmt: skip
-    result = run(sc.with_overrides(scheduler="ioband"))
-    tl = {w.name: w.timeline_ios[1:] for w in result.workloads}
+    groups = f"2001:{parent} 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:0"
+    tl = three_groups(groups, 4.0, io_limit=io_limit)
     for a, b, c in zip(tl["g1"], tl["g2"], tl["g3"], strict=True):
         assert a + b <= 3000 + 3000 * 2 / HZ + 1  # the subtree holds the parent's bound
         assert abs(a / b / 3 - 1) <= 0.02  # split 3:1 inside it
@@ -353,26 +340,9 @@ def test_a_lifted_limit_leaves_no_credit_that_starves_the_others(limits, message
     virtual time; when the limit goes, the group gets its weighted share at once, not that
     lag back as a burst that starves everyone else (1.5 s of it before)."""
     parent, other = limits
-    table = (
-        f"0 20971520 ioband sda 1 0 32 user mclock iops :0:1:0 2001:0:1:{parent}"
-        f" 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:{other}"
-    )
-    sc = scenario(
-        "limit-lifted",
-        duration=4.0,
-        seed=1,
-        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
-        devices=[{"name": "d", "disk": "sda", "table": table,
-                  "messages": [{"at": 2.0, "message": message}]}],
-        workloads=[
-            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": 64,
-             "pattern": "randread", "direct": True}
-            for i in (1, 2, 3)
-        ],
-        windows=[1.0],
-    )  # fmt: skip
-    result = run(sc.with_overrides(scheduler="ioband"))
-    tl = {w.name: w.timeline_ios for w in result.workloads}
+    groups = f"2001:0:1:{parent} 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:{other}"
+    message = {"at": 2.0, "message": message}
+    tl = three_groups(groups, 4.0, io_limit=32, messages=(message,), warmup=0)
     for i in (2, 3):  # from the message on: the weights split the device 1:1 (3:1 inside)
         subtree, rest = tl["g1"][i] + tl["g2"][i], tl["g3"][i]
         assert abs(subtree / rest - 1) <= 0.02, (i, tl)
@@ -383,25 +353,8 @@ def test_a_lifted_limit_leaves_no_credit_that_starves_the_others(limits, message
 def test_a_parents_reservation_is_served_by_its_subtree_by_weight(io_limit):
     """Parent 2001 reserves 5,000 IOPS and holds no requests of its own; its children (1:3)
     share the reservation by weight although the group outside weighs 100 times more."""
-    table = (
-        f"0 20971520 ioband sda 1 0 {io_limit} user mclock iops :0:1:0 2001:5000:1:0"
-        " 1001:0:1:0:parent=2001 1002:0:3:0:parent=2001 1003:0:100:0"
-    )
-    sc = scenario(
-        "parent-reservation",
-        duration=4.0,
-        seed=1,
-        disks=[ssd(iops=20000, bandwidth="500MiB", queue_depth=32)],
-        devices=[{"name": "d", "disk": "sda", "table": table}],
-        workloads=[
-            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": 64,
-             "pattern": "randread", "direct": True}
-            for i in (1, 2, 3)
-        ],
-        windows=[1.0],
-    )  # fmt: skip
-    result = run(sc.with_overrides(scheduler="ioband"))
-    tl = {w.name: w.timeline_ios[1:] for w in result.workloads}
+    groups = "2001:5000:1:0 1001:0:1:0:parent=2001 1002:0:3:0:parent=2001 1003:0:100:0"
+    tl = three_groups(groups, 4.0, io_limit=io_limit)
     for a, b, c in zip(tl["g1"], tl["g2"], tl["g3"], strict=True):
         assert a + b >= 5000 * 0.99  # the reservation, met by the subtree
         assert abs(b / a / 3 - 1) <= 0.02  # shared 1:3 by weight inside it
@@ -420,22 +373,8 @@ def test_shallow_clients_on_a_serial_store_get_their_weights(depth, nested):
         groups = "2001:0:1:0 1001:0:3:0:parent=2001 1002:0:1:0:parent=2001 1003:0:1:0"
     else:
         groups = "1001:0:3:0 1002:0:1:0 1003:0:4:0"
-    sc = scenario(
-        "shallow-serial",
-        duration=5.0,
-        seed=1,
-        disks=[ssd(iops=1500, bandwidth="500MiB", queue_depth=1)],
-        devices=[{"name": "d", "disk": "sda",
-                  "table": f"0 20971520 ioband sda 1 0 0 user mclock iops :0:1:0 {groups}"}],
-        workloads=[
-            {"name": f"g{i}", "device": "d", "uid": 1000 + i, "iodepth": depth,
-             "pattern": "randread", "direct": True}
-            for i in (1, 2, 3)
-        ],
-        windows=[1.0],
-    )  # fmt: skip
-    result = run(sc.with_overrides(scheduler="ioband"))
-    tl = {w.name: w.timeline_ios[2:] for w in result.workloads}  # after the window settled
+    # after the window settled
+    tl = three_groups(groups, 5.0, depth, iops=1500, queue_depth=1, warmup=2)
     for i, total in enumerate(map(sum, zip(*tl.values(), strict=True))):
         assert total >= 1500 * 0.97  # the store stayed busy
         for name, want in (("g1", 0.375), ("g2", 0.125), ("g3", 0.5)):
