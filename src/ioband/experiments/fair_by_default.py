@@ -302,13 +302,14 @@ def run(ctx: Context) -> Outcome:
     )
 
     def fig(axes: list) -> None:
-        colors = {"none": COLORS["none"], "faithful": PALETTE[1], "adaptive": COLORS["ioband"]}
+        colors = {"none": COLORS["none"], "faithful": PALETTE[1], "adaptive": COLORS["ioband"],
+                  "mclock": PALETTE[2]}  # fmt: skip
         xs = list(range(len(CASES)))
         width = 0.8 / len(SETTINGS)
         for ax, (model, model_label, *_) in zip(axes, MODELS):
             for i, (key, set_label, *_) in enumerate(SETTINGS):
                 errs = [100 * data[model][c][key]["max_rel_error"] for c, *_ in CASES]
-                pos = [x + (i - 1) * width for x in xs]
+                pos = [x + (i - (len(SETTINGS) - 1) / 2) * width for x in xs]
                 ax.bar(pos, errs, width * 0.95, color=colors[key], label=set_label)
                 if key != "none":
                     for x, c, err in zip(pos, CASES, errs):
