@@ -330,6 +330,12 @@ class AdaptiveWindow:
                 return
             self.slow_start = False
             self.reference = 0.0
+            if ref and self.value == 2 * START and throughput < ref * GAIN:
+                # Not even the first doubling paid: the store may need far less than the start
+                # (a throttle or a disk serves one request at a time), and on such a store the
+                # weights apply only once the window is that small. Probe down at once, halving.
+                self.down_streak = True
+                self.since_down = self.down_wait = 1
             if ref and self.value > START and throughput < ref * GAIN:
                 # The last doubling did not pay: return to where it started.
                 self.value //= 2
