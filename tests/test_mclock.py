@@ -186,7 +186,8 @@ def test_bad_messages_are_refused_and_change_nothing(words, text):
 @pytest.mark.parametrize(
     ("params", "text"),
     [
-        ("bogus :0:1:0", "cost model 'bogus' is not one of iops, bytes"),
+        ("bogus :0:1:0", "cost model 'bogus' is not one of iops, bytes, time"),
+        ("times :0:1:0", "cost model 'times' is not one of iops, bytes, time"),
         ("linear:1 :0:1:0", "linear takes 2 (reads and writes alike) or 4 numbers"),
         ("linear:0:5 :0:1:0", "a base cost must be >= 1"),
         ("linear:1:x :0:1:0", "per_kib 'x' is not an integer"),
@@ -379,3 +380,39 @@ def test_shallow_clients_on_a_serial_store_get_their_weights(depth, nested):
         assert total >= 1500 * 0.97  # the store stayed busy
         for name, want in (("g1", 0.375), ("g2", 0.125), ("g3", 0.5)):
             assert abs(tl[name][i] / total - want) / want <= 0.02, (i, tl)
+
+
+def test_cost_model_time_shares_the_stores_time_not_its_requests():
+    """Cost model ``time``: equal weights, a store that serves one request at a time, group
+    1001's requests take 8 ms and group 1002's 0.8 ms (a random and a sequential reader). The
+    measured store time is the cost: each gets half of the store's time, so the cheap group
+    gets ten times the requests (counting requests, they would get half each)."""
+    clock = [0]
+    engine = Engine(hz=HZ, clock_ns=lambda: clock[0])
+    dev = engine.create("d", "0 8 ioband sda 1 0 0 user mclock time :0:1:0 1001:0:5:0 1002:0:5:0")
+    assert engine.table("d").split()[8:10] == ["mclock", "time"]  # it reloads unchanged
+    store: list[Request] = []
+    from ioband.core.driver import Driver as CoreDriver
+
+    driver = CoreDriver(engine, store.append, clock=lambda: clock[0] // 1_000_000)
+    takes = {1001: 8_000_000, 1002: 800_000}
+    owners = {uid: Submitter(pid=uid, uid=uid) for uid in takes}
+    for owner in owners.values():
+        for _ in range(8):
+            driver.submit(dev, Request(False, 0, 4096, owner))
+    busy = {1001: 0, 1002: 0}
+    ios = {1001: 0, 1002: 0}
+    while clock[0] < 20_000_000_000:
+        req = store.pop(0)
+        uid = req.owner.uid
+        clock[0] += takes[uid]
+        if clock[0] > 2_000_000_000:  # after the estimates settled
+            busy[uid] += takes[uid]
+            ios[uid] += 1
+        driver.complete(req)
+        driver.submit(dev, Request(False, 0, 4096, owners[uid]))
+        if not store:
+            driver.advance()
+    share = busy[1002] / (busy[1001] + busy[1002])
+    assert abs(share - 0.5) <= 0.02, (busy, ios)
+    assert ios[1002] >= 9 * ios[1001], ios

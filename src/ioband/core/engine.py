@@ -210,7 +210,17 @@ class Engine:
         dev.inflight -= 1
         req.state = DONE
         took = self.now - req.submit_time
-        g.latency.record(self.clock_ns() - req.arrival_ns)
+        done_ns = self.clock_ns()
+        g.latency.record(done_ns - req.arrival_ns)
+        policy = dp.policy
+        if policy.timed:
+            # What this request alone occupied the store: from its dispatch, or from the
+            # previous completion if that came later (the store served it then).
+            since = dp.last_done_ns
+            if req.dispatch_ns > since:
+                since = req.dispatch_ns
+            dp.last_done_ns = done_ns
+            policy.completed(g, done_ns - since)
         g.ticks[req.dir] += took
         g.time_in_queue += took
         g.active -= 1
@@ -283,11 +293,13 @@ class Engine:
 
     @staticmethod
     def _room(dp: DeviceGroup, g: Group | None) -> int:
-        """The window ``g`` may fill: one slot less while another group is waited for."""
+        """The window ``g`` may fill: one slot less while another group is waited for; none
+        under a policy that costs the store's time (BFQ's idling: a request let in beside the
+        waited group's stream would break it, and cost it a seek that is not its own)."""
         waited = dp.anticipating
         if waited is None or waited is g:
             return dp.window
-        return dp.window - 1
+        return 0 if dp.policy.timed else dp.window - 1
 
     def _classify(self, dev: Device, req: Request) -> Group:
         id_of = dev.id_of

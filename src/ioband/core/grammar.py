@@ -428,6 +428,9 @@ class CostModel:
 
     ``iops``: 1 per request. ``bytes``: its length in bytes. ``linear``: ``base + per_kib x KiB``
     (iocost's and Ceph mClock's linear model), with read and write coefficients apart.
+    ``time``: the store's time, in microseconds, that the group's requests have been measured
+    to take (BFQ's and iocost's ground: a sequential stream costs what it occupies the store,
+    not what it counts).
     """
 
     kind: str = "iops"
@@ -443,15 +446,16 @@ class CostModel:
 
 
 def parse_cost_model(text: str | None, error: str = "Invalid policy parameter") -> CostModel:
-    """``iops`` | ``bytes`` | ``linear:BASE:PER_KIB`` | ``linear:RBASE:RPER_KIB:WBASE:WPER_KIB``."""
+    """``iops`` | ``bytes`` | ``time`` | ``linear:BASE:PER_KIB`` |
+    ``linear:RBASE:RPER_KIB:WBASE:WPER_KIB``."""
     if text is None or text == "0":
         return CostModel()
-    if text in ("iops", "bytes"):
+    if text in ("iops", "bytes", "time"):
         return CostModel(text)
     fields = text.split(":")
     if fields[0] != "linear":
         raise InvalidArgument(
-            f"{error}: cost model {text!r} is not one of iops, bytes,"
+            f"{error}: cost model {text!r} is not one of iops, bytes, time,"
             " linear:BASE:PER_KIB, linear:RBASE:RPER_KIB:WBASE:WPER_KIB"
         )
     if len(fields) not in (3, 5):

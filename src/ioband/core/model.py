@@ -156,6 +156,7 @@ class DeviceGroup:
         self.busy_groups = 0
         self.contended_at = -(1 << 62)
         self.alone = False
+        self.last_done_ns = 0  # the last completion (a policy that costs the store's time)
         self.nr_requests = nr_requests
         self.policy_name = ""
         self.issued = [0, 0]  # g_issued[ASYNC], g_issued[SYNC]

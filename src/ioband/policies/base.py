@@ -55,6 +55,9 @@ class Policy:
         """``token_base``: what ``parse_token_base`` returned (its type is the policy's)."""
         self.dp = dp
         self.engine = dp.engine
+        # The engine reports each completion's store time (``completed``): a policy whose
+        # cost is measured time sets it.
+        self.timed = False
 
     # -- construction-time validation (nothing may change before all of it passes) ---------
     @classmethod
@@ -148,6 +151,11 @@ class Policy:
         account it as if served here, so that a group served on several hosts gets its
         weight's share of the cluster, not of each host (dmClock's ``delta``). Policies that
         account no share over time ignore it."""
+
+    def completed(self, g: Group, service_ns: int) -> None:
+        """A request of ``g`` completed after ``service_ns`` of the store's time (from its
+        dispatch, or from the previous completion if that was later: what it alone occupied
+        the store). Called only when ``timed``."""
 
     def deserves_anticipation(self, g: Group) -> bool:
         """Whether the adaptive window should keep a slot for ``g``, which just completed its
