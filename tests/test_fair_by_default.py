@@ -18,6 +18,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from tests.test_nbd_fairness import (
     READ_IOPS,
     RUNTIME,
@@ -60,10 +62,13 @@ def run_clients(bottleneck, tmp_path,  # noqa: F811
         daemon.wait(timeout=30)
 
 
-def test_weights_hold_at_default_settings(bottleneck, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("depths", [(4, 4, 4), (1, 8, 32)], ids=["4-4-4", "1-8-32"])
+def test_weights_hold_at_default_settings(bottleneck, tmp_path, depths):  # noqa: F811
     """Three clients of depth 4 (twelve requests: fewer than dm-ioband's io_limit of 192, and
-    than the window the controller starts with) at weights 40/20/10."""
-    ios = run_clients(bottleneck, tmp_path, WEIGHTS, dict.fromkeys(WEIGHTS, 4))
+    than the window the controller starts with) at weights 40/20/10; and of depths 1, 8 and
+    32, the heaviest weight on the shallowest client (it gets its share only by anticipation,
+    the lightest only once the window is down to the store's one or two)."""
+    ios = run_clients(bottleneck, tmp_path, WEIGHTS, dict(zip(WEIGHTS, depths, strict=True)))
     assert_shares(ios)
 
 
