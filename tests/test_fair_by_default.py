@@ -94,32 +94,39 @@ def window_now(port: int) -> float:
 
 
 def test_the_window_follows_a_throttle_set_at_run_time(bottleneck, tmp_path):  # noqa: F811
-    """The store changes under a running client: the loop device starts unthrottled (its
-    parallelism is what the machine gives) and a blkio throttle of READ_IOPS is set half way.
-    A throttle serves one request at a time: the window must fall to one or two within about
-    two seconds, read from the metrics as an operator would."""
-    loop, daemon_cg, _ = bottleneck
+    """The store changes under two running clients in two groups (the window divides a store
+    only when it is shared: one group alone has it open): the loop device starts unthrottled
+    (its parallelism is what the machine gives) and a blkio throttle of READ_IOPS is set half
+    way. A throttle serves one request at a time: the window must fall to one or two within
+    about two seconds, read from the metrics as an operator would."""
+    loop, daemon_cg, cgroups = bottleneck
     knob = daemon_cg / "blkio.throttle.read_iops_device"
     rdev = os.stat(loop).st_rdev
     device = f"{os.major(rdev)}:{os.minor(rdev)}"
     knob.write_text(f"{device} 0\n")  # unthrottled to begin with
+    cgs = client_cgroups(f"ioband-follow-{os.getpid()}", cgroups)
+    names = list(cgs)[:2]
+    groups = " ".join(f"{cgs[n][1]}:1" for n in names)
     port = free_port()
     sock = tmp_path / "nbd.sock"
     config = tmp_path / "ioband.toml"
     config.write_text(
         f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
         f'[nbd]\nunix_socket = "{sock}"\n[[device]]\nname = "ioband1"\n'
-        f'table = "0 {(256 << 20) // 512} ioband {loop} 1 0 0 none weight 0 :1"\ndirect = true\n'
+        f'table = "0 {(256 << 20) // 512} ioband {loop} 1 0 0 cgroup weight 0 :1 {groups}"\n'
+        "direct = true\n"
     )
     argv = [sys.executable, "-m", "ioband", "daemon", "--config", str(config)]
     daemon = subprocess.Popen(in_cgroup(daemon_cg, argv), stderr=subprocess.DEVNULL)
-    client = None
+    clients: list[subprocess.Popen] = []
     try:
         for _ in range(200):
             if sock.exists():
                 break
             time.sleep(0.05)
-        client = subprocess.Popen(fio(str(sock), "c", 32), stdout=subprocess.DEVNULL)
+        for n in names:
+            argv = in_cgroup(cgs[n][0], fio(str(sock), n, 16))
+            clients.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
         time.sleep(4)
         before = [window_now(port) for _ in range(5) if time.sleep(0.1) is None]
         knob.write_text(f"{device} {READ_IOPS}\n")
@@ -134,7 +141,7 @@ def test_the_window_follows_a_throttle_set_at_run_time(bottleneck, tmp_path):  #
         settled = [w for t, w in after if t >= 3]
         assert sum(w <= 2 for w in settled) >= 0.7 * len(settled), after  # probes aside
     finally:
-        if client is not None:
+        for client in clients:
             client.kill()
             client.wait()
         daemon.terminate()

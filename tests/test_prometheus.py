@@ -107,6 +107,9 @@ def test_scrape_after_qemu_io(daemon):
     snap = daemon.call(lambda: snapshot(daemon.daemon))
     (dev,) = [d for d in snap["devices"] if d["name"] == "ioband1"]
     assert v("ioband_window_requests", dl) == dev["window"]
+    # one group alone opens the window; the gauge says so, the snapshot keeps what was learnt
+    assert v("ioband_window_open", dl) == (1 if dev["alone"] else 0)
+    assert dev["learned"] is not None and 1 <= dev["learned"] <= dev["io_limit"]
     assert v("ioband_service_latency_seconds", dl) == pytest.approx(dev["latency_ms"] / 1000)
     assert v("ioband_service_latency_seconds", dl) >= 0
     assert v("ioband_store_queue_requests", dl) == pytest.approx(dev["store_queue"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 
 from ioband.core.engine import Engine
+from ioband.core.request import Request, Submitter
 from ioband.core.window import AdaptiveWindow
 
 HZ = 10_000  # 0.1 ms jiffies, so that service times of a few jiffies are resolved
@@ -136,10 +137,41 @@ def test_engine_io_limit_0_is_adaptive_and_io_limit_n_pins_it():
     e = Engine()
     e.create("a", "0 8 ioband sda 1 0 0 none weight 0 :1")
     dp = e.devices["a"].dp
-    assert dp.adaptive is not None and dp.io_limit == 192 and dp.window == 16
+    assert dp.adaptive is not None and dp.io_limit == 192 and dp.adaptive.value == 16
+    assert dp.alone and dp.window == 192  # no group busy yet: nothing to divide
     assert e.table("a") == "0 8 ioband sda 1 4 0 none weight 768 :1"
     e.message("a", "io_limit 32")
     assert dp.adaptive is None and dp.window == 32
     assert e.table("a") == "0 8 ioband sda 1 4 32 none weight 128 :1"
     e.message("a", "io_limit 0")
-    assert dp.adaptive is not None and dp.window == 16 and dp.io_limit == 192
+    assert dp.adaptive is not None and dp.adaptive.value == 16 and dp.io_limit == 192
+    assert dp.alone and dp.window == 192
+
+
+def test_one_group_alone_opens_the_window_and_a_second_closes_it():
+    """Holding requests only divides the store: one busy group alone keeps what it asks in
+    flight (up to io_limit), a second busy group closes the window to what was learnt at once,
+    and the window opens again once one group has had the store alone for ``alone_after``."""
+    e = Engine()
+    dev = e.create("a", "0 8 ioband sda 1 0 0 user weight 0 :1 1:1 2:1")
+    dp = dev.dp
+    a, b = Submitter(pid=1, uid=1), Submitter(pid=2, uid=2)
+    first = [Request(False, 4096 * k, 4096, a) for k in range(40)]
+    assert all(e.submit(dev, r, 0) for r in first)  # alone: 40 in flight, none held
+    late = Request(False, 0, 4096, b)
+    assert not e.submit(dev, late, 1)  # b is busy too: the window (16) applies at once
+    assert not dp.alone and dp.window == 16 and dp.adaptive is not None
+    for r in first[:25]:
+        e.complete(r, 2)
+    assert late in e.take_issued()  # 15 in flight: room under the window again
+    e.complete(late, 3)
+    for r in first[25:]:
+        e.complete(r, 3)
+    again = [Request(False, 0, 4096, a) for _ in range(32)]
+    issued = [e.submit(dev, r, 4) for r in again]
+    assert issued.count(True) == 16 and not dp.alone  # b was busy a moment ago: still shared
+    now = 4 + e.alone_after + 1
+    for r in e.take_issued() + again[:16]:
+        e.complete(r, now)
+    assert dp.alone and dp.window == 192  # a alone for alone_after: open
+    assert e.take_issued() == again[16:]  # its held requests go out

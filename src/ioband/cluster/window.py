@@ -63,6 +63,7 @@ class SharedBackendWindow(AdaptiveWindow):
 
     def __init__(self, hz: int, maximum: int, now: int = 0, target: float = LATENCY_TARGET) -> None:
         super().__init__(hz, maximum, now)
+        self.binds_alone = True  # it divides the backend between hosts: one group or many
         self.share = 1.0
         self.hosts = 1  # hosts alive in the cluster, this one included (bounds ``total``)
         self.target = target * hz  # jiffies

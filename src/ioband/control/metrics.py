@@ -104,7 +104,8 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
             "io_limit": dp.io_limit,
             "inflight": dev.inflight,
             "suspended": bool(dev.suspended),
-            **window_fields(window if window is not None else dp.io_limit, adaptive, engine.hz),
+            **window_fields(window if window is not None else dp.io_limit, adaptive, engine.hz,
+                            alone=bool(getattr(dp, "alone", False))),
             "cluster": cluster.device_status(name) if cluster is not None else None,
             "groups": groups,
         })  # fmt: skip
@@ -112,9 +113,11 @@ def snapshot(daemon: Daemon) -> dict[str, Any]:
     return {"now_ms": round(clock * 1000, 3), "devices": devices}
 
 
-def window_fields(window: int, adaptive: Any, hz: int) -> dict[str, Any]:
+def window_fields(window: int, adaptive: Any, hz: int, alone: bool = False) -> dict[str, Any]:
     """The dispatch window of a device group: ``window`` requests of each class in flight at
-    most; ``adaptive``: whether it is measured (``io_limit 0``) or pinned (``io_limit N``).
+    most; ``adaptive``: whether it is measured (``io_limit 0``) or pinned (``io_limit N``);
+    ``alone``: one group has the store to itself, so the adaptive window is open (io_limit)
+    and ``learned`` is what applies once the store is shared again.
     Measured only when adaptive (else None): ``latency_ms``, the last period's mean service
     latency from dispatch to completion; ``base_latency_ms``, the least recent one;
     ``store_queue``, the estimate of requests waiting inside the backing store;
@@ -128,6 +131,8 @@ def window_fields(window: int, adaptive: Any, hz: int) -> dict[str, Any]:
     return {
         "window": window,
         "adaptive": adaptive is not None,
+        "alone": alone,
+        "learned": getattr(adaptive, "value", None),
         "latency_ms": number("latency", per_ms),
         "base_latency_ms": number("base", per_ms),
         "store_queue": number("queued"),
@@ -176,6 +181,9 @@ class EngineCollector:
         adaptive = GaugeMetricFamily("ioband_window_adaptive",
                                      "1: the window is measured (io_limit 0); 0: pinned",
                                      labels=dlabels)  # fmt: skip
+        alone = GaugeMetricFamily("ioband_window_open",
+                                  "1: one group has the store alone and the adaptive window is"
+                                  " open (io_limit); 0: it applies", labels=dlabels)  # fmt: skip
         latency = GaugeMetricFamily("ioband_service_latency_seconds",
                                     "Mean service latency, dispatch to completion, last period"
                                     " (adaptive window)", labels=dlabels)  # fmt: skip
@@ -209,6 +217,7 @@ class EngineCollector:
             policy.add_metric(dl, {"policy": dev["policy"]})
             window.add_metric(dl, dev["window"])
             adaptive.add_metric(dl, 1 if dev["adaptive"] else 0)
+            alone.add_metric(dl, 1 if dev.get("alone") else 0)
             if dev["latency_ms"] is not None:
                 latency.add_metric(dl, dev["latency_ms"] / 1000)
             if dev["store_queue"] is not None:
@@ -234,8 +243,8 @@ class EngineCollector:
                     min_bw.add_metric(gl, g["min_bw"] * KB)
                     max_bw.add_metric(gl, g["max_bw"] * KB)
         yield from (build, requests, nbytes, delayed, held, tokens, weight, min_bw, max_bw,
-                    inflight, throttle, limit, policy, window, adaptive, latency, store_queue,
-                    cluster_share, cluster_peers, cluster_local, latency_hist,
+                    inflight, throttle, limit, policy, window, adaptive, alone, latency,
+                    store_queue, cluster_share, cluster_peers, cluster_local, latency_hist,
                     hold_hist)  # fmt: skip
 
 

@@ -30,10 +30,13 @@ def _groups(snap: dict[str, Any]) -> dict[Key, tuple[dict[str, Any], dict[str, A
 
 
 def window_text(dev: dict[str, Any]) -> str:
-    """``3 (adaptive)`` or ``192 (fixed)``; ``-`` from a daemon that does not report it."""
+    """``3 (adaptive)``, ``192 (fixed)`` or ``192 (open: 1 group)``; ``-`` from a
+    daemon that does not report it."""
     window = dev.get("window")
     if window is None:
         return "-"
+    if dev.get("alone"):  # one group has the store alone: the adaptive window is open
+        return f"{window} (open: 1 group)"
     return f"{window} ({'adaptive' if dev.get('adaptive') else 'fixed'})"
 
 

@@ -102,6 +102,11 @@ class Engine:
         self._admitted: list[Request] = []
         self.stalls = 0  # conductor livelocks broken by deferring (always 0 unless a bug)
         self.idle_max = max(1, hz * 2 // 1000)  # the longest wait for a shallow group: 2 ms
+        # How long one busy group must have had the store to itself before the adaptive window
+        # opens (it holds requests only to divide the store; alone, holding costs throughput).
+        # Longer than any think time anticipation waits for, so that a shallow client between
+        # two requests still counts: 200 ms.
+        self.alone_after = max(1, hz // 5)
 
     # ======================================================================================
     # Outboxes, time and timers
@@ -206,17 +211,27 @@ class Engine:
         req.state = DONE
         took = self.now - req.submit_time
         g.latency.record(self.clock_ns() - req.arrival_ns)
-        adaptive = dp.adaptive
-        if adaptive is not None:
-            if full and dp.blocked[0] + dp.blocked[1] > 0:
-                adaptive.wanted_more()  # a slot frees while requests wait for one
-            adaptive.completed(self.now)
-            dp.window = adaptive.value  # the conductor below lets held requests use it
         g.ticks[req.dir] += took
         g.time_in_queue += took
         g.active -= 1
         if g.active == 0:
             g.io_ticks += self.now - g.busy_since
+            dp.busy_groups -= 1
+        adaptive = dp.adaptive
+        if adaptive is not None:
+            if full and dp.blocked[0] + dp.blocked[1] > 0:
+                adaptive.wanted_more()  # a slot frees while requests wait for one
+            adaptive.completed(self.now)
+            if dp.busy_groups > 1:
+                dp.contended_at = self.now
+            elif (
+                not dp.alone
+                and self.now - dp.contended_at > self.alone_after
+                and not adaptive.binds_alone
+            ):
+                self._open_window(dp, adaptive)
+            # the conductor below lets held requests use it
+            dp.window = dp.io_limit if dp.alone else adaptive.value
         if adaptive is not None and req.sync:
             g.last_done = self.now
             if g.active == 0 and g.blocked[0] + g.blocked[1] == 0:
@@ -292,8 +307,33 @@ class Engine:
         req.group = g
         if g.active == 0:
             g.busy_since = self.now
+            self._became_busy(g.dp)
         g.active += 1
         return g
+
+    # ======================================================================================
+    # One group alone (adaptive window only)
+    # ======================================================================================
+    def _became_busy(self, dp: DeviceGroup) -> None:
+        """A group of ``dp`` got its first request held or in flight. A second busy group
+        closes an open window at once: from here on the store is shared."""
+        dp.busy_groups += 1
+        if dp.busy_groups > 1:
+            dp.contended_at = self.now
+            adaptive = dp.adaptive
+            if dp.alone and adaptive is not None:
+                dp.alone = False
+                adaptive.resume(self.now)
+                dp.window = adaptive.value
+
+    def _open_window(self, dp: DeviceGroup, adaptive: AdaptiveWindow) -> None:
+        """One group has had the store to itself for ``alone_after``: holding its requests
+        would divide nothing and cost throughput (on a store faster than its clients, the
+        window reads their own queueing as the store's). The window opens to ``io_limit``; the
+        controller keeps what it learnt for the next time the store is shared."""
+        dp.alone = True
+        adaptive.pause()
+        dp.window = dp.io_limit
 
     def _by_path_or_rule(self, dev: Device, owner: Submitter, gid: int) -> Group | None:
         """No group by id: the group attached by the submitter's cgroup path (the same path
@@ -595,6 +635,7 @@ class Engine:
             req.group = g
             if g.active == 0:
                 g.busy_since = self.now
+                self._became_busy(g.dp)
             g.active += 1
         g.dp.issued[req.sync] += 1
         g.ios[req.dir] += 1
@@ -712,16 +753,21 @@ class Engine:
         """``io_limit 0``: the window adapts (up to the io_limit derived from the queue);
         ``io_limit N``: it is N, dm-ioband's fixed limit."""
         if not adaptive:
+            if dp.adaptive is not None and dp.alone:
+                dp.adaptive.resume(self.now)
             dp.adaptive = None
+            dp.alone = False
             dp.window = dp.io_limit
             return
         if dp.adaptive is None:
             dp.adaptive = AdaptiveWindow(self.hz, dp.io_limit, self.now)
             policy = getattr(dp, "policy", None)  # None while the device group is being made
             dp.adaptive.paced = policy is not None and policy.paces
+            if dp.busy_groups < 2:  # a new device group, or one pinned until now
+                self._open_window(dp, dp.adaptive)
         dp.adaptive.maximum = dp.io_limit
         dp.adaptive.value = min(dp.adaptive.value, dp.io_limit)
-        dp.window = dp.adaptive.value
+        dp.window = dp.io_limit if dp.alone else dp.adaptive.value
 
     def set_window_controller(self, name: str, window: AdaptiveWindow) -> None:
         """Replace device ``name``'s adaptive window by another controller of its kind (fed
@@ -733,7 +779,11 @@ class Engine:
             raise InvalidArgument(f"{name}: the window is pinned (io_limit {dp.io_limit})")
         window.maximum = dp.io_limit
         dp.adaptive = window
-        dp.window = window.value
+        if dp.alone and window.binds_alone:
+            dp.alone = False
+        if dp.alone:
+            window.pause()
+        dp.window = dp.io_limit if dp.alone else window.value
         self._queue_conductor(dp, 0)
         self._settle()
 
@@ -874,8 +924,11 @@ class Engine:
         moved = len(held) + len(sleepers)
         if moved:
             g.active -= moved
+            if g.active == 0:
+                dp.busy_groups -= 1
             if head.active == 0:
                 head.busy_since = self.now
+                self._became_busy(dp)
             head.active += moved
         for req in held:
             req.group = head

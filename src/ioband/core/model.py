@@ -151,6 +151,11 @@ class DeviceGroup:
         self.idle_until = 0
         self.idle_since = -1  # when the store went idle for the wait (-1: it did not)
         self.idle_seq = 0  # invalidates the timers of earlier waits
+        # Groups with requests held or in flight, and when two or more last were: the adaptive
+        # window opens (``alone``) while one group has had the store to itself for a moment.
+        self.busy_groups = 0
+        self.contended_at = -(1 << 62)
+        self.alone = False
         self.nr_requests = nr_requests
         self.policy_name = ""
         self.issued = [0, 0]  # g_issued[ASYNC], g_issued[SYNC]

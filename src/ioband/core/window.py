@@ -98,6 +98,7 @@ class AdaptiveWindow:
     __slots__ = (
         "area",
         "base",
+        "binds_alone",
         "done",
         "down_streak",
         "down_wait",
@@ -112,6 +113,7 @@ class AdaptiveWindow:
         "minima",
         "noise",
         "paced",
+        "paused",
         "period",
         "period_done",
         "period_start",
@@ -170,6 +172,12 @@ class AdaptiveWindow:
         # more than its noise (a disk at 140 IOPS varies by a fifth per period, an SSD by 1 %).
         self.noise = 0.0
         self.period_done = 0.0
+        # The engine opens the window while one group alone is busy (nothing to arbitrate):
+        # then the controller only watches (``paused``), and what it learnt waits for the next
+        # time two groups share the store. A window that divides a store between hosts (the
+        # cluster's) binds even one group: ``binds_alone``.
+        self.binds_alone = False
+        self.paused = False
 
     def issued(self, now: int) -> None:
         if now != self.last:
@@ -192,7 +200,45 @@ class AdaptiveWindow:
         self.inflight -= 1
         self.done += 1
         if now - self.period_start >= self.period:
-            self._evaluate(now)
+            if self.paused:
+                self._watch(now)
+            else:
+                self._evaluate(now)
+
+    def pause(self) -> None:
+        """One group alone is busy: the engine does not apply the window. Probes and verdicts
+        stop (what the clients keep in flight is not the window: a probe would measure
+        nothing); latency and throughput are still measured, for the operator."""
+        self.paused = True
+        if self.state != STEADY:  # a probe cut short: back to the window it left
+            self.value = self.probe_from
+            self.state = STEADY
+
+    def resume(self, now: int) -> None:
+        """Two groups share the store again: the window applies from here, as learnt. The
+        first period shows the requests in flight under the open window draining."""
+        self.paused = False
+        self._restart(now)
+        self.settling = True
+
+    def _watch(self, now: int) -> None:
+        """A period while paused: measured for display, judged never."""
+        elapsed = now - self.period_start
+        done = self.done
+        if done < MIN_COMPLETIONS and elapsed < self.hz:
+            return
+        self.latency = self.area / done
+        self.throughput = done * self.hz / max(1, elapsed)
+        self.queued = max(0.0, (self.area - done * self.base) / elapsed) if self.base else 0.0
+        self._restart(now)
+
+    def _restart(self, now: int) -> None:
+        self.last = now
+        self.period_start = now
+        self.area = 0
+        self.done = 0
+        self.full = False
+        self.idle = 0
 
     def _evaluate(self, now: int) -> None:
         elapsed = now - self.period_start
