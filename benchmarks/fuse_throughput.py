@@ -192,6 +192,7 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("fuse_throughput: needs root (FUSE allow_other, drop_caches)")
+    load_at_start = os.getloadavg()  # the machine is shared: how busy it was, start and end
     peer = not args.no_peer and shutil.which("fuse-overlayfs") is not None
     base = Path(tempfile.mkdtemp(prefix="ioband-fuse-bench-", dir=args.dir))
     backing, mnt = base / "backing", base / "mnt"
@@ -257,13 +258,16 @@ def main() -> None:
         "qd1_p50_added_us_on": added(on),
         "qd1_p50_added_us_off": added(off),
     }
+    print("load average (1, 5, 15 min): at start", ", ".join(f"{x:.2f}" for x in load_at_start),
+          "- at the end", ", ".join(f"{x:.2f}" for x in os.getloadavg()))  # fmt: skip
     print("must-show:", ", ".join(f"{k} = {v}" for k, v in must.items()))
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(),
-                    "load_average": os.getloadavg()},
+                    "load_average": os.getloadavg(),
+                    "load_average_at_start": load_at_start},
         "seconds": args.seconds, "size_mib": args.size_mib, "rounds": args.rounds,
         "results": results, "must_show": must,
     }, indent=1) + "\n")  # fmt: skip
