@@ -83,6 +83,7 @@ class WorkerChannel(asyncio.Protocol):
             batches = self.decoder.feed(data)
         except channel.ChannelError as err:
             error, batches = err, err.decoded  # what came before the fault still counts
+        flushing, self.flushing = self.flushing, True  # the ISSUEs go out below, not later
         with self.driver:  # the records of one read: one pump
             for kind, entries in batches:
                 if kind == channel.SUBMIT:
@@ -90,6 +91,7 @@ class WorkerChannel(asyncio.Protocol):
                 elif kind == channel.DONE:
                     self._done(entries)
         self._flush()
+        self.flushing = flushing  # a flush already scheduled still runs, and resets it
         if error is not None:
             log.error("%s: %s; restarting the worker", self.mount.name, error)
             self.transport.close()
