@@ -177,6 +177,16 @@ def test_one_caller_is_one_submitter_and_attribution_is_per_caller(daemon_end):
     assert (one.uid, other.uid, one.cgroup, one.pid) == (1, 2, 7, 10)
 
 
+def test_the_submitters_remembered_are_bounded(daemon_end, monkeypatch):
+    from ioband.fuse import mount
+
+    monkeypatch.setattr(mount, "MAX_OWNERS", 2)
+    end, _, _ = daemon_end
+    end.data_received(channel.encode(SUBMIT, [entry(t, uid=t) for t in range(1, 4)]))
+    assert len(end.owners) <= 2
+    assert [end.requests[t].owner.uid for t in range(1, 4)] == [1, 2, 3]
+
+
 def test_daemon_bad_input_closes_the_channel_and_loses_nothing(daemon_end, caplog):
     end, transport, _ = daemon_end
     end.data_received(channel.encode(SUBMIT, [entry(1), entry(2)]))
@@ -184,7 +194,7 @@ def test_daemon_bad_input_closes_the_channel_and_loses_nothing(daemon_end, caplo
     # a DONE, then garbage: the DONE still completes its request
     end.data_received(channel.encode(DONE, [1]) + struct.pack("<BxH", DONE, 0))
     assert 1 not in end.requests and end.requests[2].state == ISSUED
-    assert transport.closed
+    assert transport.closed and end.closed  # nothing more is written to a closing channel
     assert "DONE count 0: must be 1 to 65535; restarting the worker" in caplog.text
     end.connection_lost(None)  # the worker is gone: what it had in flight is completed
     assert end.driver.engine.device("fuse1").inflight == 0
@@ -221,6 +231,7 @@ def test_worker_takes_issue_batches_and_a_bad_record_releases_every_waiter(caplo
         assert await tasks[1] == 2 and not tasks[0].done()
         client.data_received(channel.encode(SUBMIT, [entry(9)]))  # not the daemon's to send
         assert lost and [await t for t in tasks] == [1, 2, 3]  # all let through
+        assert await client.begin(False, True, 0, 4096, owner) == 0  # served without control
         assert "record kind 1: must be one of 4 (ISSUE)" in caplog.text
 
     asyncio.run(asyncio.wait_for(go(), 10))

@@ -94,6 +94,7 @@ class WorkerChannel(asyncio.Protocol):
         self.flushing = flushing  # a flush already scheduled still runs, and resets it
         if error is not None:
             log.error("%s: %s; restarting the worker", self.mount.name, error)
+            self.closed = True  # what the core releases from now on is done (see start_io)
             self.transport.close()
 
     def _submit(self, entries: list[tuple]) -> channel.ChannelError | None:

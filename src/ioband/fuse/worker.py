@@ -95,6 +95,7 @@ class ChannelClient(asyncio.Protocol):
         except channel.ChannelError as err:  # the daemon is broken: served as if it were gone
             log.error("%s; serving without control", err)
             batches = err.decoded
+            self.lost = True  # nothing more is asked or sent
             self.transport.close()  # connection_lost lets every waiting request through
         waiting = self.waiting
         for _, tags in batches:  # ISSUE only: the decoder accepts nothing else
