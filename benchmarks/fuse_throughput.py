@@ -48,6 +48,7 @@ BACKING = "backing directory"
 PEER = "fuse-overlayfs (C)"
 OFF = "ioband, control off"
 ON = "ioband, control on"
+PINNED = "ioband, control on, io_limit {}"  # a diagnosis, not a figure of the default table
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,13 +99,14 @@ def wait_mounted(mnt: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def start_ioband(backing: Path, mnt: Path, control: bool) -> tuple[subprocess.Popen, list[int]]:
+def start_ioband(backing: Path, mnt: Path, control: bool,
+                 io_limit: int = 0) -> tuple[subprocess.Popen, list[int]]:  # fmt: skip
     run = Path(tempfile.mkdtemp(prefix="ioband-bench-"))
     config = run / "ioband.toml"
     config.write_text(
         f'[daemon]\ncontrol_socket = ""\nstate_file = ""\n[nbd]\nunix_socket = "{run}/nbd.sock"\n'
-        f'[[device]]\nname = "bench"\ntable = "0 0 ioband {backing} bench 0 0 none weight 0'
-        f' :100"\nmountpoint = "{mnt}"\ndirect = true\n'
+        f'[[device]]\nname = "bench"\ntable = "0 0 ioband {backing} bench 0 {io_limit} none'
+        f' weight 0 :100"\nmountpoint = "{mnt}"\ndirect = true\n'
         f"control = {'true' if control else 'false'}\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "ioband", "daemon", "--config", str(config)],
@@ -132,9 +134,11 @@ def stop(proc: subprocess.Popen, mnt: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
-def run_all(where: Path, pids: list[int], seconds: float, size_mib: int) -> dict:
+def run_all(where: Path, pids: list[int], seconds: float, size_mib: int,
+            workloads: list[str]) -> dict:  # fmt: skip
     out = {}
-    for name, (rw, bs, direct, depth, cold) in WORKLOADS.items():
+    for name in workloads:
+        rw, bs, direct, depth, cold = WORKLOADS[name]
         target = where / ("written" if rw == "write" else "data")
         if rw == "write" and target.exists():
             target.unlink()
@@ -168,9 +172,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="the best of each figure is kept")
     ap.add_argument("--dir", default="/var/tmp", help="where the backing directory goes")
     ap.add_argument("--no-peer", action="store_true", help="skip fuse-overlayfs")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(WORKLOADS),
+        default=list(WORKLOADS),
+        help="these workloads only (a quick look; the must-show needs them all)",
+    )
+    ap.add_argument(
+        "--pinned-io-limit",
+        type=int,
+        default=0,
+        help="a diagnostic row more: control on with this fixed io_limit instead of"
+        " the adaptive window (what the mount gives when the window does not bind)",
+    )
+    ap.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "fuse_throughput.json")
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("fuse_throughput: needs root (FUSE allow_other, drop_caches)")
+    load_at_start = os.getloadavg()  # the machine is shared: how busy it was, start and end
     peer = not args.no_peer and shutil.which("fuse-overlayfs") is not None
     base = Path(tempfile.mkdtemp(prefix="ioband-fuse-bench-", dir=args.dir))
     backing, mnt = base / "backing", base / "mnt"
@@ -179,7 +201,8 @@ def main() -> None:
     subprocess.run(["fio", "--name=prep", f"--filename={backing / 'data'}", "--rw=write",
                     "--bs=1M", f"--size={args.size_mib}M", "--output-format=terse"],
                    check=True, capture_output=True)  # fmt: skip
-    setups = [BACKING, *([PEER] if peer else []), OFF, ON]
+    pinned = PINNED.format(args.pinned_io_limit) if args.pinned_io_limit else None
+    setups = [BACKING, *([PEER] if peer else []), OFF, ON, *([pinned] if pinned else [])]
     results: dict[str, dict] = {s: {} for s in setups}
     try:
         for _ in range(args.rounds):
@@ -189,9 +212,11 @@ def main() -> None:
                     proc, pids = start_peer(backing, mnt, base)
                 elif label in (OFF, ON):
                     proc, pids = start_ioband(backing, mnt, label == ON)
+                elif label == pinned:
+                    proc, pids = start_ioband(backing, mnt, True, args.pinned_io_limit)
                 try:
                     got = run_all(backing if proc is None else mnt, pids, args.seconds,
-                                  args.size_mib)  # fmt: skip
+                                  args.size_mib, args.only)  # fmt: skip
                 finally:
                     if proc is not None:
                         stop(proc, mnt)
@@ -204,7 +229,7 @@ def main() -> None:
     base_r = results[BACKING]
     print(f"{'workload':<26} {'setup':<22} {'MiB/s':>8} {'IOPS':>8} {'p50 µs':>8} "
           f"{'vs backing':>10} {'CPU µs/IO':>9}")  # fmt: skip
-    for name in WORKLOADS:
+    for name in args.only:
         for label, res in results.items():
             r = res[name]
             if "error" in r:
@@ -217,24 +242,32 @@ def main() -> None:
     on, off = results[ON], results[OFF]
     qd32, seq, qd1 = "rand_read_4k_qd32_direct", "seq_read_1m_cold", "rand_read_4k_qd1_direct"
 
+    def row(res: dict, name: str) -> dict:
+        return res.get(name, {})  # a workload left out with --only
+
     def added(r: dict) -> float:
-        return round(r[qd1].get("p50_us", 0) - base_r[qd1].get("p50_us", 0), 1)
+        return round(row(r, qd1).get("p50_us", 0) - row(base_r, qd1).get("p50_us", 0), 1)
 
     must = {
-        "rand_read_4k_qd32_on_vs_backing": ratio(on[qd32], base_r[qd32]),
-        "rand_read_4k_qd32_on_vs_peer": ratio(on[qd32], results[PEER][qd32]) if peer else None,
-        "seq_read_1m_on_vs_off": ratio(on[seq], off[seq], "mib_s"),
-        "seq_read_1m_on_vs_backing": ratio(on[seq], base_r[seq], "mib_s"),
+        "rand_read_4k_qd32_on_vs_backing": ratio(row(on, qd32), row(base_r, qd32)),
+        "rand_read_4k_qd32_on_vs_peer": (
+            ratio(row(on, qd32), row(results[PEER], qd32)) if peer else None
+        ),
+        "seq_read_1m_on_vs_off": ratio(row(on, seq), row(off, seq), "mib_s"),
+        "seq_read_1m_on_vs_backing": ratio(row(on, seq), row(base_r, seq), "mib_s"),
         "qd1_p50_added_us_on": added(on),
         "qd1_p50_added_us_off": added(off),
     }
+    print("load average (1, 5, 15 min): at start", ", ".join(f"{x:.2f}" for x in load_at_start),
+          "- at the end", ", ".join(f"{x:.2f}" for x in os.getloadavg()))  # fmt: skip
     print("must-show:", ", ".join(f"{k} = {v}" for k, v in must.items()))
-    out = Path(__file__).parent / "results" / "fuse_throughput.json"
+    out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(),
-                    "load_average": os.getloadavg()},
+                    "load_average": os.getloadavg(),
+                    "load_average_at_start": load_at_start},
         "seconds": args.seconds, "size_mib": args.size_mib, "rounds": args.rounds,
         "results": results, "must_show": must,
     }, indent=1) + "\n")  # fmt: skip

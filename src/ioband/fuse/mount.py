@@ -35,6 +35,7 @@ log = logging.getLogger("ioband.fuse")
 
 START_TIMEOUT = 15.0  # seconds for a worker to mount
 RESTARTS_PER_MINUTE = 5
+MAX_OWNERS = 4096  # submitters remembered per mount (then forgotten all at once)
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,12 @@ class WorkerChannel(asyncio.Protocol):
         self.runtime = mount.runtime
         self.driver = mount.runtime.driver
         self.transport: asyncio.Transport | None = None
-        self.decoder = channel.Decoder()
+        self.decoder = channel.Decoder((channel.SUBMIT, channel.DONE, channel.READY))
         self.requests: dict[int, Request] = {}
-        self.out: list[bytes] = []
+        # Submitters by (pid, pgrp, uid, gid, cgroup, cgroup path): the same few callers send
+        # most requests, and making a Submitter costs more than the engine's decision does.
+        self.owners: dict[tuple[tuple[int, ...], str | None], Submitter] = {}
+        self.out = channel.Outbox()
         self.flushing = False
         self.closed = False
 
@@ -74,37 +78,62 @@ class WorkerChannel(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        error: channel.ChannelError | None = None
+        try:
+            batches = self.decoder.feed(data)
+        except channel.ChannelError as err:
+            error, batches = err, err.decoded  # what came before the fault still counts
+        flushing, self.flushing = self.flushing, True  # the ISSUEs go out below, not later
+        with self.driver:  # the records of one read: one pump
+            for kind, entries in batches:
+                if kind == channel.SUBMIT:
+                    error = self._submit(entries) or error
+                elif kind == channel.DONE:
+                    self._done(entries)
+        self._flush()
+        self.flushing = flushing  # a flush already scheduled still runs, and resets it
+        if error is not None:
+            log.error("%s: %s; restarting the worker", self.mount.name, error)
+            self.closed = True  # what the core releases from now on is done (see start_io)
+            self.transport.close()
+
+    def _submit(self, entries: list[tuple]) -> channel.ChannelError | None:
         driver = self.driver
         device = self.mount.device
+        requests = self.requests
         cgroup_paths = self.runtime.cgroup_paths
-        try:
-            records = self.decoder.feed(data)
-        except IobandError as err:
-            log.error("%s: %s; restarting the worker", self.mount.name, err)
-            self.transport.close()
-            return
-        with driver:  # the records of one read: one pump
-            for rec in records:
-                if type(rec) is channel.Submit:
-                    if device.removed:  # the mount is going: what is still asked for just runs
-                        self.out.append(channel.short(channel.ISSUE, rec.tag))
-                        continue
-                    path = None
-                    if (device.by_path or device.type_name == "cgroup") and (
-                        cgroup_paths is not None
-                    ):  # groups by path, rules, and (mclock) parents from the cgroup nesting
-                        path = cgroup_paths.path_of(rec.cgroup)
-                    owner = Submitter(rec.pid, rec.pgrp, rec.uid, rec.gid, rec.cgroup,
-                                      cgroup_path=path)  # fmt: skip
-                    req = Request(rec.write, rec.offset, rec.length, owner, sync=rec.sync,
-                                  tag=(self, rec.tag))  # fmt: skip
-                    self.requests[rec.tag] = req
-                    driver.submit(device, req)
-                elif rec[0] == channel.DONE:
-                    req = self.requests.pop(rec[1], None)
-                    if req is not None:
-                        driver.complete(req)
-        self._flush()
+        owners = self.owners
+        for entry in entries:
+            flags, tag, offset, length = entry[:4]
+            if device.removed:  # the mount is going: what is still asked for just runs
+                self.out.tag(channel.ISSUE, tag)
+                continue
+            if tag in requests:  # the worker's bug; the request it had is not lost
+                return channel.ChannelError(f"SUBMIT tag {tag}: already in flight", [])
+            path = None
+            if (device.by_path or device.type_name == "cgroup") and cgroup_paths is not None:
+                # groups by path, rules, and (mclock) parents from the cgroup nesting
+                path = cgroup_paths.path_of(entry[8])
+            key = (entry[4:], path)
+            owner = owners.get(key)
+            if owner is None:
+                if len(owners) >= MAX_OWNERS:
+                    owners.clear()
+                pid, pgrp, uid, gid, cgroup = entry[4:]
+                owner = owners[key] = Submitter(pid, pgrp, uid, gid, cgroup, cgroup_path=path)
+            req = Request(flags & channel.FLAG_WRITE != 0, offset, length, owner,
+                          sync=flags & channel.FLAG_SYNC != 0, tag=(self, tag))  # fmt: skip
+            requests[tag] = req
+            driver.submit(device, req)
+        return None
+
+    def _done(self, tags: list[int]) -> None:
+        pop = self.requests.pop
+        complete = self.driver.complete
+        for tag in tags:
+            req = pop(tag, None)
+            if req is not None:
+                complete(req)
 
     def start_io(self, req: Request) -> None:
         """The core released ``req``: the worker may do its I/O."""
@@ -112,7 +141,7 @@ class WorkerChannel(asyncio.Protocol):
             self.requests.pop(req.tag[1], None)
             self.driver.complete(req)
             return
-        self.out.append(channel.short(channel.ISSUE, req.tag[1]))
+        self.out.tag(channel.ISSUE, req.tag[1])
         if not self.flushing:
             self.flushing = True
             self.runtime.loop.call_soon(self._flush)
@@ -122,9 +151,10 @@ class WorkerChannel(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.flushing = False
-        out, self.out = self.out, []
-        if out and not self.closed and self.transport is not None:
-            self.transport.write(b"".join(out))
+        if self.out:
+            data = self.out.take()
+            if not self.closed and self.transport is not None:
+                self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -228,8 +258,8 @@ class FuseMount:
             ready, _, _ = select.select([sock], [], [], max(0.0, left))
             if not ready:
                 break
-            data = sock.recv(8)
-            if data == channel.short(channel.READY):
+            data = sock.recv(len(channel.READY_RECORD))
+            if data == channel.READY_RECORD:
                 return
             break  # EOF or garbage: the worker failed
         self._kill()

@@ -77,10 +77,11 @@ class ChannelClient(asyncio.Protocol):
 
     def __init__(self, on_lost: Callable[[], None]) -> None:
         self.transport: asyncio.Transport | None = None
-        self.decoder = channel.Decoder()
+        self.decoder = channel.Decoder((channel.ISSUE,))
         self.waiting: dict[int, asyncio.Future[None]] = {}
         self.next_tag = 1
-        self.out: list[bytes] = []
+        self.out = channel.Outbox()
+        self.flush_pending = False
         self.lost = False
         self.on_lost = on_lost
         self.loop = asyncio.get_running_loop()
@@ -89,12 +90,19 @@ class ChannelClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        try:
+            batches = self.decoder.feed(data)
+        except channel.ChannelError as err:  # the daemon is broken: served as if it were gone
+            log.error("%s; serving without control", err)
+            batches = err.decoded
+            self.lost = True  # nothing more is asked or sent
+            self.transport.close()  # connection_lost lets every waiting request through
         waiting = self.waiting
-        for record in self.decoder.feed(data):
-            _, tag = record  # the daemon sends only ISSUE
-            fut = waiting.pop(tag, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        for _, tags in batches:  # ISSUE only: the decoder accepts nothing else
+            for tag in tags:
+                fut = waiting.pop(tag, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -104,35 +112,40 @@ class ChannelClient(asyncio.Protocol):
         self.waiting.clear()
         self.on_lost()
 
-    def _send(self, record: bytes) -> None:
-        if not self.out:
+    def _flush_soon(self) -> None:
+        """What this loop turn adds to the outbox goes in one write, at the turn's end."""
+        if not self.flush_pending:
+            self.flush_pending = True
             self.loop.call_soon(self._flush)
-        self.out.append(record)
 
     def _flush(self) -> None:
-        out, self.out = self.out, []
-        if out and not self.lost and self.transport is not None:
-            self.transport.write(b"".join(out))
+        self.flush_pending = False
+        data = self.out.take()
+        if data and not self.lost and self.transport is not None:
+            self.transport.write(data)
 
     async def begin(self, write: bool, sync: bool, offset: int, length: int,
                     owner: Submitter) -> int:  # fmt: skip
         if self.lost:
             return 0
         tag = self.next_tag
-        self.next_tag = tag + 1 if tag < 0xFFFFFFFF else 1
+        self.next_tag = tag + 1 if tag < channel.MAX_TAG else 1
         fut = self.loop.create_future()
         self.waiting[tag] = fut
-        self._send(channel.submit(tag, write, sync, offset, length, owner.pid, owner.pgrp,
-                                  owner.uid, owner.gid, owner.cgroup))  # fmt: skip
+        self.out.submit(tag, write, sync, offset, length, owner.pid, owner.pgrp, owner.uid,
+                        owner.gid, owner.cgroup)  # fmt: skip
+        self._flush_soon()
         await fut
         return tag
 
     def end(self, token: int) -> None:
         if token and not self.lost:
-            self._send(channel.short(channel.DONE, token))
+            self.out.tag(channel.DONE, token)
+            self._flush_soon()
 
     def ready(self) -> None:
-        self._send(channel.short(channel.READY))
+        self.out.ready()
+        self._flush_soon()
 
 
 class _NoLock:
