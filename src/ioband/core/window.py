@@ -330,10 +330,12 @@ class AdaptiveWindow:
                 return
             self.slow_start = False
             self.reference = 0.0
-            if ref and self.value == 2 * START and throughput < ref * GAIN:
-                # Not even the first doubling paid: the store may need far less than the start
-                # (a throttle or a disk serves one request at a time), and on such a store the
-                # weights apply only once the window is that small. Probe down at once, halving.
+            if self.full and ref and self.value == 2 * START and throughput < ref * GAIN:
+                # Not even the first doubling paid, although requests waited for room: the
+                # store may need far less than the start (a throttle or a disk serves one
+                # request at a time), and on such a store the weights apply only once the window
+                # is that small. Probe down at once, halving. (Not when the clients or the policy
+                # did not fill the larger window: that says nothing about the store.)
                 self.down_streak = True
                 self.since_down = self.down_wait = 1
             if ref and self.value > START and throughput < ref * GAIN:
