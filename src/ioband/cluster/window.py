@@ -109,11 +109,7 @@ class SharedBackendWindow(AdaptiveWindow):
         self.queued = (self.area - done * self.base) / elapsed
         used = self.area / elapsed  # mean in flight
         self.step(latency, used, self.full)
-        self.period_start = now
-        self.area = 0
-        self.done = 0
-        self.full = False
-        self.idle = 0
+        self._restart(now)
 
     def step(self, latency: float, used: float, full: bool) -> None:
         """One period's PARDA step from the measured ``latency`` (jiffies), the mean in flight

@@ -765,8 +765,6 @@ class Engine:
         """``io_limit 0``: the window adapts (up to the io_limit derived from the queue);
         ``io_limit N``: it is N, dm-ioband's fixed limit."""
         if not adaptive:
-            if dp.adaptive is not None and dp.alone:
-                dp.adaptive.resume(self.now)
             dp.adaptive = None
             dp.alone = False
             dp.window = dp.io_limit

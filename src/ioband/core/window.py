@@ -233,6 +233,7 @@ class AdaptiveWindow:
         self._restart(now)
 
     def _restart(self, now: int) -> None:
+        """A new period from ``now``."""
         self.last = now
         self.period_start = now
         self.area = 0
@@ -284,11 +285,7 @@ class AdaptiveWindow:
             # nothing was ever held, and their weights never applied.
             self.value = max(1, -(-2 * self.area // elapsed))
             self.slow_start = False
-        self.period_start = now
-        self.area = 0
-        self.done = 0
-        self.full = False
-        self.idle = 0
+        self._restart(now)
 
     def _decide(self, throughput: float, queued: float, done: int, elapsed: int) -> None:
         """One full period's verdict: judge a probe, or react, or start a probe.
