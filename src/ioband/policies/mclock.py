@@ -231,7 +231,7 @@ class MclockPolicy(Policy):
         the whole cluster). Reservations stay per host (dmClock's ``rho`` would need the phase
         each remote request was served in; docs/deviations.md). An idle group is not charged:
         it is lifted to ``vtime`` when it becomes busy anyway."""
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None or not st.active or cost <= 0:
             return
         st.ptag += cost / st.eff
@@ -285,6 +285,7 @@ class MclockPolicy(Policy):
         st.rtag = st.ltag = self._now()
         st.ptag = st.frontier = self.vtime
         self.states[g] = st
+        g.policy_state = st
         g.weight = params.weight
         if params.parent is not None:
             self.nested = True
@@ -296,6 +297,7 @@ class MclockPolicy(Policy):
 
     def group_removed(self, g: Group, *, reshare: bool = True) -> None:
         st = self.states.pop(g, None)
+        g.policy_state = None
         if st is not None:
             st.ver += 1
             st.active = False
@@ -353,7 +355,14 @@ class MclockPolicy(Policy):
         if pid is None:
             return st.implicit
         pg = st.group.device.groups.get(pid)
-        return None if pg is None else self.states.get(pg)
+        return None if pg is None else self._state_of(pg)
+
+    @staticmethod
+    def _state_of(g: Group) -> _State | None:
+        """``g``'s state (None: not one of this policy's groups, or removed). Kept on the
+        group (``policy_state``) as well as in ``states``: the request path reads it there."""
+        st = g.policy_state
+        return st if isinstance(st, _State) else None
 
     def _frame(self, st: _State) -> float:
         """The virtual time ``st`` joins at: its parent's children's frontier, or the device's."""
@@ -574,7 +583,7 @@ class MclockPolicy(Policy):
             st.ltag = now
 
     def backlogged(self, g: Group) -> None:
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return
         head = self._head(g)
@@ -704,7 +713,7 @@ class MclockPolicy(Policy):
         """``g`` just completed its last request: it is owed the next one if its reservation
         is due, or if its weight tag is not behind that of any group now waiting (it would be
         chosen first), and it is not held by its limit."""
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return False
         now = self._now()
@@ -720,7 +729,7 @@ class MclockPolicy(Policy):
     def can_submit(self, g: Group) -> int:
         """Whether a group with nothing held may issue at once (the engine asks before holding).
         A capped group always queues: its head request's size and direction decide."""
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None or st.caps or g.going_down:
             return 1 if st is None or g.going_down else 0
         now = self._now()
@@ -748,7 +757,7 @@ class MclockPolicy(Policy):
         if dp.going_down:
             for g in dp.groups:  # flushing: anyone holding requests, in creation order
                 if g.going_down and g.blocked[0] + g.blocked[1]:
-                    self._chosen = self.states.get(g)
+                    self._chosen = self._state_of(g)
                     self._phase = PHASE_WEIGHT
                     return g
         now = self._now()
@@ -821,7 +830,7 @@ class MclockPolicy(Policy):
             if a.rtag > key + EPS:  # charged since: later than this key
                 heappush(heap, (a.rtag, seq, 0, a))
                 continue
-            if self.states.get(a.group) is not a or not a.reservation:
+            if a.group.policy_state is not a or not a.reservation:
                 a.subqueued = False
                 continue
             busy, best = self._subtree_candidate(a, now, limit)
@@ -860,7 +869,7 @@ class MclockPolicy(Policy):
         return busy, best
 
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return R_OK
         now = self._now()
