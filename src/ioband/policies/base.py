@@ -39,6 +39,15 @@ def heap_key(priority: int, g: Group) -> int:
     return (-priority << SLOT_BITS) | g.index_slot
 
 
+def enrol(slots: list[Group | None], g: Group) -> None:
+    """Give ``g`` a slot if its own is not its (a group of a removed device: its slot was
+    emptied or renumbered, yet the daemon's last requests to it must still be served)."""
+    if g.index_slot >= len(slots) or slots[g.index_slot] is not g:
+        g.index_slot = len(slots)
+        g.heap_key = 0
+        slots.append(g)
+
+
 def keyed(slots: list[Group | None], key: int) -> Group | None:
     """The group of a heap key (or of a slot entry's low bits); None if the key is stale."""
     g = slots[key & SLOT_MASK]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
-from ioband.policies.base import R_OK, R_YIELD, SLOT_MASK, Policy, heap_key
+from ioband.policies.base import R_OK, R_YIELD, SLOT_MASK, Policy, enrol, heap_key
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -318,6 +318,7 @@ class RangeBwPolicy(Policy):
             for g in dirty:
                 g.dirty = False
                 if g.blocked[0] + g.blocked[1]:
+                    enrol(self._slots, g)
                     pri = self.priority(g)
                     key = heap_key(pri if pri > 0 else 1, g)
                     if key != g.heap_key:  # else its live key is in the heap already

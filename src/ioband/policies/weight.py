@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
-from ioband.policies.base import R_OK, R_YIELD, SLOT_BITS, SLOT_MASK, Policy, heap_key, keyed
+from ioband.policies.base import (
+    R_OK,
+    R_YIELD,
+    SLOT_BITS,
+    SLOT_MASK,
+    Policy,
+    enrol,
+    heap_key,
+    keyed,
+)
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -334,6 +343,7 @@ class WeightPolicy(Policy):
         if g.blocked[0] + g.blocked[1] == 0:
             g.heap_key = 0
             return
+        enrol(self._slots, g)
         token = g.token
         if token > 0:
             if self.epoch != g.my_epoch or g.going_down:
