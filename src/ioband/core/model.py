@@ -41,13 +41,16 @@ class Group:
         "last_done", "think",
         # weight policies
         "weight", "my_epoch", "token", "token_initial", "limit", "limit_bucket",
-        "consumed", "sched_ver", "dirty",
+        "consumed", "sched_ver", "dirty", "index_slot", "heap_key",
         # range-bw
         "min_bw", "max_bw", "io_mode", "slice_expired", "min_bw_token", "max_bw_token",
         "bw_consumed", "over_max", "time_slice", "slice_start", "slice_end", "timer_set",
         "timer_token", "maxbw_waitq",
         # cluster-wide device groups (ioband.cluster): remote service not yet charged
         "remote_carry",
+        # a policy's own per-group state (mclock's tags): one attribute read per request
+        # where a dict keyed by the group cost a lookup, a cold line at 10,000 groups
+        "policy_state",
     )  # fmt: skip
 
     # Fields the owning policy sets in ``group_added`` (declared here for the type checker).
@@ -98,12 +101,15 @@ class Group:
         self.limit = 1
         self.weight = 0
         self.sched_ver = 0
+        self.index_slot = 0  # where the weight policies' index entries find it (their _slots)
+        self.heap_key = 0  # the weight policies' live heap key of it (0: none)
         self.dirty = False
         self.timer_token = 0
         self.maxbw_waitq: deque[Request] = deque()
         self.last_done = -1  # jiffy of its last sync completion (-1: none yet)
         self.think = float(THINK_CAP)  # mean jiffies from a completion to its next request
         self.remote_carry = 0.0  # a cluster-wide group's remote service not yet charged (weight)
+        self.policy_state: object = None  # owned by the policy that set it (mclock: _State)
 
     def reset_stats(self) -> None:
         self.ios = [0, 0]

@@ -22,27 +22,36 @@ R_OK: Final = 0
 R_BLOCK: Final = 1
 R_YIELD: Final = 2
 
-# The indexed policies' entries (a group due a refill, a heap key) are single ints, not tuples:
-# nothing for the garbage collector to track, no tuple to unpack in a comparison. An entry is
-# the group's creation number and its index version; a heap key puts -priority above them. A
-# version is compared modulo 2**48: an entry goes stale after one re-key of its group, and no
-# entry waits through 2**48 re-keys of it.
-VER_BITS: Final = 48
-VER_MASK: Final = (1 << VER_BITS) - 1
-SEQ_MASK: Final = (1 << 48) - 1
-KEY_SHIFT: Final = 96
+# The indexed policies (weight, range-bw) keep their backlogged groups in a heap of plain ints,
+# not tuples holding the group: ints are nothing for the garbage collector (at 10,000 groups
+# tuples re-keyed by the thousand made it promote and rescan everything held), and compare
+# without unpacking. A key is ``(-priority << SLOT_BITS) | slot``: the highest priority first,
+# then the slot, which follows creation order (the policy numbers its groups in ``dp.groups``
+# order and appends new ones). The policy's ``slots`` list resolves a slot to its group, and a
+# key is live while it is that group's ``heap_key``: a re-keyed group leaves its old key stale
+# (dropped when it surfaces), an unchanged key is not pushed twice, a removed group's slot is
+# empty. Slots are numbered afresh only when no entry is left.
+SLOT_BITS: Final = 32
+SLOT_MASK: Final = (1 << SLOT_BITS) - 1
 
 
-def entry(g: Group) -> int:
-    return (g.seq << VER_BITS) | (g.sched_ver & VER_MASK)
+def heap_key(priority: int, g: Group) -> int:
+    return (-priority << SLOT_BITS) | g.index_slot
 
 
-def entry_group(by_seq: dict[int, Group], e: int) -> Group | None:
-    """The group of an entry (or of a heap key's low bits); None if the entry is stale."""
-    g = by_seq.get((e >> VER_BITS) & SEQ_MASK)
-    if g is None or e & VER_MASK != g.sched_ver & VER_MASK:
-        return None
-    return g
+def enrol(slots: list[Group | None], g: Group) -> None:
+    """Give ``g`` a slot if its own is not its (a group of a removed device: its slot was
+    emptied or renumbered, yet the daemon's last requests to it must still be served)."""
+    if g.index_slot >= len(slots) or slots[g.index_slot] is not g:
+        g.index_slot = len(slots)
+        g.heap_key = 0
+        slots.append(g)
+
+
+def keyed(slots: list[Group | None], key: int) -> Group | None:
+    """The group of a heap key (or of a slot entry's low bits); None if the key is stale."""
+    g = slots[key & SLOT_MASK]
+    return g if g is not None and g.heap_key == key else None
 
 
 class Policy:

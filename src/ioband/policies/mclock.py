@@ -118,7 +118,7 @@ class _State:
     __slots__ = (
         "active",
         "buckets",
-        "caps",
+        "capped",
         "eff",
         "est",
         "frontier",
@@ -177,7 +177,9 @@ class _State:
         self.weight = float(params.weight)
         self.eff = self.weight  # the weight its ptag advances by (hierarchy: hweight x 1000)
         self.limit = float(params.limit)
-        self.caps = params.caps
+        # Whether any cap is set: a flag in the state rather than a look at the caps dict, a
+        # cold object of its own at 10,000 groups (read up to three times per request).
+        self.capped = bool(params.caps)
         for key, i in _KIND_INDEX.items():
             cap = params.caps.get(key)
             old = self.buckets[i]
@@ -267,7 +269,7 @@ class MclockPolicy(Policy):
         the whole cluster). Reservations stay per host (dmClock's ``rho`` would need the phase
         each remote request was served in; docs/deviations.md). An idle group is not charged:
         it is lifted to ``vtime`` when it becomes busy anyway."""
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None or not st.active or cost <= 0:
             return
         st.ptag += cost / st.eff
@@ -322,6 +324,7 @@ class MclockPolicy(Policy):
         st.rtag = st.ltag = self._now()
         st.ptag = st.frontier = self.vtime
         self.states[g] = st
+        g.policy_state = st
         g.weight = params.weight
         if params.parent is not None:
             self.nested = True
@@ -333,6 +336,7 @@ class MclockPolicy(Policy):
 
     def group_removed(self, g: Group, *, reshare: bool = True) -> None:
         st = self.states.pop(g, None)
+        g.policy_state = None
         if st is not None:
             st.ver += 1
             st.active = False
@@ -390,7 +394,14 @@ class MclockPolicy(Policy):
         if pid is None:
             return st.implicit
         pg = st.group.device.groups.get(pid)
-        return None if pg is None else self.states.get(pg)
+        return None if pg is None else self._state_of(pg)
+
+    @staticmethod
+    def _state_of(g: Group) -> _State | None:
+        """``g``'s state (None: not one of this policy's groups, or removed). Kept on the
+        group (``policy_state``) as well as in ``states``: the request path reads it there."""
+        st = g.policy_state
+        return st if isinstance(st, _State) else None
 
     def _frame(self, st: _State) -> float:
         """The virtual time ``st`` joins at: its parent's children's frontier, or the device's."""
@@ -611,7 +622,7 @@ class MclockPolicy(Policy):
             st.ltag = now
 
     def backlogged(self, g: Group) -> None:
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return
         head = self._head(g)
@@ -654,7 +665,7 @@ class MclockPolicy(Policy):
                 if a.reservation and not a.subqueued:
                     a.subqueued = True
                     heappush(self._subheap, (a.rtag, a.group.seq, 0, a))
-        if st.caps:
+        if st.capped:
             wait = self._cap_wait(st, head, now)
             if wait > 0:
                 due = now + wait
@@ -691,7 +702,7 @@ class MclockPolicy(Policy):
         for a in self._ancestors(st):
             if a.limit and a.ltag > due:
                 due = a.ltag
-            if a.caps:
+            if a.capped:
                 wait = self._cap_wait(a, head, now)
                 if wait > 0 and now + wait > due:
                     due = now + wait
@@ -741,7 +752,7 @@ class MclockPolicy(Policy):
         """``g`` just completed its last request: it is owed the next one if its reservation
         is due, or if its weight tag is not behind that of any group now waiting (it would be
         chosen first), and it is not held by its limit."""
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return False
         now = self._now()
@@ -761,15 +772,15 @@ class MclockPolicy(Policy):
     def can_submit(self, g: Group) -> int:
         """Whether a group with nothing held may issue at once (the engine asks before holding).
         A capped group always queues: its head request's size and direction decide."""
-        st = self.states.get(g)
-        if st is None or st.caps or g.going_down:
+        st = self._state_of(g)
+        if st is None or st.capped or g.going_down:
             return 1 if st is None or g.going_down else 0
         now = self._now()
         if st.limit and st.ltag > now + EPS:
             return 0
         if self.nested:  # an ancestor's limit or caps bound it too (its caps: the head decides)
             for a in self._ancestors(st):
-                if a.caps or (a.limit and a.ltag > now + EPS):
+                if a.capped or (a.limit and a.ltag > now + EPS):
                     return 0
         return 1
 
@@ -789,7 +800,7 @@ class MclockPolicy(Policy):
         if dp.going_down:
             for g in dp.groups:  # flushing: anyone holding requests, in creation order
                 if g.going_down and g.blocked[0] + g.blocked[1]:
-                    self._chosen = self.states.get(g)
+                    self._chosen = self._state_of(g)
                     self._phase = PHASE_WEIGHT
                     return g
         now = self._now()
@@ -862,7 +873,7 @@ class MclockPolicy(Policy):
             if a.rtag > key + EPS:  # charged since: later than this key
                 heappush(heap, (a.rtag, seq, 0, a))
                 continue
-            if self.states.get(a.group) is not a or not a.reservation:
+            if a.group.policy_state is not a or not a.reservation:
                 a.subqueued = False
                 continue
             busy, best = self._subtree_candidate(a, now, limit)
@@ -894,14 +905,14 @@ class MclockPolicy(Policy):
                 continue
             if st.limit and st.ltag > now + EPS:
                 continue
-            if (st.caps and self._cap_wait(st, head, now) > 0) or self._gate(st, head, now) > now:
+            if (st.capped and self._cap_wait(st, head, now) > 0) or self._gate(st, head, now) > now:
                 continue
             if best is None or st.ptag + st.rsv < best.ptag + best.rsv:
                 best = st
         return busy, best
 
     def charge(self, g: Group, req: Request, urgent: bool) -> int:
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is None:
             return R_OK
         now = self._now()
@@ -926,7 +937,7 @@ class MclockPolicy(Policy):
         if st.limit:
             floor = now - L_BEHIND_JIFFIES / self.hz
             st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
-        if st.caps:
+        if st.capped:
             buckets = st.buckets
             d = req.dir
             b = buckets[d]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
-from ioband.policies.base import KEY_SHIFT, R_OK, R_YIELD, Policy, entry, entry_group
+from ioband.policies.base import R_OK, R_YIELD, SLOT_MASK, Policy, enrol, heap_key
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -72,12 +72,12 @@ class RangeBwPolicy(Policy):
         pool = max(base or (DEFAULT_TOKENPOOL << TOKEN_UNIT), self.token_bucket)
         self.carryover = pool // self.token_bucket
         # Index of backlogged groups (see choose): a heap keyed by (-priority, creation order),
-        # one int per entry (base.entry) that carries the group's sched_ver: a stale one is
-        # skipped. ``_dirty``: groups whose priority may have changed since they were keyed.
+        # one int per entry (base.heap_key; ``_slots`` resolves it, a stale one is skipped).
+        # ``_dirty``: groups whose priority may have changed since they were keyed.
         self.linear = False  # True: scan every group like the original (reference mode)
         self._heap: list[int] = []
         self._dirty: list[Group] = []
-        self._by_seq: dict[int, Group] = {}  # creation order -> group, to resolve an entry
+        self._slots: list[Group | None] = []  # index_slot -> group, in creation order
 
     @classmethod
     def parse_token_base(cls, text: str | None) -> int:
@@ -101,7 +101,9 @@ class RangeBwPolicy(Policy):
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
-        self._by_seq[g.seq] = g
+        g.index_slot = len(self._slots)
+        g.heap_key = 0  # a key left by a previous policy instance is not in this heap
+        self._slots.append(g)
         g.min_bw = g.max_bw = 0
         g.io_mode = DEFAULT_IO_MODE
         g.slice_expired = False
@@ -121,8 +123,9 @@ class RangeBwPolicy(Policy):
             self.running = None
         g.timer_token += 1  # cancels its timer
         g.timer_set = False
-        g.sched_ver += 1  # its index entries go stale
-        self._by_seq.pop(g.seq, None)
+        g.heap_key = 0  # its index entries go stale
+        if self._slots[g.index_slot] is g:
+            self._slots[g.index_slot] = None
         # The original left over-max sleepers asleep until some other I/O rolled the period.
         self.engine.wake(g.maxbw_waitq)
 
@@ -284,9 +287,11 @@ class RangeBwPolicy(Policy):
     def _reindex_all(self) -> None:
         self._heap = []
         groups = self.dp.groups
-        for g in groups:
-            g.sched_ver += 1
+        for i, g in enumerate(groups):
+            g.heap_key = 0
+            g.index_slot = i  # no entry is left: the slots are numbered afresh
             g.dirty = True  # also clears a flag left by a previous policy instance
+        self._slots = list(groups)
         self._dirty = list(groups)
 
     def choose(self) -> Group | None:
@@ -312,18 +317,28 @@ class RangeBwPolicy(Policy):
             dirty = self._dirty
             for g in dirty:
                 g.dirty = False
-                g.sched_ver += 1
                 if g.blocked[0] + g.blocked[1]:
+                    enrol(self._slots, g)
                     pri = self.priority(g)
-                    heappush(heap, ((-pri if pri > 0 else -1) << KEY_SHIFT) | entry(g))
+                    key = heap_key(pri if pri > 0 else 1, g)
+                    if key != g.heap_key:  # else its live key is in the heap already
+                        g.heap_key = key
+                        heappush(heap, key)
+                else:
+                    g.heap_key = 0
             dirty.clear()
         skipped: list[int] | None = None
         best = None
+        slots = self._slots
         while heap:
             key = heap[0]
-            found = entry_group(self._by_seq, key)
-            if found is None or found.blocked[0] + found.blocked[1] == 0:
-                heappop(heap)  # stale, or nothing held: re-keyed when it is backlogged again
+            found = slots[key & SLOT_MASK]
+            if found is None or found.heap_key != key:
+                heappop(heap)  # stale
+                continue
+            if found.blocked[0] + found.blocked[1] == 0:
+                heappop(heap)  # nothing held: re-keyed when it is backlogged again
+                found.heap_key = 0
                 continue
             g = found
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:

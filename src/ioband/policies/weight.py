@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
 from ioband.core.grammar import bounded_int, parse_weight
-from ioband.policies.base import R_OK, R_YIELD, Policy
+from ioband.policies.base import (
+    R_OK,
+    R_YIELD,
+    SLOT_BITS,
+    SLOT_MASK,
+    Policy,
+    enrol,
+    heap_key,
+    keyed,
+)
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -55,14 +64,20 @@ class WeightPolicy(Policy):
         self.token_left = 0
         self.init_token_bucket(base, 0)
         self.token_left = self.token_bucket
-        # Index of backlogged groups (see choose): a heap of groups with tokens, keyed by
-        # (-iopriority, creation order), plus groups out of tokens this epoch and groups whose
-        # refill is due. Entries carry the group's sched_ver; a stale version is skipped.
+        # Index of backlogged groups (see choose): a heap of groups with tokens, by iopriority
+        # then creation order, plus groups out of tokens this epoch and groups whose refill is
+        # due. All entries are ints (base.heap_key; at 10,000 groups an epoch re-keys
+        # thousands, and as tuples they had weight-iosize spend 60 % of its time in full
+        # collections). A refill entry is ``(sched_ver << SLOT_BITS) | slot``: live while the
+        # version is the group's.
         self.linear = False  # True: scan every group like the original (reference mode)
-        self._heap: list[tuple[int, int, int, Group]] = []
-        self._exhausted: list[tuple[int, Group]] = []
-        self._refill: list[tuple[int, Group]] = []
+        self._heap: list[int] = []
+        self._exhausted: list[int] = []
+        self._refill: list[int] = []
         self._dirty: list[Group] = []
+        # A group's index_slot -> the group, in creation order. Slots are numbered afresh only
+        # when no entry is left (_reindex_all); a removed group's slot stays empty until then.
+        self._slots: list[Group | None] = []
 
     # -- parameters --------------------------------------------------------------------------
     @classmethod
@@ -113,6 +128,9 @@ class WeightPolicy(Policy):
 
     # -- groups ------------------------------------------------------------------------------
     def group_added(self, g: Group, value: object, *, reshare: bool = True) -> None:
+        g.index_slot = len(self._slots)
+        g.heap_key = 0  # a key left by a previous policy instance is not in this heap
+        self._slots.append(g)
         g.my_epoch = self.epoch
         g.consumed = 0
         g.token = g.token_initial = 1
@@ -130,7 +148,10 @@ class WeightPolicy(Policy):
         self.expired = None
         if self.current is g:
             self.current = None
-        g.sched_ver += 1
+        g.sched_ver += 1  # its entries go stale
+        g.heap_key = 0
+        if self._slots[g.index_slot] is g:
+            self._slots[g.index_slot] = None
 
     def carried_value(self, g: Group) -> object:
         return g.weight
@@ -278,17 +299,23 @@ class WeightPolicy(Policy):
         # Every group out of tokens may now be refilled; groups still holding tokens (rare:
         # see choose) see their lag bonus grow, so their keys are recomputed.
         refill = self._refill
-        for entry in self._exhausted:
-            if entry[0] == entry[1].sched_ver:
-                refill.append(entry)
+        for e in self._exhausted:
+            if self._due(e) is not None:
+                refill.append(e)
         self._exhausted = []
-        live = [e for e in self._heap if e[2] == e[3].sched_ver]
+        slots = self._slots
+        live = [key for key in self._heap if keyed(slots, key) is not None]
         self._heap = live
-        for e in live:
-            self._touch(e[3])
+        for key in live:
+            self._touch(cast("Group", keyed(slots, key)))
         return True
 
     # -- choosing the best group in O(log n) ---------------------------------------------------
+    def _due(self, e: int) -> Group | None:
+        """The group of a refill entry, None if it is stale (re-keyed, or removed)."""
+        g = self._slots[e & SLOT_MASK]
+        return g if g is not None and g.sched_ver == e >> SLOT_BITS else None
+
     def _touch(self, g: Group) -> None:
         if not g.dirty:
             g.dirty = True
@@ -302,27 +329,37 @@ class WeightPolicy(Policy):
         self._exhausted = []
         self._refill = []
         groups = self.dp.groups
-        for g in groups:
+        for i, g in enumerate(groups):
             g.sched_ver += 1
             g.dirty = True  # also clears a flag left by a previous policy instance
+            g.index_slot = i  # no entry is left: the slots are numbered afresh
+            g.heap_key = 0
+        self._slots = list(groups)
         self._dirty = list(groups)
 
     def _index(self, g: Group) -> None:
         g.dirty = False
         g.sched_ver += 1
         if g.blocked[0] + g.blocked[1] == 0:
+            g.heap_key = 0
             return
+        enrol(self._slots, g)
         token = g.token
         if token > 0:
             if self.epoch != g.my_epoch or g.going_down:
                 pri = self.iopriority(g)
             else:
                 pri = token * IOBAND_IOPRIO_BASE // g.token_initial + 1
-            heappush(self._heap, (-pri, g.seq, g.sched_ver, g))
-        elif g.my_epoch != self.epoch:
-            self._refill.append((g.sched_ver, g))
+            key = heap_key(pri, g)
+            if key != g.heap_key:  # else its live key is in the heap already
+                g.heap_key = key
+                heappush(self._heap, key)
+            return
+        g.heap_key = 0
+        if g.my_epoch != self.epoch:
+            self._refill.append((g.sched_ver << SLOT_BITS) | g.index_slot)
         else:
-            self._exhausted.append((g.sched_ver, g))
+            self._exhausted.append((g.sched_ver << SLOT_BITS) | g.index_slot)
 
     def _flush_dirty(self) -> None:
         dirty = self._dirty
@@ -357,24 +394,32 @@ class WeightPolicy(Policy):
         if self._refill:
             pending = self._refill
             self._refill = []
-            for ver, g in pending:
-                if ver != g.sched_ver:
+            for e in pending:
+                due = self._due(e)
+                if due is None:
                     continue
+                g = due
                 if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
-                    self._refill.append((ver, g))  # skipped by the scan: no refill yet
+                    self._refill.append(e)  # skipped by the scan: no refill yet
                     continue
                 self.can_submit(g)
                 self._touch(g)
             self._flush_dirty()
         heap = self._heap
-        skipped = None
+        skipped: list[int] | None = None
         best = None
+        slots = self._slots
         while heap:
-            entry = heap[0]
-            g = entry[3]
-            if entry[2] != g.sched_ver or g.blocked[0] + g.blocked[1] == 0:
-                heappop(heap)
+            key = heap[0]
+            found = slots[key & SLOT_MASK]
+            if found is None or found.heap_key != key:
+                heappop(heap)  # stale
                 continue
+            if found.blocked[0] + found.blocked[1] == 0:
+                heappop(heap)  # nothing held: keyed again when it is backlogged again
+                found.heap_key = 0
+                continue
+            g = found
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
                 if skipped is None:
                     skipped = []
