@@ -233,7 +233,7 @@ class MclockPolicy(Policy):
 
     def cost(self, req: Request) -> float:
         if self.timed:
-            st = self.states.get(req.group)
+            st = self._state_of(req.group)
             return self._est if st is None else st.est
         d = req.dir
         return self._base[d] + self._per_byte[d] * req.length
@@ -247,7 +247,7 @@ class MclockPolicy(Policy):
         follows within about ``TIME_EWMA`` requests when the group's pattern changes."""
         us = service_ns / 1000.0
         self._est += (us - self._est) / TIME_EWMA
-        st = self.states.get(g)
+        st = self._state_of(g)
         if st is not None:
             st.est += (us - st.est) / TIME_EWMA
             st.used += us
@@ -258,7 +258,7 @@ class MclockPolicy(Policy):
         requests' costs is the model of the summed counts); for ``time``, the store time its
         requests were measured to take."""
         if self.timed:
-            st = self.states.get(g)
+            st = self._state_of(g)
             return 0.0 if st is None else st.used
         base, per_byte = self._base, self._per_byte
         return sum(base[d] * g.ios[d] + per_byte[d] * g.sectors[d] * 512 for d in (0, 1))
