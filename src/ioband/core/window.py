@@ -219,7 +219,9 @@ class AdaptiveWindow:
         first period shows the requests in flight under the open window draining."""
         self.paused = False
         self._restart(now)
-        self.settling = True
+        # Not while slow start has yet to find the store: a period lost there is half the
+        # store's throughput for its length (the first requests of a second group come at once).
+        self.settling = not self.slow_start
 
     def _watch(self, now: int) -> None:
         """A period while paused: measured for display, judged never."""
