@@ -388,9 +388,6 @@ class Daemon:
     async def start(self) -> None:
         self.loop = self.runtime.loop = asyncio.get_running_loop()
         self._t0 = self.loop.time()
-        # The loop's clock is CLOCK_MONOTONIC in seconds (asyncio and uvloop alike): the driver
-        # reads the same clock in ns without calling ``now`` per request.
-        self.driver.use_clock_ns(time.monotonic_ns, round(self._t0 * 1e9), self.hz)
         config = self.config
         try:
             self.hierarchy = self.runtime.hierarchy = find_hierarchy(config.cgroup_hierarchy)

@@ -51,18 +51,7 @@ def _nothing(req: Request) -> None:
 class Driver:
     """Feeds ``engine`` and carries out what it releases (see the module's docstring)."""
 
-    __slots__ = (
-        "_admit",
-        "_clock",
-        "_clock_ns",
-        "_deadline",
-        "_depth",
-        "_hz",
-        "_issue",
-        "_origin_ns",
-        "engine",
-        "now",
-    )
+    __slots__ = ("_admit", "_clock", "_deadline", "_depth", "_issue", "engine", "now")
 
     def __init__(
         self,
@@ -82,25 +71,6 @@ class Driver:
         self.now = 0  # jiffies: the time of the last call (a batch's configuration calls
         # read the host's clock themselves)
         self._depth = 0  # batches open; the outboxes are pumped when the last one closes
-        # A clock in ns read natively (``use_clock_ns``): jiffies without a Python call.
-        self._clock_ns: Callable[[], int] | None = None
-        self._origin_ns = 0
-        self._hz = 0
-
-    def use_clock_ns(self, clock_ns: Callable[[], int], origin_ns: int, hz: int) -> None:
-        """Read time as ``(clock_ns() - origin_ns) * hz // 10**9`` jiffies instead of calling
-        ``clock``: the daemon's clock is a Python method, and read twice per request (submit
-        and completion) it cost as much as a tenth of the request's whole path at 4 KiB."""
-        self._clock_ns = clock_ns
-        self._origin_ns = origin_ns
-        self._hz = hz
-
-    def _read_clock(self) -> int:
-        clock_ns = self._clock_ns
-        if clock_ns is not None:
-            return (clock_ns() - self._origin_ns) * self._hz // 1_000_000_000
-        clock = self._clock
-        return clock() if clock is not None else self.now
 
     # -- batches ----------------------------------------------------------------------------
     def __enter__(self) -> Driver:
@@ -121,7 +91,8 @@ class Driver:
     def submit(self, dev: Any, req: Request) -> None:
         """Schedule ``req`` on ``dev``. Issued at once (the fast path: the window has room and
         nothing waits), it goes out through ``issue`` before this returns; otherwise later."""
-        now = self.now = self._read_clock()
+        clock = self._clock  # inlined: a call per request costs what the engine's decision does
+        now = self.now = clock() if clock is not None else self.now
         if self.engine.submit(dev, req, now):
             self._issue(req)
         if not self._depth:  # in a batch, its end pumps
@@ -136,14 +107,16 @@ class Driver:
         """The I/O of ``req`` is done. A bypassed request is not the engine's: nothing to do."""
         if req.state is None:
             return
-        now = self.now = self._read_clock()
+        clock = self._clock
+        now = self.now = clock() if clock is not None else self.now
         self.engine.complete(req, now)
         if not self._depth:
             self.pump()
 
     def advance(self) -> None:
         """The alarm armed for the engine's deadline fired: run its timers."""
-        self.now = self._read_clock()
+        if self._clock is not None:
+            self.now = self._clock()
         self.engine.advance(self.now)
         if not self._depth:
             self.pump()
