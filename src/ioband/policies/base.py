@@ -9,6 +9,7 @@ charges what is issued (``charge``), starts new rounds (``restart``), caps per-g
 from __future__ import annotations
 
 from collections import deque
+from heapq import heapify, heappop
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from ioband.errors import InvalidArgument
@@ -52,6 +53,40 @@ def keyed(slots: list[Group | None], key: int) -> Group | None:
     """The group of a heap key (or of a slot entry's low bits); None if the key is stale."""
     g = slots[key & SLOT_MASK]
     return g if g is not None and g.heap_key == key else None
+
+
+def top_eligible(
+    heap: list[int], slots: list[Group | None], issued: list[int], limit: int
+) -> Group | None:
+    """The group of the best live key in ``heap`` that may issue (the weight policies' and
+    range-bw's choice). Stale keys are dropped; a group with nothing held is dropped and
+    unkeyed (keyed again when it is backlogged again); a group holding only priority requests
+    of a class at ``limit`` is skipped and its key put back."""
+    skipped: list[int] | None = None
+    best = None
+    while heap:
+        key = heap[0]
+        found = slots[key & SLOT_MASK]
+        if found is None or found.heap_key != key:
+            heappop(heap)  # stale
+            continue
+        if found.blocked[0] + found.blocked[1] == 0:
+            heappop(heap)
+            found.heap_key = 0
+            continue
+        if found.blocked[0] + found.blocked[1] == found.prio_blocked and (
+            issued[found.prio_sync] >= limit
+        ):
+            if skipped is None:
+                skipped = []
+            skipped.append(heappop(heap))
+            continue
+        best = found
+        break
+    if skipped:
+        heap.extend(skipped)
+        heapify(heap)
+    return best
 
 
 class Policy:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import deque
-from heapq import heapify, heappop, heappush
+from heapq import heappush
 from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.grammar import BW_MAX, bounded_int, parse_range
 from ioband.errors import InvalidArgument
-from ioband.policies.base import R_OK, R_YIELD, SLOT_MASK, Policy, enrol, heap_key
+from ioband.policies.base import R_OK, R_YIELD, Policy, enrol, heap_key, top_eligible
 
 if TYPE_CHECKING:
     from ioband.core.model import Device, DeviceGroup, Group
@@ -327,31 +327,7 @@ class RangeBwPolicy(Policy):
                 else:
                     g.heap_key = 0
             dirty.clear()
-        skipped: list[int] | None = None
-        best = None
-        slots = self._slots
-        while heap:
-            key = heap[0]
-            found = slots[key & SLOT_MASK]
-            if found is None or found.heap_key != key:
-                heappop(heap)  # stale
-                continue
-            if found.blocked[0] + found.blocked[1] == 0:
-                heappop(heap)  # nothing held: re-keyed when it is backlogged again
-                found.heap_key = 0
-                continue
-            g = found
-            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
-                if skipped is None:
-                    skipped = []
-                skipped.append(heappop(heap))
-                continue
-            best = g
-            break
-        if skipped:
-            heap.extend(skipped)
-            heapify(heap)
-        return best
+        return top_eligible(heap, self._slots, issued, limit)
 
     def _choose_leftover(self, issued: list[int], limit: int) -> Group | None:
         """The original's leftover scan, with its random draws made in one call: each

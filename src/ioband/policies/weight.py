@@ -9,7 +9,7 @@ group, which gives the same answer (see ``WeightPolicy.choose``).
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heappush
 from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
@@ -23,6 +23,7 @@ from ioband.policies.base import (
     enrol,
     heap_key,
     keyed,
+    top_eligible,
 )
 
 if TYPE_CHECKING:
@@ -406,31 +407,7 @@ class WeightPolicy(Policy):
                 self._touch(g)
             self._flush_dirty()
         heap = self._heap
-        skipped: list[int] | None = None
-        best = None
-        slots = self._slots
-        while heap:
-            key = heap[0]
-            found = slots[key & SLOT_MASK]
-            if found is None or found.heap_key != key:
-                heappop(heap)  # stale
-                continue
-            if found.blocked[0] + found.blocked[1] == 0:
-                heappop(heap)  # nothing held: keyed again when it is backlogged again
-                found.heap_key = 0
-                continue
-            g = found
-            if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
-                if skipped is None:
-                    skipped = []
-                skipped.append(heappop(heap))
-                continue
-            best = g
-            break
-        if skipped:
-            heap.extend(skipped)
-            heapify(heap)
-        return best
+        return top_eligible(heap, self._slots, issued, limit)
 
     # -- display -----------------------------------------------------------------------------
     def show_table(self, device: Device) -> str:
