@@ -111,17 +111,11 @@ def run(linear: bool, policy: str, groups: int, seed: int, script: list) -> list
 
 
 def drain(driver: Driver, engine: Engine, turns: int, stalled: str) -> None:
-    """Complete everything (time moves on when nothing is in flight); every request must leave
-    the engine, and no conductor run may stall (``stalled`` says what a stall would mean)."""
-    for _ in range(turns):
-        if driver.inflight:
-            driver.complete(0)
-        elif all(r.state == DONE for r in driver.all):
-            break
-        else:
-            driver.now = max(driver.now + 1, engine.next_deadline() or 0)
-            driver.core.advance()
-        assert engine.stalls == 0, stalled
+    """Complete everything (``Driver.drain``); every request must have left the engine, and
+    no conductor run may have stalled (the engine counts them; ``stalled`` says what a stall
+    would mean here)."""
+    driver.drain(turns)
+    assert engine.stalls == 0, stalled
     assert all(r.state == DONE for r in driver.all), "requests never issued"
 
 
