@@ -23,8 +23,9 @@ the bucket waits for a full bucket). Caps bind in both phases: they are ceilings
 
 Everything is indexed by heaps (O(log n) per decision, no epoch that visits every group): the
 constraint heap by ``rtag``, the weight heap by ``ptag``, and two sleeping heaps, by ``ltag`` and
-by the time a group's caps let its head request go. Entries carry the group's version; a stale
-one is dropped when it surfaces, and a heap is compacted when stale entries dominate it.
+by the time a group's caps let its head request go. Entries (``_Entry``) carry the group's
+version; a stale one is dropped when it surfaces, and a heap is compacted when stale entries
+dominate it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,31 @@ PHASE_RESERVATION = 1
 PHASE_WEIGHT = 2
 
 _KIND_INDEX = {key: i for i, key in enumerate(CAP_KEYS)}  # rbps 0, wbps 1, riops 2, wiops 3
+
+
+class _Entry:
+    """A heap entry: ``tag`` (seconds), the group's ``seq`` and index version, its state.
+
+    Ordered as the tuple ``(tag, seq, ver)`` would be, by a compiled ``__lt__`` that reads the
+    fields unboxed. At 10,000 groups a heap pop walks about 14 levels and compares two entries at
+    each; a tuple entry was two cold objects (the tuple and its float tag) and three rich
+    comparisons per compare, this is one object and one call (the pop took 1.2 µs of a request's
+    6.5 µs, as tuples)."""
+
+    __slots__ = ("seq", "st", "tag", "ver")
+
+    def __init__(self, tag: float, seq: int, ver: int, st: _State) -> None:
+        self.tag = tag
+        self.seq = seq
+        self.ver = ver
+        self.st = st
+
+    def __lt__(self, other: _Entry) -> bool:
+        if self.tag != other.tag:
+            return self.tag < other.tag
+        if self.seq != other.seq:
+            return self.seq < other.seq
+        return self.ver < other.ver
 
 
 class _Bucket:
@@ -206,13 +232,13 @@ class MclockPolicy(Policy):
         self._est = TIME_START_US  # cost model time: the device's average request (µs)
         self.nested = False  # some group has a parent: weights are hierarchical
         self.vtime = 0.0
-        self._rheap: list[tuple[float, int, int, _State]] = []
+        self._rheap: list[_Entry] = []
         # Parents with a reservation and a busy subtree, by rtag (hierarchy only). Entries are
         # (rtag when pushed, seq, 0, state); one per parent, re-keyed lazily when it surfaces.
-        self._subheap: list[tuple[float, int, int, _State]] = []
-        self._pheap: list[tuple[float, int, int, _State]] = []
-        self._lheap: list[tuple[float, int, int, _State]] = []
-        self._capheap: list[tuple[float, int, int, _State]] = []
+        self._subheap: list[_Entry] = []
+        self._pheap: list[_Entry] = []
+        self._lheap: list[_Entry] = []
+        self._capheap: list[_Entry] = []
         self._chosen: _State | None = None
         self._phase = PHASE_WEIGHT
         self._via_parent = False  # the chosen group goes for an ancestor's reservation
@@ -664,27 +690,27 @@ class MclockPolicy(Policy):
             for a in self._ancestors(st):
                 if a.reservation and not a.subqueued:
                     a.subqueued = True
-                    heappush(self._subheap, (a.rtag, a.group.seq, 0, a))
+                    heappush(self._subheap, _Entry(a.rtag, a.group.seq, 0, a))
         if st.capped:
             wait = self._cap_wait(st, head, now)
             if wait > 0:
                 due = now + wait
-                self._push(self._capheap, (due, seq, ver, st))
+                self._push(self._capheap, _Entry(due, seq, ver, st))
                 self._arm(due)
                 return False
         if self.nested:
             due = self._gate(st, head, now)
             if due > now + EPS:
-                self._push(self._capheap, (due, seq, ver, st))
+                self._push(self._capheap, _Entry(due, seq, ver, st))
                 self._arm(due)
                 return False
         if st.reservation:
-            self._push(self._rheap, (st.rtag, seq, ver, st))
+            self._push(self._rheap, _Entry(st.rtag, seq, ver, st))
         if st.limit and st.ltag > now + EPS:
-            self._push(self._lheap, (st.ltag, seq, ver, st))
+            self._push(self._lheap, _Entry(st.ltag, seq, ver, st))
             self._arm(st.ltag)
             return False
-        self._push(self._pheap, (st.ptag, seq, ver, st))
+        self._push(self._pheap, _Entry(st.ptag, seq, ver, st))
         return True
 
     def _ancestors(self, st: _State) -> list[_State]:
@@ -708,12 +734,10 @@ class MclockPolicy(Policy):
                     due = now + wait
         return due
 
-    def _push(
-        self, heap: list[tuple[float, int, int, _State]], entry: tuple[float, int, int, _State]
-    ) -> None:
+    def _push(self, heap: list[_Entry], entry: _Entry) -> None:
         heappush(heap, entry)
         if len(heap) > 4 * len(self.states) + 64:  # mostly stale: compact (amortised O(1))
-            heap[:] = [e for e in heap if e[2] == e[3].ver]
+            heap[:] = [e for e in heap if e.ver == e.st.ver]
             heapify(heap)
 
     def _arm(self, due: float) -> None:
@@ -733,19 +757,19 @@ class MclockPolicy(Policy):
         capheap = self._capheap
         due = []
         now += EPS
-        while capheap and capheap[0][0] <= now:
+        while capheap and capheap[0].tag <= now:
             entry = heappop(capheap)
-            if entry[2] == entry[3].ver:
-                due.append(entry[3])
+            if entry.ver == entry.st.ver:
+                due.append(entry.st)
         for st in due:  # re-indexed after the loop: one whose wait rounds to now sleeps again
             self._index(st)
         lheap = self._lheap
         pheap = self._pheap
-        while lheap and lheap[0][0] <= now:
+        while lheap and lheap[0].tag <= now:
             entry = heappop(lheap)
-            st = entry[3]
-            if entry[2] == st.ver:
-                heappush(pheap, (st.ptag, entry[1], entry[2], st))
+            st = entry.st
+            if entry.ver == st.ver:
+                heappush(pheap, _Entry(st.ptag, entry.seq, entry.ver, st))
 
     # -- scheduling hooks ------------------------------------------------------------------------
     def deserves_anticipation(self, g: Group) -> bool:
@@ -761,13 +785,13 @@ class MclockPolicy(Policy):
         if st.reservation and st.rtag <= now + EPS:
             return True
         heap = self._pheap
-        while heap and heap[0][2] != heap[0][3].ver:
+        while heap and heap[0].ver != heap[0].st.ver:
             heappop(heap)  # stale entries: they would be dropped by the next choice anyway
         # Cost model time: a group may run ahead of the others by a slice of the store's time
         # (BFQ's budget): a sequential reader's requests then follow one another and stay
         # cheap, instead of each paying a seek behind another group's request.
         ahead = TIME_SLICE_US / st.eff if self.timed else 0.0
-        return not heap or st.ptag <= heap[0][0] + EPS + ahead
+        return not heap or st.ptag <= heap[0].tag + EPS + ahead
 
     def can_submit(self, g: Group) -> int:
         """Whether a group with nothing held may issue at once (the engine asks before holding).
@@ -820,24 +844,22 @@ class MclockPolicy(Policy):
             self.decisions[0] += 1
             for heap in (self._capheap, self._lheap):  # make sure a timer wakes the sleepers
                 if heap:
-                    self._arm(heap[0][0])
+                    self._arm(heap[0].tag)
             return None
         self.decisions[phase] += 1
         return chosen.group
 
-    def _top(
-        self, heap: list[tuple[float, int, int, _State]], before: float | None, limit: int
-    ) -> _State | None:
+    def _top(self, heap: list[_Entry], before: float | None, limit: int) -> _State | None:
         issued = self.dp.issued
         skipped = None
         found = None
         while heap:
             entry = heap[0]
-            st = entry[3]
-            if entry[2] != st.ver:
+            st = entry.st
+            if entry.ver != st.ver:
                 heappop(heap)
                 continue
-            if before is not None and entry[0] > before + EPS:
+            if before is not None and entry.tag > before + EPS:
                 break
             g = st.group
             if g.blocked[0] + g.blocked[1] == g.prio_blocked and issued[g.prio_sync] >= limit:
@@ -850,7 +872,7 @@ class MclockPolicy(Policy):
                 due = self._gate(st, self._head(g) or g.queue[0], now)
                 if due > now + EPS:
                     st.ver += 1
-                    self._push(self._capheap, (due, g.seq, st.ver, st))
+                    self._push(self._capheap, _Entry(due, g.seq, st.ver, st))
                     self._arm(due)
                     continue
             found = st
@@ -868,10 +890,13 @@ class MclockPolicy(Policy):
         heap = self._subheap
         skipped = []
         found = None
-        while heap and heap[0][0] <= now + EPS:
-            key, seq, _, a = heappop(heap)
+        while heap and heap[0].tag <= now + EPS:
+            entry = heappop(heap)
+            key = entry.tag
+            seq = entry.seq
+            a = entry.st
             if a.rtag > key + EPS:  # charged since: later than this key
-                heappush(heap, (a.rtag, seq, 0, a))
+                heappush(heap, _Entry(a.rtag, seq, 0, a))
                 continue
             if a.group.policy_state is not a or not a.reservation:
                 a.subqueued = False
@@ -880,7 +905,7 @@ class MclockPolicy(Policy):
             if not busy:
                 a.subqueued = False  # pushed again when a group below it is indexed
                 continue
-            skipped.append((key, seq, 0, a))
+            skipped.append(entry)
             if best is not None:
                 found = best
                 break
@@ -974,7 +999,7 @@ class MclockPolicy(Policy):
             # tags say nothing about shares (every group got what it asked): ``vtime``, so
             # that no group banks credit from an uncontended time.
             heap = self._pheap
-            while heap and heap[0][2] != heap[0][3].ver:
+            while heap and heap[0].ver != heap[0].st.ver:
                 heappop(heap)
             st.vmark = start if heap and start < self.vtime else self.vtime
         else:
