@@ -12,10 +12,16 @@ The core runs compiled (mypyc, built by the install step) and as the pure-Python
 (``IOBAND_PURE_PYTHON=1``), each in its own interpreter, alternating run by run so that both
 see the same load; the best of ``--repeat`` runs is kept. Prints requests/s, µs per request,
 the cost ratio to the first group count and the compiled/pure speed-up per policy, with the
-load average at the start and the end, and writes it all to a JSON file.
+load average at the start and the end, and writes it all to a JSON file. Every run's µs per
+request is kept beside the best (``us_runs``; the spread is printed).
+
+``--baseline-src DIR`` also runs another ioband tree (its ``src``, e.g. from ``git archive``, its
+core built there with ``scripts/build_core.py``) in the same alternation: rows of that tree are
+marked ``"tree": "baseline"``, so before and after are measured side by side under one load.
 
 Usage: python benchmarks/core_throughput.py [--policy weight ...] [--groups 2 10000]
        [--core both|compiled|pure] [--requests N] [--repeat N] [--out FILE]
+       [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -111,8 +117,10 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(core: str, args: argparse.Namespace) -> list[dict]:
+def measure(core: str, args: argparse.Namespace, src: str | None = None) -> list[dict]:
     env = {**os.environ, "IOBAND_PURE_PYTHON": CORES[core]}
+    if src is not None:  # another tree's ioband first on the path
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     cmd = [sys.executable, __file__, "--worker", "--requests", str(args.requests)]
     cmd += ["--policy", *args.policy, "--groups", *map(str, args.groups)]
     cmd += ["--linear"] if args.linear else []
@@ -122,6 +130,8 @@ def measure(core: str, args: argparse.Namespace) -> list[dict]:
         import ioband._build as build_info
 
         sys.exit(f"asked for the {core} core, got {rows[0]['core']}: {build_info.decide()[1]}")
+    for r in rows:
+        r["tree"] = "this" if src is None else "baseline"
     return rows
 
 
@@ -138,36 +148,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs (noise)")
     ap.add_argument("--linear", action="store_true", help="also run the original O(n) scan")
     ap.add_argument("--out", default="benchmarks/results/core_throughput.json")
+    ap.add_argument("--baseline-src", metavar="DIR", help="also run the ioband tree DIR (src)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
     cores = list(CORES) if args.core == "both" else [args.core]
     load_start = load()
-    best: dict[tuple[str, str, str, int], dict] = {}
+    trees: list[str | None] = [None]
+    if args.baseline_src:
+        trees.append(os.path.abspath(args.baseline_src))
+    best: dict[tuple[str, str, str, str, int], dict] = {}
+    runs: dict[tuple[str, str, str, str, int], list[float]] = {}
     for _ in range(args.repeat):
-        for core in cores:  # alternating: both cores see the same load
-            for r in measure(core, args):
-                key = (r["policy"], r["core"], r["scan"], r["groups"])
-                if key not in best or r["seconds"] < best[key]["seconds"]:
-                    best[key] = r
+        for src in trees:  # alternating: every tree and core sees the same load
+            for core in cores:
+                for r in measure(core, args, src):
+                    key = (r["tree"], r["policy"], r["core"], r["scan"], r["groups"])
+                    runs.setdefault(key, []).append(r["us_per_request"])
+                    if key not in best or r["seconds"] < best[key]["seconds"]:
+                        best[key] = r
     load_end = load()
     rows = list(best.values())
     first = args.groups[0]
-    for (policy, core, scan, _groups), r in best.items():
-        r["cost_ratio"] = r["us_per_request"] / best[(policy, core, scan, first)]["us_per_request"]
-        pure = best.get((policy, "pure", scan, r["groups"]))
+    for (tree, policy, core, scan, _groups), r in best.items():
+        r["us_runs"] = [round(us, 3) for us in runs[(tree, policy, core, scan, _groups)]]
+        base = best[(tree, policy, core, scan, first)]
+        r["cost_ratio"] = r["us_per_request"] / base["us_per_request"]
+        pure = best.get((tree, policy, "pure", scan, r["groups"]))
         if core == "compiled" and pure is not None:
             r["speedup_vs_pure"] = pure["us_per_request"] / r["us_per_request"]
-    rows.sort(key=lambda r: (POLICIES.index(r["policy"]), r["scan"], r["groups"], r["core"]))
+    rows.sort(
+        key=lambda r: (r["tree"] != "baseline", POLICIES.index(r["policy"]), r["scan"],
+                       r["groups"], r["core"])
+    )  # fmt: skip
     print(f"core throughput, Python {platform.python_version()}, load {load_start} -> {load_end}")
-    print(f"{'policy':>13} {'groups':>7} {'core':>8} {'scan':>8} {'requests/s':>11}"
-          f" {'µs/request':>11} {'cost vs ' + str(first):>10} {'vs pure':>8}")  # fmt: skip
+    ratio_head = f"cost vs {first}"
+    print(f"{'tree':>8} {'policy':>13} {'groups':>7} {'core':>8} {'scan':>8} {'requests/s':>11}"
+          f" {'µs/request':>11} {'worst':>7} {ratio_head:>10} {'vs pure':>8}")  # fmt: skip
     for r in rows:
         speedup = f"{r['speedup_vs_pure']:.2f}x" if "speedup_vs_pure" in r else ""
-        print(f"{r['policy']:>13} {r['groups']:>7} {r['core']:>8} {r['scan']:>8}"
+        print(f"{r['tree']:>8} {r['policy']:>13} {r['groups']:>7} {r['core']:>8} {r['scan']:>8}"
               f" {r['requests_per_s']:>11,.0f} {r['us_per_request']:>11.2f}"
-              f" {r['cost_ratio']:>9.2f}x {speedup:>8}")  # fmt: skip
+              f" {max(r['us_runs']):>7.2f} {r['cost_ratio']:>9.2f}x {speedup:>8}")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -178,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": load_end,
         "requests": args.requests,
         "repeat": args.repeat,
+        "baseline_src": args.baseline_src,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
