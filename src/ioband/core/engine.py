@@ -590,3 +590,42 @@ class Engine(DmTarget):
         g.waitq[1].clear()
         g.maxbw_waitq.clear()
         return out
+
+    # ======================================================================================
+    # The window: how the target's io_limit sets it up
+    # ======================================================================================
+    def _set_window(self, dp: DeviceGroup, adaptive: bool) -> None:
+        """``io_limit 0``: the window adapts (up to the io_limit derived from the queue);
+        ``io_limit N``: it is N, dm-ioband's fixed limit."""
+        if not adaptive:
+            dp.adaptive = None
+            dp.alone = False
+            dp.window = dp.io_limit
+            return
+        if dp.adaptive is None:
+            dp.adaptive = AdaptiveWindow(self.hz, dp.io_limit, self.now)
+            policy = getattr(dp, "policy", None)  # None while the device group is being made
+            dp.adaptive.paced = policy is not None and policy.paces
+            if dp.busy_groups < 2:  # a new device group, or one pinned until now
+                self._open_window(dp, dp.adaptive)
+        dp.adaptive.maximum = dp.io_limit
+        dp.adaptive.value = min(dp.adaptive.value, dp.io_limit)
+        dp.window = dp.io_limit if dp.alone else dp.adaptive.value
+
+    def set_window_controller(self, name: str, window: AdaptiveWindow) -> None:
+        """Replace device ``name``'s adaptive window by another controller of its kind (fed
+        the same way, read through ``value``): a cluster-wide device group's shared-backend
+        window (ioband.cluster). Only an adaptive window (``io_limit 0``) is replaced: a pinned
+        one is the user's."""
+        dp = self.device(name).dp
+        if dp.adaptive is None:
+            raise InvalidArgument(f"{name}: the window is pinned (io_limit {dp.io_limit})")
+        window.maximum = dp.io_limit
+        dp.adaptive = window
+        if dp.alone and window.binds_alone:
+            dp.alone = False
+        if dp.alone:
+            window.pause()
+        dp.window = dp.io_limit if dp.alone else window.value
+        self._queue_conductor(dp, 0)
+        self._settle()
