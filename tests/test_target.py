@@ -8,7 +8,7 @@ import pytest
 
 from ioband.core.engine import Engine
 from ioband.core.grammar import MESSAGES
-from ioband.core.target import MESSAGE_HANDLERS
+from ioband.core.target import MESSAGE_HANDLERS, DmTarget
 from ioband.errors import IobandError
 from ioband.sim.baselines import FifoEngine, SFQDEngine
 
@@ -136,3 +136,13 @@ def test_baselines_refuse_a_policy_they_do_not_run_in_the_engine_words(scheduler
         e.message("d", "policy mclock")
     with pytest.raises(IobandError, match=r"^Invalid policy parameter: unknown policy 'mclock'"):
         e.create("m", "0 2048 ioband sda 2 0 0 none mclock iops :1:100:0")
+
+
+#: The services DmTarget declares at its end (each raises NotImplementedError there).
+SCHEDULER_HOOKS = ("_new_device_group", "_settle", "_queue_conductor", "wake", "_became_busy",
+                   "_set_window", "_hold", "_issue_now", "_unhold_all", "_sleepers")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCHEDULER_HOOKS)
+def test_the_engine_provides_each_service_the_target_declares(name):
+    assert getattr(Engine, name) is not getattr(DmTarget, name)
