@@ -23,7 +23,7 @@ So the window *probes*, as a hill climber on throughput:
 
 - **slow start**: at first it doubles every period while nothing waits in the store and
   doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods),
-  and returns to the last window that paid;
+  and returns to the last window that paid; the first probe down follows at once, halving;
 - **probe down**: now and then it tries a quarter less (half while the last step down won, so a
   serial store goes from 16 to 1 in about two seconds) for two periods after one to settle, and
   keeps it if the throughput held (``KEEP``); else it returns (after one period if it clearly
@@ -33,6 +33,9 @@ So the window *probes*, as a hill climber on throughput:
 - **probe up**: when requests waited for room, it tries more (double while that pays, then a
   quarter) and keeps it only if the throughput rose (``GAIN``), retrying at most every
   ``UP_MOST`` periods (a lost probe up costs nothing but a little accuracy for a period);
+- **bursts**: a probe whose periods differ more than twofold (blk-throttle releases a slice's
+  worth at once) is judged lost only over ``BURST_SECONDS``, and a lost probe down stands only
+  if the window it returned to serves clearly more than the probe did (else it is retried once);
 - **change**: a steady period whose throughput differs from the steady level by a quarter means
   the store changed (a throttle set at run time, another tenant): what was learnt is dropped and it
   explores both ways at once, so it follows within a second or two.
