@@ -23,7 +23,8 @@ So the window *probes*, as a hill climber on throughput:
 
 - **slow start**: at first it doubles every period while nothing waits in the store and
   doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods),
-  and returns to the last window that paid; the first probe down follows at once, halving;
+  and returns to the last window that paid; if that doubling raised the throughput by less than
+  half, the first probe down follows at once, halving;
 - **probe down**: now and then it tries a quarter less (half while the last step down won, so a
   serial store goes from 16 to 1 in about two seconds) for two periods after one to settle, and
   keeps it if the throughput held (``KEEP``); else it returns (after one period if it clearly
