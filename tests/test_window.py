@@ -90,6 +90,51 @@ def test_a_serial_store_that_becomes_parallel_opens_it_again():
     assert sum(v >= 16 for v in after) >= 0.8 * len(after), trace  # try less now and then)
 
 
+def test_a_first_period_still_ramping_up_does_not_hold_it_high():
+    """Clients that start together need a period to fill the store: slow start's first
+    measurement is low (here 70 % of what the store serves), so its first doubling "pays"
+    (by 1.4x, where a store that serves 32 at once would give 2x) and it stops only at the
+    second. A kept doubling that raised the throughput by less than half means a store that
+    serves few at a time: the window probes down at once, halving, rather than after eight
+    periods of probing up by noise. It reaches two within a second (the rule before: 1.5 s)."""
+    w = AdaptiveWindow(HZ, 192)
+    trace = drive(w, slots=1, service=10, demand=41, seconds=3, change=(0.05, 1, 7))
+    assert min(trace[:11]) <= 2, trace
+
+
+def feed(w: AdaptiveWindow, now: int, periods: list[tuple[int, int]]) -> int:
+    """Periods of (completions, jiffies) with the window's requests in flight and more waiting:
+    the completions of each in a burst over its first half but the last, at its end (which
+    ends the period). Returns the time after them."""
+    for done, span in periods:
+        w.wanted_more()
+        for i in range(done):
+            t = now + span if i == done - 1 else now + (i + 1) * span // (2 * done)
+            w.completed(t)
+            w.issued(t)
+        now += span
+    return now
+
+
+def test_a_probe_over_bursts_is_not_lost_to_them():
+    """blk-throttle releases a slice's worth (100 ms) of requests at once, and the periods of a
+    probe to a window of one caught 146, 16, 119 and 38 completions (a real trace at 1,500 IOPS):
+    two of them alone measure 1,298/s against the 1,522 before, a loss, and the window stayed at
+    two for seconds. Periods that differ that much are judged over 0.3 s, which serves as much."""
+    hz = 1000
+    w = AdaptiveWindow(hz, 192)
+    w.slow_start = False
+    w.value = 2
+    for _ in range(2):
+        w.issued(0)
+    w.reference = w.level = 1522.0
+    w.down_wait = w.since_down = 1
+    now = feed(w, 0, [(150, 100)])  # steady at two: the probe down starts
+    assert w.value == 1
+    feed(w, now, [(146, 51), (16, 53), (119, 51), (38, 50), (146, 51), (16, 53), (119, 51)])
+    assert w.value == 1 and w.state == 0  # kept: the probe won
+
+
 def test_clients_that_do_not_fill_it_do_not_grow_it():
     w = AdaptiveWindow(HZ, 192)
     trace = drive(w, slots=32, service=40, demand=4, seconds=2)
