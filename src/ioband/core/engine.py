@@ -1,4 +1,4 @@
-"""The sans-I/O engine: dm-ioband's request path, conductor and configuration, time passed in.
+"""The sans-I/O engine: dm-ioband's request path and conductor, time passed in.
 
 Callers hand requests in (``submit``), perform the I/O of every request the engine issues (the
 ``True`` return of ``submit``, then ``take_issued()`` after every call), and report completions
@@ -6,69 +6,40 @@ Callers hand requests in (``submit``), perform the I/O of every request the engi
 the engine's timers (the conductor's one-jiffy kick, range-bw's period timers). Where the kernel
 puts a submitter to sleep, the request waits inside the engine (state ``WAITING``) and comes out
 through ``take_admitted()`` once it is admitted: front ends use that as backpressure.
+
+``Engine`` is the scheduler; the dm target it schedules for (devices, groups, ``create``,
+``message``, ``table``, ``status``...) is the base class, ``ioband.core.target.DmTarget``.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Final
 
-from ioband.core.cint import INT_MAX, SHORT_MAX
-from ioband.core.classify import GROUP_TYPES
-from ioband.core.grammar import (
-    ID_ANY,
-    RULE_FIELDS,
-    GroupKey,
-    Rule,
-    bounded_int,
-    did_you_mean,
-    format_table,
-    key_text,
-    parse_group_id,
-    parse_group_param,
-    parse_message,
-    parse_table,
-    status_block,
-)
 from ioband.core.model import THINK_CAP, Device, DeviceGroup, Group
-from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request, Submitter
+from ioband.core.request import DONE, HELD, ISSUED, WAITING, Request
+from ioband.core.target import DEFAULT_IO_THROTTLE as DEFAULT_IO_THROTTLE
+from ioband.core.target import DEFAULT_NR_REQUESTS as DEFAULT_NR_REQUESTS
+from ioband.core.target import BackingInfo as BackingInfo
+from ioband.core.target import DmTarget
+from ioband.core.target import default_io_limit as default_io_limit
+from ioband.core.target import default_resolver as default_resolver
 from ioband.core.window import AdaptiveWindow
-from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoQueue, NoSuchDevice
-from ioband.policies import POLICIES, R_BLOCK, R_OK, R_YIELD
+from ioband.errors import InvalidArgument
+from ioband.policies import R_BLOCK, R_OK, R_YIELD
 
-DEFAULT_IO_THROTTLE: Final = 4
-DEFAULT_NR_REQUESTS: Final = 128
 # Conductor runs in a row that release nothing before we suspect a livelock and defer to the
 # next jiffy. Legitimate runs of empty epochs are bounded by debt / token_initial (a huge
 # request under weight-iosize with 10 000 groups: a few thousand).
 _SETTLE_LIMIT: Final = 100_000
 
 
-@dataclass(frozen=True)
-class BackingInfo:
-    """What the core needs to know of a table's ``<device>``: how tables show it, and the
-    request queue size that ``io_limit 0`` derives from (None: no queue, ``Can't get queue
-    size``)."""
+class Engine(DmTarget):
+    """The scheduler: the request path, the conductor, timers and anticipation."""
 
-    display: str
-    nr_requests: int | None = DEFAULT_NR_REQUESTS
-
-
-def default_resolver(device: str) -> BackingInfo:
-    return BackingInfo(device, DEFAULT_NR_REQUESTS)
-
-
-def default_io_limit(nr_requests: int | None, what: str) -> int:
-    if nr_requests is None:
-        raise NoQueue(f"Can't get queue size: {what} has no request queue; give io_limit")
-    return 3 * nr_requests // 2
-
-
-class Engine:
     def __init__(
         self,
         *,
@@ -78,22 +49,14 @@ class Engine:
         linear_scan: bool = False,
         clock_ns: Callable[[], int] | None = None,
     ) -> None:
-        if hz <= 0:
-            raise InvalidArgument(f"Invalid hz: {hz} must be > 0")
-        self.hz = hz
-        self.now = 0
+        super().__init__(hz=hz, resolver=resolver, linear_scan=linear_scan)
         # The fine clock latencies are measured with (a request is far shorter than a jiffy):
         # front ends inject a monotonic nanosecond clock; the default follows the jiffies.
         ns_per_jiffy = 1_000_000_000 // hz
         self.clock_ns: Callable[[], int] = clock_ns or (lambda: self.now * ns_per_jiffy)
-        self.resolver = resolver or default_resolver
         self.rng = random.Random(seed)
-        self.linear_scan = linear_scan  # reference mode: every policy scans every group
-        self.devices: dict[str, Device] = {}
-        self.device_groups: dict[str, DeviceGroup] = {}
         self._timers: list[tuple[int, int, Callable[..., None], tuple[object, ...]]] = []
         self._timer_seq = 0
-        self._group_seq = 0
         # Device groups whose conductor runs once the current call settles, and batches of woken
         # submitters: short FIFOs (lists: the compiled core tests and pops them natively).
         self._ready: list[DeviceGroup] = []
@@ -107,6 +70,11 @@ class Engine:
         # Longer than any think time anticipation waits for, so that a shallow client between
         # two requests still counts: 200 ms.
         self.alone_after = max(1, hz // 5)
+
+    def _new_device_group(
+        self, name: str, io_throttle: int, io_limit: int, nr_requests: int | None
+    ) -> DeviceGroup:
+        return DeviceGroup(name, self, io_throttle, io_limit, nr_requests)
 
     # ======================================================================================
     # Outboxes, time and timers
@@ -153,13 +121,6 @@ class Engine:
         """Run ``dp``'s conductor once the current call settles: for a policy whose own timer
         or bookkeeping found a group ready to be served (mclock's limits and caps)."""
         self._queue_conductor(dp, 0)
-
-    def _tick(self, now: int) -> None:
-        if now > self.now:
-            self.now = now
-
-    def ms(self, jiffies: int) -> int:
-        return jiffies * 1000 // self.hz
 
     # ======================================================================================
     # The request path
@@ -346,54 +307,6 @@ class Engine:
         dp.alone = True
         adaptive.pause()
         dp.window = dp.io_limit
-
-    def _by_path_or_rule(self, dev: Device, owner: Submitter, gid: int) -> Group | None:
-        """No group by id: the group attached by the submitter's cgroup path (the same path
-        after its cgroup was re-created), else a new group from the first matching rule."""
-        path = owner.cgroup_path if dev.type_name == "cgroup" else None
-        if path:
-            found = dev.groups.get(path)
-            if found is not None:
-                return found
-        field = RULE_FIELDS.get(dev.type_name)
-        for rule in dev.rules:
-            if rule.field != field:
-                continue  # kept from before a 'type' message; the next set_rules replaces it
-            if field == "cgroup":
-                if path and rule.matches_path(path):
-                    return self._attach(dev, path, rule.value, by_rule=True)
-            elif gid != ID_ANY and rule.matches_id(gid):
-                return self._attach(dev, gid, rule.value, by_rule=True)
-        return None
-
-    def _attach(self, dev: Device, key: GroupKey, value: str | None, by_rule: bool) -> Group:
-        """A new group on ``dev`` with the policy's ``value`` (None: its default)."""
-        dp = dev.dp
-        parsed = dp.policy.parse_group_value(value, "Cannot create ioband group")
-        g = dev.groups[key] = self._new_group(dev, key)
-        g.by_rule = by_rule
-        dp.policy.group_added(g, parsed)
-        if isinstance(key, str):
-            dev.by_path = True
-        return g
-
-    def set_rules(self, name: str, rules: Sequence[Rule], now: int = 0) -> None:
-        """The device's rules (they replace the old ones). Groups attached by an old rule stay;
-        they go when their cgroup does (or by ``detach``)."""
-        self._tick(now)
-        dev = self.device(name)
-        field = RULE_FIELDS.get(dev.type_name)
-        for i, rule in enumerate(rules):
-            if rule.field != field:
-                raise InvalidArgument(
-                    f"rule[{i}]: a rule on {rule.field} does not apply to group type"
-                    f" {dev.type_name}"
-                )
-            dev.dp.policy.parse_group_value(rule.value, f"rule[{i}]: Cannot create ioband group")
-        dev.rules = tuple(rules)
-        dev.by_path = any(isinstance(k, str) for k in dev.groups) or any(
-            r.field == "cgroup" for r in dev.rules
-        )
 
     def _burst_wait(self, g: Group, req: Request) -> deque[Request] | None:
         """``prevent_burst_bios``: the wait queue the submitter must sleep on, or None."""
@@ -679,88 +592,8 @@ class Engine:
         return out
 
     # ======================================================================================
-    # Configuration: create, remove, messages, suspend/resume
+    # The window: how the target's io_limit sets it up
     # ======================================================================================
-    def device(self, name: str) -> Device:
-        dev = self.devices.get(name)
-        if dev is None:
-            raise NoSuchDevice(f"No such device: {name!r}")
-        return dev
-
-    def _new_group(self, dev: Device, gid: GroupKey) -> Group:
-        self._group_seq += 1
-        g = Group(gid, dev, self._group_seq)
-        dev.dp.groups.append(g)
-        return g
-
-    def create(self, name: str, table: str | Sequence[str], now: int = 0) -> Device:
-        """``dmsetup create``: every check runs before anything changes."""
-        self._tick(now)
-        if not name or "/" in name or any(ch.isspace() for ch in name):
-            raise InvalidArgument(f"Invalid device name {name!r}: no '/', no spaces, not empty")
-        if name in self.devices:
-            raise Busy(f"Device {name!r} already exists")
-        spec = parse_table(table)
-        info = self.resolver(spec.device)
-        if info is None:
-            raise NoSuchDevice(f"Device lookup failed: {spec.device!r} was not found")
-        throttle = spec.io_throttle or DEFAULT_IO_THROTTLE
-        limit = spec.io_limit or default_io_limit(info.nr_requests, repr(spec.device))
-        limit = max(limit, throttle)
-        policy_cls = POLICIES.get(spec.policy)
-        if policy_cls is None:
-            raise InvalidArgument(
-                f"Invalid policy parameter: unknown policy {spec.policy!r}"
-                f"{did_you_mean(spec.policy, list(POLICIES))}"
-            )
-        token_base = policy_cls.parse_token_base(spec.token_base)
-        head_value = policy_cls.parse_group_value(
-            spec.default_param, "Cannot create default ioband group"
-        )
-        if spec.type not in GROUP_TYPES:
-            raise InvalidArgument(
-                f"Cannot set ioband group type: unknown type {spec.type!r}"
-                f"{did_you_mean(spec.type, list(GROUP_TYPES))}"
-            )
-        extra: dict[GroupKey, object] = {}
-        for word in spec.groups:
-            err = "Cannot create ioband group"
-            gid, value = parse_group_param(word, paths=spec.type == "cgroup")
-            if GROUP_TYPES[spec.type] is None:
-                raise InvalidArgument(f"{err}: group {gid}: type 'none' has no groups to attach")
-            if isinstance(gid, int) and not 0 <= gid <= INT_MAX:
-                raise InvalidArgument(f"{err}: invalid id:{gid} (ids are 0..{INT_MAX})")
-            if gid in extra:
-                raise AlreadyExists(f"{err}: id={gid} already exists.")
-            extra[gid] = policy_cls.parse_group_value(value, err)
-        policy_cls.check_groups(head_value, extra)
-
-        dp = self.device_groups.get(spec.group_name)
-        if dp is None:
-            dp = DeviceGroup(spec.group_name, self, throttle, limit, info.nr_requests)
-            self._set_window(dp, adaptive=spec.io_limit == 0)
-            dp.policy = policy_cls(dp, token_base)
-            dp.policy_name = spec.policy
-            self._apply_scan_mode(dp)
-            self.device_groups[dp.name] = dp
-        elif dp.policy_name != spec.policy:
-            self._switch_policy(dp, spec.policy, token_base)
-        dev = Device(name, dp, spec.start, spec.length, spec.device, info.display)
-        dev.type_name = spec.type
-        dev.id_of = GROUP_TYPES[spec.type]
-        policy = dp.policy
-        dev.head = self._new_group(dev, ID_ANY)
-        policy.group_added(dev.head, head_value, reshare=False)
-        for gid, group_value in extra.items():
-            g = dev.groups[gid] = self._new_group(dev, gid)
-            policy.group_added(g, group_value, reshare=False)
-        dev.by_path = any(isinstance(k, str) for k in extra)
-        policy.reshare()
-        dp.devices.append(dev)
-        self.devices[name] = dev
-        self._settle()
-        return dev
-
     def _set_window(self, dp: DeviceGroup, adaptive: bool) -> None:
         """``io_limit 0``: the window adapts (up to the io_limit derived from the queue);
         ``io_limit N``: it is N, dm-ioband's fixed limit."""
@@ -796,268 +629,3 @@ class Engine:
         dp.window = dp.io_limit if dp.alone else window.value
         self._queue_conductor(dp, 0)
         self._settle()
-
-    def remove(self, name: str, now: int = 0) -> None:
-        """``dmsetup remove``: what the device holds is issued at once (flushed downwards);
-        requests in flight complete normally."""
-        self._tick(now)
-        dev = self.device(name)
-        dp = dev.dp
-        del self.devices[name]
-        dev.removed = True
-        leftovers: list[Request] = list(dev.suspend_waiters)
-        dev.suspend_waiters.clear()
-        groups = dev.all_groups()
-        for g in groups:
-            leftovers += self._unhold_all(g)
-            leftovers += self._sleepers(g)
-        for c in (0, 1):  # kernel threads of this device asleep on the device-wide queues
-            mine = [r for r in dp.waitq[c] if r.device is dev]
-            dp.waitq[c] = deque(r for r in dp.waitq[c] if r.device is not dev)
-            leftovers += mine
-        urgent = [r for r in dp.urgent if r.device is dev]
-        if urgent:
-            dp.urgent = deque(r for r in dp.urgent if r.device is not dev)
-            for r in urgent:
-                dp.blocked[r.sync] -= 1
-            leftovers += urgent
-        for req in leftovers:
-            self._issue_now(req)
-        for g in groups:
-            dp.policy.group_removed(g, reshare=False)
-            if g.going_down:
-                dp.going_down -= 1
-        gone = set(map(id, groups))
-        dp.groups = [g for g in dp.groups if id(g) not in gone]
-        dp.devices.remove(dev)
-        if dp.devices:
-            dp.policy.reshare()
-            self._queue_conductor(dp, 0)
-        else:
-            del self.device_groups[dp.name]
-        self._settle()
-
-    def suspend(self, name: str, now: int = 0) -> None:
-        """``dmsetup suspend``: new requests wait; what is held drains at once, ignoring tokens."""
-        self._tick(now)
-        dev = self.device(name)
-        if dev.suspended:
-            return
-        dev.suspended = True
-        dp = dev.dp
-        for g in dev.all_groups():
-            if not g.going_down:
-                g.going_down = True
-                g.need_up = True
-                dp.going_down += 1
-            for wq in (*g.waitq, g.maxbw_waitq):
-                self.wake(wq)
-        for wq in dp.waitq:
-            self.wake(wq)
-        self._queue_conductor(dp, 0)
-        self._settle()
-
-    def resume(self, name: str, now: int = 0) -> None:
-        self._tick(now)
-        dev = self.device(name)
-        if not dev.suspended:
-            return
-        dp = dev.dp
-        for g in dev.all_groups():
-            if g.need_up:
-                g.need_up = g.going_down = False
-                dp.going_down -= 1
-                dp.policy.backlogged(g)
-        dev.suspended = False
-        self.wake(dev.suspend_waiters)
-        self._queue_conductor(dp, 0)
-        self._settle()
-
-    def quiesced(self, name: str) -> bool:
-        """Nothing held, waiting or in flight on this device (a suspend has finished)."""
-        dev = self.device(name)
-        return (
-            dev.inflight == 0
-            and not dev.suspend_waiters
-            and all(
-                g.blocked[0] + g.blocked[1] == 0 and not g.waitq[0] and not g.waitq[1]
-                for g in dev.all_groups()
-            )
-        )
-
-    def _apply_scan_mode(self, dp: DeviceGroup) -> None:
-        if self.linear_scan and hasattr(dp.policy, "linear"):
-            dp.policy.linear = True
-        if dp.adaptive is not None:
-            dp.adaptive.paced = dp.policy.paces
-
-    def _switch_policy(self, dp: DeviceGroup, name: str, token_base: object) -> None:
-        """Switch the device group's policy. Groups keep their held requests, which the new
-        policy releases; parameters reset to defaults, except that weights carry over between
-        the weight policies."""
-        old = dp.policy
-        new_cls = POLICIES[name]
-        carry = old.family == new_cls.family
-        # Between families only the weight carries over (weight <-> mclock; range-bw has none).
-        values = {
-            g: old.carried_value(g) if carry else new_cls.value_from_weight(old.carried_weight(g))
-            for g in dp.groups
-        }
-        for g in dp.groups:
-            g.timer_token += 1  # cancel range-bw timers
-            for wq in (*g.waitq, g.maxbw_waitq):
-                self.wake(wq)
-        new = new_cls(dp, token_base)
-        dp.policy = new
-        dp.policy_name = name
-        self._apply_scan_mode(dp)
-        for g in dp.groups:
-            new.group_added(g, values[g], reshare=False)
-        new.reshare()
-        for g in dp.groups:
-            if g.blocked[0] + g.blocked[1]:
-                new.backlogged(g)
-        self._queue_conductor(dp, 0)
-
-    def _detach(self, dev: Device, g: Group) -> None:
-        """Remove group ``g``. Its held requests and sleeping submitters go to the default group
-        (the original flushed them downwards uncharged while suspending the whole device)."""
-        dp = dev.dp
-        head = dev.head
-        held = self._unhold_all(g)
-        sleepers = self._sleepers(g)
-        dp.policy.group_removed(g)
-        dp.groups.remove(g)
-        del dev.groups[g.id]
-        if g.going_down:
-            dp.going_down -= 1
-        moved = len(held) + len(sleepers)
-        if moved:
-            g.active -= moved
-            if g.active == 0:
-                dp.busy_groups -= 1
-            if head.active == 0:
-                head.busy_since = self.now
-                self._became_busy(dp)
-            head.active += moved
-        for req in held:
-            req.group = head
-            self._hold(head, req)
-        for req in sleepers:
-            req.group = head
-        if sleepers:
-            self._runnable.append((sleepers, False))
-        if held:
-            self._queue_conductor(dp, 0)
-
-    def message(self, name: str, words: str | Sequence[str], now: int = 0) -> None:
-        """``dmsetup message NAME 0 WORDS``. A refused message raises and changes nothing."""
-        self._tick(now)
-        dev = self.device(name)
-        msg = parse_message(words)
-        cmd, arg = msg.command, msg.arg
-        dp = dev.dp
-        if cmd == "reset":
-            for g in dev.all_groups():
-                g.reset_stats()
-        elif cmd == "type":
-            assert arg is not None
-            if arg not in GROUP_TYPES:
-                raise InvalidArgument(
-                    f"type: {arg} isn't supported. (unknown group type {arg!r};"
-                    f" one of {', '.join(GROUP_TYPES)})"
-                )
-            if dev.groups:
-                raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
-            dev.type_name = arg
-            dev.id_of = GROUP_TYPES[arg]
-        elif cmd in ("attach", "detach"):
-            gid = parse_group_id(arg, cmd, paths=dev.type_name == "cgroup")
-            shown = key_text(gid)
-            if cmd == "attach":
-                if dev.id_of is None:
-                    raise InvalidArgument("attach: no ioband group type is specified")
-                found = dev.groups.get(gid)
-                if found is not None and not found.by_rule:
-                    raise AlreadyExists(f"attach: id={shown} already exists.")
-                if found is not None:
-                    found.by_rule = False  # attached by hand now: the table lists it
-                else:
-                    self._attach(dev, gid, None, by_rule=False)
-            else:
-                gone = dev.groups.get(gid)
-                if gone is None:
-                    raise InvalidArgument(f"detach: id={shown} not found.")
-                self._detach(dev, gone)
-        elif cmd == "policy":
-            assert arg is not None
-            if arg not in POLICIES:
-                raise InvalidArgument(
-                    f"policy: unknown policy {arg!r}{did_you_mean(arg, list(POLICIES))}"
-                )
-            if arg != dp.policy_name:
-                self._switch_policy(dp, arg, 0)
-        elif cmd == "io_throttle":
-            v = bounded_int(arg, 0, SHORT_MAX, "io_throttle", "Invalid io_throttle")
-            v = v or DEFAULT_IO_THROTTLE
-            if v > dp.io_limit:
-                raise InvalidArgument(f"Invalid io_throttle: {v} is above io_limit {dp.io_limit}")
-            dp.io_throttle = v
-        elif cmd == "io_limit":
-            given = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
-            v = given or default_io_limit(dp.nr_requests, f"device group {dp.name!r}")
-            if v < dp.io_throttle:
-                raise InvalidArgument(
-                    f"Invalid io_limit: {v} is below io_throttle {dp.io_throttle}"
-                )
-            dp.io_limit = v
-            self._set_window(dp, adaptive=given == 0)
-            dp.policy.io_limit_changed()
-        else:
-            assert arg is not None
-            gid, value = parse_group_param(arg, f"Invalid {cmd}", dev.type_name == "cgroup")
-            target = dev.head if gid == ID_ANY else dev.groups.get(gid)
-            if target is None:
-                raise InvalidArgument(f"{cmd}: id={key_text(gid)} not found.")
-            dp.policy.set_param(target, cmd, value)
-        if dp.blocked[0] + dp.blocked[1] > 0:
-            self._queue_conductor(dp, 0)
-        self._settle()
-
-    # ======================================================================================
-    # Output
-    # ======================================================================================
-    def table(self, name: str) -> str:
-        """``<start> <len> ioband <dev> <id> <io_throttle> <io_limit> <type> <policy> ...``"""
-        dev = self.device(name)
-        dp = dev.dp
-        return format_table(
-            dev.start, dev.length, dev.display, dp.name, dp.io_throttle,
-            0 if dp.adaptive is not None else dp.io_limit,
-            dev.type_name, dp.policy_name, dp.policy.show_table(dev),
-        )  # fmt: skip
-
-    def status(self, name: str, fmt: str = "legacy") -> str:
-        """``<start> <len> ioband <device-group id>`` then one block per group: the default group
-        (-1) first, then attached groups by id. ``legacy``: 7 columns (id, reads, delayed reads,
-        read sectors, writes, delayed writes, write sectors); ``diskstats``: 12 columns."""
-        dev = self.device(name)
-        parts = [f"{dev.start} {dev.length} ioband {dev.dp.name}"]
-        parts.extend(self.group_status(g, fmt) for g in dev.all_groups())
-        return "".join(parts)
-
-    def group_status(self, g: Group, fmt: str = "legacy") -> str:
-        """One group's block of a ``status`` line (`` <id> <counters...>``)."""
-        ms = self.ms
-        busy = g.io_ticks + (self.now - g.busy_since if g.active else 0)
-        return status_block(
-            fmt,
-            g.label,
-            g.ios,
-            g.delayed,
-            g.sectors,
-            (ms(g.ticks[0]), ms(g.ticks[1])),
-            g.blocked[0] + g.blocked[1],
-            ms(busy),
-            ms(g.time_in_queue),
-        )

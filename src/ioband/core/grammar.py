@@ -141,6 +141,32 @@ def parse_range(text: str | None, error: str = "Invalid range-bw") -> tuple[int,
     return lo, hi
 
 
+def parse_range_change(cmd: str, text: str | None, lo: int, hi: int) -> tuple[int, int]:
+    """A ``range-bw``, ``min-bw`` or ``max-bw`` message to a group whose band is ``lo:hi``: the
+    new band (range-bw's ``set_param`` and the simulator's baselines)."""
+    if cmd == "range-bw":
+        return parse_range(text, "Invalid range-bw")
+    if cmd == "min-bw":
+        new = bounded_int(text, 0, BW_MAX, "min-bw", "Invalid min-bw")
+        if hi and new > hi:
+            raise InvalidArgument(f"Invalid min-bw: {new} is above max-bw {hi}")
+        return new, hi
+    new = bounded_int(text, 0, BW_MAX, "max-bw", "Invalid max-bw")
+    if new and new < lo:
+        raise InvalidArgument(f"Invalid max-bw: {new} is below min-bw {lo}")
+    return lo, new
+
+
+def parse_token_param(cmd: str, text: str | None) -> int:
+    """A ``token`` or ``carryover`` message's value (the weight policies and the baselines)."""
+    return bounded_int(text, 0, INT_MAX, cmd, f"Invalid {cmd}")
+
+
+def not_a_parameter(cmd: str, policy: str) -> InvalidArgument:
+    """The error of a group-parameter message that ``policy`` has no parameter for."""
+    return InvalidArgument(f"{cmd}: not a parameter of the {policy} policy")
+
+
 def _delimited(word: str) -> bool:
     """The default-group argument is the first word that starts with a delimiter."""
     return word[:1] != "" and word[0] in DELIMS

@@ -23,7 +23,8 @@ So the window *probes*, as a hill climber on throughput:
 
 - **slow start**: at first it doubles every period while nothing waits in the store and
   doubling raised the throughput (TCP's slow start; a parallel store is found in a few periods),
-  and returns to the last window that paid;
+  and returns to the last window that paid; if that doubling raised the throughput by less than
+  half, the first probe down follows at once, halving;
 - **probe down**: now and then it tries a quarter less (half while the last step down won, so a
   serial store goes from 16 to 1 in about two seconds) for two periods after one to settle, and
   keeps it if the throughput held (``KEEP``); else it returns (after one period if it clearly
@@ -33,6 +34,9 @@ So the window *probes*, as a hill climber on throughput:
 - **probe up**: when requests waited for room, it tries more (double while that pays, then a
   quarter) and keeps it only if the throughput rose (``GAIN``), retrying at most every
   ``UP_MOST`` periods (a lost probe up costs nothing but a little accuracy for a period);
+- **bursts**: a probe whose periods differ more than twofold (blk-throttle releases a slice's
+  worth at once) is judged lost only over ``BURST_SECONDS``, and a lost probe down stands only
+  if the window it returned to serves clearly more than the probe did (else it is retried once);
 - **change**: a steady period whose throughput differs from the steady level by a quarter means
   the store changed (a throttle set at run time, another tenant): what was learnt is dropped and it
   explores both ways at once, so it follows within a second or two.
@@ -55,6 +59,9 @@ from mypy_extensions import mypyc_attr
 
 #: Slow start doubles the window while fewer than this many requests wait in the store.
 ALPHA: Final = 1.0
+#: A doubling of the window that raised the throughput by less than this factor means the store
+#: serves few requests at a time there: when slow start ends on it, a probe down follows at once.
+SERIAL_GAIN: Final = 1.5
 #: More than this many waiting in the store makes the window probe down sooner.
 BETA: Final = 2.5
 #: Periods whose least latency forms ``base`` (at 50 ms: 5 s).
@@ -111,6 +118,7 @@ class AdaptiveWindow:
         "down_streak",
         "down_wait",
         "full",
+        "gain",
         "hz",
         "idle",
         "inflight",
@@ -169,6 +177,7 @@ class AdaptiveWindow:
         self.state = STEADY
         self.settling = False  # the window just changed: this period shows the transition
         self.slow_start = True
+        self.gain = 0.0  # what slow start's last kept doubling raised the throughput by (0: none)
         self.reference = 0.0  # throughput at ``value`` while clients filled it (0: unknown)
         # The store's throughput over the steady periods, whatever the window: a change of a
         # quarter means the store changed (probes reset ``reference``, never this).
@@ -355,26 +364,33 @@ class AdaptiveWindow:
             # At the start, double at once while nothing waits in the store and doubling pays
             # (TCP's slow start): a parallel store is found in a few periods, not probes.
             if self.full and queued < ALPHA and old < self.maximum and throughput >= ref * GAIN:
+                if ref:
+                    self.gain = throughput / ref  # what doubling into this window paid
                 self.reference = throughput
                 self.value = min(self.maximum, old * 2)
                 return
             self.slow_start = False
             self.reference = 0.0
-            if not self.paced:
-                # Slow start ended: the last doubling did not pay, or requests began to wait in
-                # the store (the latency grew with the window). Either way the window is at or
-                # above what the store needs, and on a store that serves one request at a time
-                # (a throttle, a disk) far above: the weights apply only once it is that small.
-                # Probe down at once, halving (on a parallel store that loses within a period,
-                # once), and not up for a while: more just failed to pay. Without this a doubling
-                # that "paid" against a first period still ramping up (or a throttle's burst)
-                # left the window at 32, probing up by noise, for seconds.
+            failed = ref and self.value > START and throughput < ref * GAIN
+            if failed:  # it returns to the window the last kept doubling reached
+                kept, evidence = self.gain, self.full or self.gain > 0.0
+            else:  # requests began to wait in the store: it stays where this doubling led
+                kept, evidence = (throughput / ref if ref else 0.0), self.full
+            if not self.paced and evidence and kept < SERIAL_GAIN:
+                # The window kept came from a doubling that raised the throughput by less than
+                # half (or from none: not even the first doubling paid, though requests waited
+                # for room). The store serves few requests at a time (a throttle, a disk), the
+                # window is far above what it needs, and the weights apply only once it is that
+                # small: probe down at once, halving, and not up for a while. Without this a
+                # doubling that "paid" against a first period still ramping up left the window
+                # at 32, probing up by noise, for seconds. (Not after a doubling that paid in
+                # full: there a probe down would lose, and cost throughput, at once.)
                 self.down_streak = True
                 self.since_down = self.down_wait = 1
                 self.up_streak = False
                 self.since_up = 0
                 self.up_wait = PROBE_FIRST
-            if ref and self.value > START and throughput < ref * GAIN:
+            if failed:
                 # The last doubling did not pay: return to where it started.
                 self.value //= 2
                 self.settling = True

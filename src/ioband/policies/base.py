@@ -12,7 +12,7 @@ from collections import deque
 from heapq import heapify, heappop
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from ioband.errors import InvalidArgument
+from ioband.core.grammar import not_a_parameter
 
 if TYPE_CHECKING:
     from ioband.core.grammar import GroupKey
@@ -233,7 +233,7 @@ class Policy:
 
     # -- parameters ---------------------------------------------------------------------------
     def set_param(self, g: Group, cmd: str, value: str | None) -> None:
-        raise InvalidArgument(f"{cmd}: not a parameter of the {self.name} policy")
+        raise not_a_parameter(cmd, self.name)
 
     def io_limit_changed(self) -> None:
         """The device group's io_limit changed (already validated and stored)."""

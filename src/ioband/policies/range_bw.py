@@ -14,8 +14,7 @@ from collections import deque
 from heapq import heappush
 from typing import TYPE_CHECKING, Final, cast
 
-from ioband.core.grammar import BW_MAX, bounded_int, parse_range
-from ioband.errors import InvalidArgument
+from ioband.core.grammar import bounded_int, parse_range, parse_range_change
 from ioband.policies.base import R_OK, R_YIELD, Policy, enrol, heap_key, top_eligible
 
 if TYPE_CHECKING:
@@ -163,19 +162,9 @@ class RangeBwPolicy(Policy):
         self.reshare()  # the original left the caps stale (docs/deviations.md)
 
     def set_param(self, g: Group, cmd: str, value: str | None) -> None:
-        if cmd == "range-bw":
-            lo, hi = parse_range(value, "Invalid range-bw")
+        if cmd in ("range-bw", "min-bw", "max-bw"):
+            lo, hi = parse_range_change(cmd, value, g.min_bw, g.max_bw)
             self.set_range_bw(g, lo, hi)
-        elif cmd == "min-bw":
-            lo = bounded_int(value, 0, BW_MAX, "min-bw", "Invalid min-bw")
-            if g.max_bw and lo > g.max_bw:
-                raise InvalidArgument(f"Invalid min-bw: {lo} is above max-bw {g.max_bw}")
-            self.set_range_bw(g, lo, g.max_bw)
-        elif cmd == "max-bw":
-            hi = bounded_int(value, 0, BW_MAX, "max-bw", "Invalid max-bw")
-            if hi and hi < g.min_bw:
-                raise InvalidArgument(f"Invalid max-bw: {hi} is below min-bw {g.min_bw}")
-            self.set_range_bw(g, g.min_bw, hi)
         else:
             super().set_param(g, cmd, value)
 

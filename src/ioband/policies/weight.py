@@ -13,7 +13,7 @@ from heapq import heappush
 from typing import TYPE_CHECKING, Final, cast
 
 from ioband.core.cint import INT_MAX, cdiv
-from ioband.core.grammar import bounded_int, parse_weight
+from ioband.core.grammar import bounded_int, parse_token_param, parse_weight
 from ioband.policies.base import (
     R_OK,
     R_YIELD,
@@ -104,13 +104,13 @@ class WeightPolicy(Policy):
         if cmd == "weight":
             self.set_weight(g, self.parse_group_value(value, "Invalid weight"))
         elif cmd == "token":
-            v = bounded_int(value, 0, INT_MAX, "token", "Invalid token")
+            v = parse_token_param(cmd, value)
             self.token_set = v
             self.init_token_bucket(v, self.carryover_set)
             self.reshare()
             self.token_extra = 0
         elif cmd == "carryover":
-            v = bounded_int(value, 0, INT_MAX, "carryover", "Invalid carryover")
+            v = parse_token_param(cmd, value)
             self.carryover_set = v
             self.init_token_bucket(self.token_bucket, v)
             self.reshare()

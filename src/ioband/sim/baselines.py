@@ -10,8 +10,9 @@
   dispatched request; when the pool goes idle it jumps to the largest finish tag handed out, so a
   returning group neither gets credit for its idle time nor is penalised.
 
-Both read the same table lines and messages as ioband (parsed with ``ioband.core.grammar``),
-classify requests into the same groups (``ioband.core.classify.GROUP_TYPES``) and print the same
+Both read the same table lines and messages as ioband, with the engine's checks and error texts
+(``ioband.core.target``: ``check_table`` and the message table, ``run_message``), classify
+requests into the same groups (``ioband.core.classify.GROUP_TYPES``) and print the same
 ``table``/``status`` lines, so results compare group by group. Devices with the same device-group
 id share one SFQ(D) queue, as they share one ioband pool. Weights: the table's weights (default
 100); cost per request 1 under ``weight``/``default``, the request's sectors under
@@ -25,22 +26,22 @@ import heapq
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ioband.core.cint import SHORT_MAX
 from ioband.core.classify import GROUP_TYPES, IdOf
-from ioband.core.engine import DEFAULT_IO_THROTTLE, BackingInfo, default_io_limit, default_resolver
 from ioband.core.grammar import (
     ID_ANY,
-    bounded_int,
-    parse_group_id,
-    parse_group_param,
-    parse_message,
+    GroupKey,
+    format_table,
+    not_a_parameter,
     parse_range,
-    parse_table,
+    parse_range_change,
+    parse_token_param,
     parse_weight,
     status_block,
 )
 from ioband.core.request import DONE, HELD, ISSUED, Request
-from ioband.errors import AlreadyExists, Busy, InvalidArgument, NoSuchDevice
+from ioband.core.target import BackingInfo, check_table, default_resolver, run_message
+from ioband.errors import InvalidArgument, NoSuchDevice
+from ioband.policies import POLICIES as ENGINE_POLICIES
 
 WEIGHT_POLICIES = ("weight", "weight-iosize", "default")
 POLICIES = (*WEIGHT_POLICIES, "range-bw")
@@ -61,6 +62,9 @@ class BaselineGroup:
         self.delayed = [0, 0]
         self.finish = 0.0  # SFQ: finish tag of the group's last request
 
+    def reset_stats(self) -> None:
+        self.ios, self.sectors, self.delayed = [0, 0], [0, 0], [0, 0]
+
     @property
     def value(self) -> str:
         """As the table shows it: ``40`` (a weight) or ``5000:6000`` (a range-bw band)."""
@@ -80,12 +84,21 @@ class BaselineGroup:
 class Pool:
     """Devices sharing one device-group id: one policy, one queue (SFQ)."""
 
-    def __init__(self, name: str, policy: str, token: str | None, throttle: int, limit: int):
+    def __init__(
+        self,
+        name: str,
+        policy: str,
+        token: str | None,
+        throttle: int,
+        limit: int,
+        nr_requests: int | None,
+    ) -> None:
         self.name = name
         self.policy = policy
         self.token = token
         self.io_throttle = throttle
         self.io_limit = limit
+        self.nr_requests = nr_requests  # what ``io_limit 0`` derives the limit from
         self.devices: list[BaselineDevice] = []
         # SFQ(D) state
         self.queue: list[tuple[float, int, Request]] = []
@@ -114,13 +127,16 @@ class BaselineDevice:
         return [self.head, *(self.groups[i] for i in sorted(self.groups))]
 
 
-def _check_value(policy: str, text: str | None, error: str) -> str:
-    """Validate a group value with ioband's own parsers; return it as the table shows it."""
-    if policy == "range-bw":
-        lo, hi = parse_range(text, error)
-        return f"{lo}:{hi}"
-    w = parse_weight(text, error)
-    return str(DEFAULT_WEIGHT if w is None else w)
+def _shown(value: object) -> str:
+    """A group value the policy parsed (a weight, or range-bw's ``(min, max)``) as the table
+    shows it."""
+    if isinstance(value, tuple):
+        return f"{value[0]}:{value[1]}"
+    return str(value)
+
+
+def _default_value(policy: str) -> str:
+    return "0:0" if policy == "range-bw" else str(DEFAULT_WEIGHT)
 
 
 class BaselineEngine:
@@ -168,111 +184,87 @@ class BaselineEngine:
         return dev
 
     def create(self, name: str, table: str | Sequence[str], now: int = 0) -> BaselineDevice:
-        if name in self.devices:
-            raise Busy(f"Device {name!r} already exists")
-        spec = parse_table(table)
-        info = self.resolver(spec.device)
-        if info is None:
-            raise NoSuchDevice(f"Device lookup failed: {spec.device!r} was not found")
-        if spec.policy not in POLICIES:
-            raise InvalidArgument(
-                f"Invalid policy parameter: unknown policy {spec.policy!r}"
-                f" (one of {', '.join(POLICIES)})"
-            )
-        if spec.type not in GROUP_TYPES:
-            raise InvalidArgument(f"Cannot set ioband group type: unknown type {spec.type!r}")
-        head_value = _check_value(spec.policy, spec.default_param, "Cannot create default group")
-        extra: dict[int, str] = {}
-        for word in spec.groups:
-            gid, value = parse_group_param(word)
-            if GROUP_TYPES[spec.type] is None:
-                raise InvalidArgument(f"Cannot create ioband group {gid}: type 'none'")
-            if gid in extra:
-                raise AlreadyExists(f"Cannot create ioband group: id={gid} already exists.")
-            extra[gid] = _check_value(spec.policy, value, "Cannot create ioband group")
-        throttle = spec.io_throttle or DEFAULT_IO_THROTTLE
-        limit = spec.io_limit or default_io_limit(info.nr_requests, repr(spec.device))
+        """``dmsetup create`` with the engine's checks and error texts (``check_table``)."""
+        checked = check_table(name, self.devices, table, self.resolver, POLICIES, paths=False)
+        spec = checked.spec
         pool = self.pools.get(spec.group_name)
         if pool is None:
-            limit = max(limit, throttle)
-            pool = Pool(spec.group_name, spec.policy, spec.token_base, throttle, limit)
+            pool = Pool(
+                spec.group_name,
+                spec.policy,
+                spec.token_base,
+                checked.io_throttle,
+                checked.io_limit,
+                checked.info.nr_requests,
+            )
             self.pools[pool.name] = pool
-        dev = BaselineDevice(name, pool, spec.start, spec.length, info.display)
+        dev = BaselineDevice(name, pool, spec.start, spec.length, checked.info.display)
         dev.type_name = spec.type
         dev.id_of = GROUP_TYPES[spec.type]
-        dev.head = BaselineGroup(dev, ID_ANY, head_value)
-        for gid, value in extra.items():
-            dev.groups[gid] = BaselineGroup(dev, gid, value)
+        dev.head = BaselineGroup(dev, ID_ANY, _shown(checked.head_value))
+        for gid, value in checked.groups.items():
+            assert isinstance(gid, int)  # paths=False: no cgroup path keys
+            dev.groups[gid] = BaselineGroup(dev, gid, _shown(value))
         pool.devices.append(dev)
         self.devices[name] = dev
         return dev
 
     def message(self, name: str, words: str | Sequence[str], now: int = 0) -> None:
-        dev = self.device(name)
-        pool = dev.dp
-        msg = parse_message(words)
-        cmd, arg = msg.command, msg.arg
-        if cmd == "reset":
-            for g in dev.all_groups():
-                g.ios, g.sectors, g.delayed = [0, 0], [0, 0], [0, 0]
-        elif cmd == "type":
-            if arg not in GROUP_TYPES:
-                raise InvalidArgument(f"type: {arg} isn't supported.")
-            if dev.groups:
-                raise Busy(f"type: {len(dev.groups)} group(s) still attached; detach them first")
-            dev.type_name = arg
-            dev.id_of = GROUP_TYPES[arg]
-        elif cmd == "attach":
-            gid = parse_group_id(arg, cmd)
-            if dev.id_of is None:
-                raise InvalidArgument("attach: no ioband group type is specified")
-            if gid in dev.groups:
-                raise AlreadyExists(f"attach: id={gid} already exists.")
-            default = "0:0" if pool.policy == "range-bw" else str(DEFAULT_WEIGHT)
-            dev.groups[gid] = BaselineGroup(dev, gid, default)
-        elif cmd == "detach":
-            gid = parse_group_id(arg, cmd)
-            if gid not in dev.groups:
-                raise InvalidArgument(f"detach: id={gid} not found.")
-            del dev.groups[gid]  # requests in flight keep their group object
-        elif cmd == "policy":
-            if arg not in POLICIES:
-                raise InvalidArgument(f"policy: unknown policy {arg!r}")
-            if (arg == "range-bw") != (pool.policy == "range-bw"):
-                default = "0:0" if arg == "range-bw" else str(DEFAULT_WEIGHT)
-                for d in pool.devices:
-                    for g in d.all_groups():
-                        g.value = default
-            pool.policy = arg
-        elif cmd == "io_throttle":
-            pool.io_throttle = bounded_int(arg, 0, SHORT_MAX, "io_throttle", "Invalid io_throttle")
-        elif cmd == "io_limit":
-            pool.io_limit = bounded_int(arg, 0, SHORT_MAX, "io_limit", "Invalid io_limit")
-        elif cmd in ("token", "carryover"):
-            bounded_int(arg, 0, 2**31 - 1, cmd, f"Invalid {cmd}")
-            if cmd == "token":
-                pool.token = arg
-        else:  # weight, range-bw, min-bw, max-bw
-            assert arg is not None
-            gid, value = parse_group_param(arg, f"Invalid {cmd}")
-            g = dev.head if gid == ID_ANY else dev.groups.get(gid)
-            if g is None:
-                raise InvalidArgument(f"{cmd}: id={gid} not found.")
-            g.value = self._new_value(pool.policy, cmd, g.value, value)
+        """``dmsetup message``: the engine's message table (``ioband.core.target``), its checks
+        and error texts; what each message changes is below (the ``MessageTarget`` methods)."""
+        run_message(self, self.device(name), words)
 
-    @staticmethod
-    def _new_value(policy: str, cmd: str, old: str, value: str | None) -> str:
-        if cmd == "weight":
-            if policy == "range-bw":
-                raise InvalidArgument("weight: not a parameter of the range-bw policy")
-            return _check_value(policy, value, "Invalid weight")
-        if policy != "range-bw":
-            raise InvalidArgument(f"{cmd}: not a parameter of the {policy} policy")
-        if cmd == "range-bw":
-            return _check_value(policy, value, "Invalid range-bw")
-        lo, hi = parse_range(old)
-        n = bounded_int(value, 0, 2**30, cmd, f"Invalid {cmd}")
-        return f"{n}:{hi}" if cmd == "min-bw" else f"{lo}:{n}"
+    # -- MessageTarget -------------------------------------------------------------------------
+    def group_paths(self, dev: BaselineDevice) -> bool:
+        return False  # groups are keyed by id only
+
+    def policy_names(self) -> Sequence[str]:
+        return POLICIES
+
+    def attach_group(self, dev: BaselineDevice, key: GroupKey) -> bool:
+        assert isinstance(key, int)
+        if key in dev.groups:
+            return False
+        dev.groups[key] = BaselineGroup(dev, key, _default_value(dev.dp.policy))
+        return True
+
+    def detach_group(self, dev: BaselineDevice, key: GroupKey) -> bool:
+        assert isinstance(key, int)
+        return dev.groups.pop(key, None) is not None  # requests in flight keep their group
+
+    def switch_policy(self, dev: BaselineDevice, name: str) -> None:
+        pool = dev.dp
+        if (name == "range-bw") != (pool.policy == "range-bw"):
+            for d in pool.devices:
+                for g in d.all_groups():
+                    g.value = _default_value(name)
+        pool.policy = name
+
+    def io_limit_changed(self, dev: BaselineDevice, adaptive: bool) -> None:
+        pass  # no window: FIFO issues everything, SFQ(D) keeps its depth
+
+    def set_group_param(
+        self, dev: BaselineDevice, key: GroupKey, cmd: str, value: str | None
+    ) -> bool:
+        assert isinstance(key, int)
+        g = dev.head if key == ID_ANY else dev.groups.get(key)
+        if g is None:
+            return False
+        pool = dev.dp
+        by_band = pool.policy == "range-bw"
+        if cmd == "weight" and not by_band:
+            weight = ENGINE_POLICIES[pool.policy].parse_group_value(value, "Invalid weight")
+            g.value = _shown(weight)
+        elif cmd in ("token", "carryover") and not by_band:
+            parse_token_param(cmd, value)
+            if cmd == "token":
+                pool.token = value
+        elif cmd in ("range-bw", "min-bw", "max-bw") and by_band:
+            lo, hi = parse_range(g.value)
+            g.value = _shown(parse_range_change(cmd, value, lo, hi))
+        else:
+            raise not_a_parameter(cmd, pool.policy)
+        return True
 
     # -- the request path ----------------------------------------------------------------------
     def classify(self, dev: BaselineDevice, req: Request) -> BaselineGroup:
@@ -306,10 +298,10 @@ class BaselineEngine:
         p = dev.dp
         token = f" {p.token}" if p.token is not None else ""
         groups = "".join(f" {gid}:{dev.groups[gid].value}" for gid in sorted(dev.groups))
-        return (
-            f"{dev.start} {dev.length} ioband {dev.backing} {p.name} {p.io_throttle} {p.io_limit}"
-            f" {dev.type_name} {p.policy}{token} :{dev.head.value}{groups}"
-        )
+        return format_table(
+            dev.start, dev.length, dev.backing, p.name, p.io_throttle, p.io_limit,
+            dev.type_name, p.policy, f"{token} :{dev.head.value}{groups}",
+        )  # fmt: skip
 
     def status(self, name: str, fmt: str = "legacy") -> str:
         dev = self.device(name)
