@@ -1014,15 +1014,16 @@ class MclockPolicy(Policy):
             if heap and start < self.vtime:
                 st.vmark = start
                 if not self.timed:
-                    # At most a window (and one) of its own requests before the first group waiting:
-                    # what its think time can have cost it. Further behind is no think time's
-                    # lag but the store's queue (a QD1 group's request waiting behind a window
-                    # of 16 while the others' tags ran ahead); kept, it became credit that a
-                    # smaller window later paid out at once (the QD1 group got 87 % for two
-                    # seconds, not 57). Not under the cost model time: there the lag carries
-                    # what its estimates leave out, and bounded the sequential reader of
-                    # shallow-vs-deep fell from 49.8 to 46.5 % of the disk time.
-                    floor = heap[0][0] - (self.dp.window + 1) * cost / st.eff
+                    # At most a window (and one) of its own requests before the first group
+                    # waiting: what its think time can have cost it. Further behind is no
+                    # think time's lag but the store's queue (a QD1 group's request waiting
+                    # behind a window of 16 while the others' tags ran ahead); kept, it became
+                    # credit that a smaller window later paid out at once (over NBD the QD1
+                    # group of 1/8/32 got 60-64 %, not 57). Not under the cost model time:
+                    # there the lag carries what its estimates leave out, and bounded the
+                    # sequential reader of shallow-vs-deep fell from 49.8 to 46.5 % of the
+                    # disk time.
+                    floor = heap[0].tag - (self.dp.window + 1) * cost / st.eff
                     if start < floor:
                         st.vmark = floor
             else:
