@@ -442,7 +442,10 @@ class AdaptiveWindow:
         eightfold per loss), and a QD1 group there waits behind the others' requests."""
         lost = self.lost
         self.lost = 0.0
-        if lost >= throughput * KEEP and not self.rechecked:
+        # Not under a policy that paces the groups (range-bw): its throughput is the policy's,
+        # so a retry measures nothing new, and each change of the window let a band's group
+        # cross its maximum by a few more requests (16 KB/s over, not one request's 4).
+        if lost >= throughput * KEEP and not self.rechecked and not self.paced:
             self.rechecked = True
             self.down_wait = 1
             self.since_down = 1  # the next full period starts the retry
