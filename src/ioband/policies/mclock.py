@@ -794,14 +794,20 @@ class MclockPolicy(Policy):
             return False
         if st.reservation and st.rtag <= now + EPS:
             return True
-        heap = self._pheap
-        while heap and heap[0].ver != heap[0].st.ver:
-            heappop(heap)  # stale entries: they would be dropped by the next choice anyway
+        first = self._first_waiting()
         # Cost model time: a group may run ahead of the others by a slice of the store's time
         # (BFQ's budget): a sequential reader's requests then follow one another and stay
         # cheap, instead of each paying a seek behind another group's request.
         ahead = TIME_SLICE_US / st.eff if self.timed else 0.0
-        return not heap or st.ptag <= heap[0].tag + EPS + ahead
+        return first is None or st.ptag <= first.tag + EPS + ahead
+
+    def _first_waiting(self) -> _Entry | None:
+        """The weight heap's live head (the least ptag of the groups waiting), or None; stale
+        entries on top are dropped (the next choice would drop them anyway)."""
+        heap = self._pheap
+        while heap and heap[0].ver != heap[0].st.ver:
+            heappop(heap)
+        return heap[0] if heap else None
 
     def can_submit(self, g: Group) -> int:
         """Whether a group with nothing held may issue at once (the engine asks before holding).
@@ -1008,10 +1014,8 @@ class MclockPolicy(Policy):
             # 42 % of the disk time, a QD1 client 45 % of the I/Os. While nobody waits, the
             # tags say nothing about shares (every group got what it asked): ``vtime``, so
             # that no group banks credit from an uncontended time.
-            heap = self._pheap
-            while heap and heap[0].ver != heap[0].st.ver:
-                heappop(heap)
-            if heap and start < self.vtime:
+            first = self._first_waiting()
+            if first is not None and start < self.vtime:
                 st.vmark = start
                 if not self.timed:
                     # At most a window (and one) of its own requests before the first group
@@ -1023,7 +1027,7 @@ class MclockPolicy(Policy):
                     # there the lag carries what its estimates leave out, and bounded the
                     # sequential reader of shallow-vs-deep fell from 49.8 to 46.5 % of the
                     # disk time.
-                    floor = heap[0].tag - (self.dp.window + 1) * cost / st.eff
+                    floor = first.tag - (self.dp.window + 1) * cost / st.eff
                     if start < floor:
                         st.vmark = floor
             else:
