@@ -20,7 +20,7 @@ from ioband.cluster.coordinator import (
     encode_record,
 )
 from ioband.cluster.sim import ClusterRun, simulate, split
-from ioband.cluster.window import SharedBackendWindow
+from ioband.cluster.window import MIN_DUTY, SharedBackendWindow
 from ioband.control.config import ConfigError, load_config
 from ioband.core.engine import Engine
 from ioband.core.request import ISSUED, Request, Submitter
@@ -172,6 +172,25 @@ def test_a_slower_host_gets_a_proportionally_wider_window():
         ex = c.absorb(t, {"h2": text})
     assert ex.correction == pytest.approx(1.5, rel=0.02)  # 30 ms over the mean of 20 ms
 
+    assert ex.latency == pytest.approx(0.020)  # the cluster's: throughput-weighted
+
+
+def test_every_host_steps_on_the_clusters_latency_not_its_own():
+    """Hosts that see different latencies (one serves its lone request at once, another's
+    queue is deep) must not pull the cluster's window apart: each steps on the cluster's
+    latency, which the exchange carries. On its own 10 ms a host would grow the window (at
+    the target); on the cluster's 25 ms it shrinks it, as the host with 40 ms does."""
+    fast, slow = SharedBackendWindow(1000, 256), SharedBackendWindow(1000, 256)
+    for w in (fast, slow):
+        w.adopt(40.0, 0.5, 2, latency=0.025)
+    fast.step(latency=10.0, used=20, full=True)
+    slow.step(latency=40.0, used=20, full=True)
+    assert fast.total == slow.total < 40.0
+    alone = SharedBackendWindow(1000, 256)
+    alone.adopt(40.0, 0.5, 2)  # no cluster latency (local control, peers not measured yet)
+    alone.step(latency=10.0, used=20, full=True)
+    assert alone.total > 40.0
+
 
 # -- the window --------------------------------------------------------------------------------
 
@@ -199,15 +218,32 @@ def test_window_fixed_point_is_target_times_throughput_plus_beta_per_host():
     assert w.total == pytest.approx(27.0, rel=0.01)
 
 
-def test_window_fraction_is_dithered_and_never_below_one():
+def test_window_fraction_is_dithered_and_a_part_below_one_is_a_duty_cycle():
     w = SharedBackendWindow(1000, 256)
     values = []
     for _ in range(100):
         w.adopt(23.0, 0.25, 3)  # 5.75
         values.append(w.value)
     assert sum(values) / len(values) == pytest.approx(5.75, abs=0.02)
-    w.adopt(1.0, 0.01, 3)
-    assert w.value == 1
+    # a part of 0.3 request: one request in flight for 3 exchanges in 10, none for the rest
+    values = []
+    for _ in range(100):
+        w.adopt(3.0, 0.1, 3)
+        values.append(w.value)
+    assert set(values) == {0, 1}
+    assert sum(values) / len(values) == pytest.approx(0.3, abs=0.02)
+    # between exchanges (the window's own steps) a duty cycle's value stays as the exchange set it
+    before = w.value
+    w.step(latency=5.0, used=0.0, full=True)
+    assert w.value == before
+    # never stalled: a vanishing part still gets MIN_DUTY of the intervals
+    values = []
+    for _ in range(200):
+        w.adopt(1.0, 0.0001, 3)
+        values.append(w.value)
+    assert sum(values) / len(values) == pytest.approx(MIN_DUTY, abs=0.01)
+    longest_off = max(len(run) for run in "".join(map(str, values)).split("1"))
+    assert longest_off <= round(1 / MIN_DUTY)
 
 
 def test_window_total_respects_the_cap():

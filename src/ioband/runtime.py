@@ -14,13 +14,15 @@ Each request a front end gives the driver carries the front end in ``tag[0]``; t
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ioband.aio import BufferPool
 from ioband.core.driver import Driver
 from ioband.core.request import Request
 
 if TYPE_CHECKING:
+    from ioband.aio import Aio
     from ioband.cgroup.paths import CgroupPaths
     from ioband.cgroup.proc import Hierarchy
     from ioband.nbd.iopool import IoPool
@@ -50,12 +52,14 @@ def admitted(req: Request) -> None:
 
 @dataclass(eq=False)
 class Runtime:
-    """The daemon's pieces a front end may use (see the module's docstring). ``loop``, ``pool``
-    and the cgroup lookups are set when the daemon starts (a daemon that only validates a
-    configuration has none)."""
+    """The daemon's pieces a front end may use (see the module's docstring). ``loop``, ``pool``,
+    ``aio`` (where Linux AIO works) and the cgroup lookups are set when the daemon starts (a
+    daemon that only validates a configuration has none)."""
 
     driver: Driver
     loop: asyncio.AbstractEventLoop | None = None
     pool: IoPool | None = None
+    aio: Aio | None = None  # O_DIRECT reads and writes of the NBD exports, without threads
+    buffers: BufferPool = field(default_factory=BufferPool)  # aligned buffers for ``aio``
     hierarchy: Hierarchy | None = None
     cgroup_paths: CgroupPaths | None = None  # a cgroup inode's path (FUSE requests)

@@ -291,7 +291,7 @@ class ClusterAgent:
         window = member.window
         if window is not None and dp.adaptive is window:
             window.adopt(outcome.total, outcome.share, outcome.peers + 1, outcome.cap,
-                         outcome.correction)  # fmt: skip
+                         outcome.correction, outcome.latency)  # fmt: skip
             dp.window = window.value
         self.engine.kick(dp)
         self.engine.advance(self.now())

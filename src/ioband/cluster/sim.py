@@ -177,6 +177,7 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
                     outcome = h.coordinator.failed(t2, refused=True)
                     if outcome is not None:
                         h.window.adopt(None, outcome.share, 1)
+                        dispatch(h, t2)
 
                 at(t + run.rtt, refused)
             elif not lost:
@@ -188,7 +189,8 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
                 def reply(t2: float) -> None:
                     outcome = h.coordinator.absorb(t2, snapshot, h.window.filled)
                     h.window.adopt(outcome.total, outcome.share, outcome.peers + 1,
-                                   outcome.cap, outcome.correction)  # fmt: skip
+                                   outcome.cap, outcome.correction, outcome.latency)  # fmt: skip
+                    dispatch(h, t2)  # as the agent kicks the engine: the window may have grown
 
                 at(t + run.rtt, reply)
             else:
@@ -197,6 +199,7 @@ def simulate(run: ClusterRun, sample: float = 0.0) -> ClusterResult:
                     outcome = h.coordinator.failed(t2)
                     if outcome is not None:
                         h.window.adopt(None, outcome.share, 1)
+                        dispatch(h, t2)
 
                 at(t + run.interval, timeout)
             at(t + run.interval, send)

@@ -19,6 +19,8 @@ import socket
 import time
 
 from ioband.access import NOT_FOR_MOUNTS, Access, Confinement
+from ioband.aio import Aio
+from ioband.aio import available as aio_available
 from ioband.cgroup.blkio import CgroupWatcher
 from ioband.cgroup.paths import CgroupPaths
 from ioband.cgroup.proc import Hierarchy, find_hierarchy
@@ -51,6 +53,10 @@ from ioband.nbd.server import Connection, Export, NbdServer
 from ioband.runtime import Runtime, admitted, start_io
 
 log = logging.getLogger("ioband.daemon")
+
+#: Requests one AIO context keeps in flight (more wait in order); contexts come out of the
+#: system-wide ``fs.aio-max-nr`` (65,536 by default).
+AIO_DEPTH = 256
 
 
 class Daemon:
@@ -398,6 +404,7 @@ class Daemon:
             self.cgroup_paths = self.runtime.cgroup_paths = CgroupPaths(self.hierarchy)
             self._cgroup_task = self.loop.create_task(self._watch_cgroups())
         self.pool = self.runtime.pool = IoPool(self.loop, config.io_threads, batch=self.driver)
+        self.runtime.aio = self._start_aio()
         try:
             self._restore()
             self._start_cluster()
@@ -416,6 +423,27 @@ class Daemon:
             await self.close()
             raise
 
+    def _start_aio(self) -> Aio | None:
+        """Linux AIO for the exports' O_DIRECT reads and writes (see ``ioband.aio``: no thread
+        and no GIL hand-over per request, so what the window counts in flight is at the
+        store). Without it (another architecture, ``fs.aio-max-nr`` used up) the threads do
+        them, as they do every buffered request."""
+        if not aio_available():
+            return None
+        try:
+            return Aio(self.loop, AIO_DEPTH, batch=self.driver)
+        except OSError as err:
+            log.warning("Linux AIO unavailable (%s): O_DIRECT I/O goes through threads", err)
+            return None
+
+    def _io_depth(self) -> int:
+        """What this daemon can keep in flight to the cluster-wide devices' stores: the AIO
+        context's depth when they are all O_DIRECT (AIO does them), else the I/O threads."""
+        cluster = [d for d in self.config.devices if d.cluster]
+        if self.runtime.aio is not None and cluster and all(d.direct for d in cluster):
+            return AIO_DEPTH
+        return self.config.io_threads
+
     def _start_cluster(self) -> None:
         """``[cluster]``: exchange the cluster-wide devices' counters through Redis (a task of
         this loop; nothing on the request path waits on it). Changing ``[cluster]`` itself
@@ -431,7 +459,7 @@ class Daemon:
             lambda: [d.name for d in self.config.devices if d.cluster],
             self.now,
             self.driver.pump,
-            threads=self.config.io_threads,
+            threads=self._io_depth(),
         )  # fmt: skip
         self.cluster.start()
 
@@ -473,6 +501,9 @@ class Daemon:
             self._timer.cancel()
         if self.pool is not None:
             self.pool.close()
+        if self.runtime.aio is not None:
+            self.runtime.aio.close()
+            self.runtime.aio = None
         for export in self.exports.values():
             export.backing.close()
         self.exports.clear()

@@ -35,9 +35,10 @@ from typing import Any, Protocol
 
 import pyfuse3
 
+from ioband import aio
 from ioband.cgroup.proc import Hierarchy, identity
 from ioband.core.request import Submitter
-from ioband.fuse import aio, confine
+from ioband.fuse import confine
 from ioband.fuse.writebehind import WriteBehind
 
 ROOT = pyfuse3.ROOT_INODE
@@ -134,34 +135,6 @@ class Handle:
         self.delay = False  # buffered writes answered at once, written later (write-behind)
 
 
-class BufferPool:
-    """Recycled read buffers (page-aligned, as O_DIRECT needs). A buffer returned by ``read``
-    is taken back at once: pyfuse3 copies it into the reply before any other task runs."""
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[mmap.mmap]] = {}
-        self._addresses: dict[int, tuple[Any, int]] = {}  # id(buffer): (its export, address)
-
-    def take(self, size: int) -> mmap.mmap:
-        size = max(ALIGN, -(-size // ALIGN) * ALIGN)
-        free = self._free.get(size)
-        return free.pop() if free else mmap.mmap(-1, size)
-
-    def address(self, buf: mmap.mmap) -> int:
-        """Where ``buf`` is in memory (for AIO), kept while the pool keeps the buffer."""
-        known = self._addresses.get(id(buf))
-        if known is None:
-            known = self._addresses[id(buf)] = aio.address(buf)
-        return known[1]
-
-    def give(self, buf: mmap.mmap) -> None:
-        free = self._free.setdefault(len(buf), [])
-        if len(free) < 256:
-            free.append(buf)
-        else:  # dropped: its export goes first, or the mapping could never be freed
-            self._addresses.pop(id(buf), None)
-
-
 class Passthrough(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_acl = False
@@ -200,7 +173,7 @@ class Passthrough(pyfuse3.Operations):
         self.dirs: dict[int, tuple[Inode, list[bytes] | None]] = {}
         self._next_fh = 1
         self._next_foreign = 1 << 48  # inode numbers for objects on other file systems
-        self.buffers = BufferPool()
+        self.buffers = aio.BufferPool()
         # delayed buffered writes, unless the kernel delays them itself (writeback cache)
         self.behind = WriteBehind() if write_behind and not writeback_cache else None
         self.identity = confine.Identity()

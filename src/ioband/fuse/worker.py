@@ -24,11 +24,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ioband.aio import Aio
+from ioband.aio import available as aio_available
 from ioband.cgroup.proc import find_hierarchy
 from ioband.core.request import Submitter
 from ioband.fuse import channel
-from ioband.fuse.aio import Aio
-from ioband.fuse.aio import available as aio_available
 from ioband.fuse.passthrough import Passthrough, Unlimited
 from ioband.fuse.stale import clear_stale_mount, mount_entry
 from ioband.nbd.iopool import IoPool

@@ -19,6 +19,7 @@ import errno as errnos
 import grp
 import ipaddress
 import logging
+import mmap
 import os
 import resource
 import socket
@@ -29,6 +30,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from ioband.access import OPEN, Access, Peer
+from ioband.aio import ALIGN
+from ioband.aio import PREAD as AIO_READ
+from ioband.aio import PWRITE as AIO_WRITE
 from ioband.cgroup.proc import Hierarchy, identity, peer_cgroup, peer_credentials, peer_groups
 from ioband.core.request import WAITING, Request, Submitter
 from ioband.errors import ConfigError, unusable_path
@@ -39,6 +43,7 @@ from ioband.nbd.backing import Backing
 from ioband.nbd.replies import nbd_error
 
 if TYPE_CHECKING:
+    from ioband.aio import Aio
     from ioband.core.model import Device
     from ioband.runtime import Runtime
 
@@ -449,6 +454,18 @@ class Connection(asyncio.Protocol):
                 self.io_done(req, data, None)
                 return
         fua = cmd.fua
+        aio = self.runtime.aio
+        if (
+            aio is not None
+            and backing.direct
+            and kind <= WRITE
+            and not (cmd.offset | cmd.length) % ALIGN
+        ):
+            if kind == READ:
+                self._read_aio(req, aio, backing)
+            else:
+                self._write_aio(req, aio, backing)
+            return
         done: Callable = partial(self.io_done, req)
         pool = self.runtime.pool
         if kind == READ:
@@ -468,6 +485,62 @@ class Connection(asyncio.Protocol):
         else:
             done(None, OSError(errnos.EINVAL, "unsupported command"))
 
+    def _recycle(self, data: object) -> None:
+        """A read's buffer that nothing refers to any more: reused by the next read."""
+        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):
+            self.runtime.buffers.give(data.obj)
+        elif self.export is not None:
+            self.export.backing.recycle(data)
+
+    def _forget(self, data: object) -> None:
+        """A read's buffer that the transport (or a corked reply) still holds."""
+        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):
+            self.runtime.buffers.drop(data.obj)
+
+    def _read_aio(self, req: Request, aio: Aio, backing: Backing) -> None:
+        """An O_DIRECT read by AIO into a pooled aligned buffer (the reply sends a view of it;
+        ``finish`` gives it back). A short read (a file that shrank) is done again by a
+        thread, which fills past the end with zeros."""
+        cmd: nbd.Command = req.tag[1]
+        buffers = self.runtime.buffers
+        buf = buffers.take(cmd.length)
+
+        def done(res: int) -> None:
+            if res == cmd.length:
+                self.io_done(req, memoryview(buf)[:res], None)
+                return
+            buffers.give(buf)
+            if res < 0:
+                self.io_done(req, None, OSError(-res, os.strerror(-res)))
+            else:
+                self.runtime.pool.submit(backing.read, (cmd.offset, cmd.length),
+                                         partial(self.io_done, req))  # fmt: skip
+
+        aio.start(AIO_READ, backing.fd, buffers.address(buf), cmd.length, cmd.offset, done)
+
+    def _write_aio(self, req: Request, aio: Aio, backing: Backing) -> None:
+        """An O_DIRECT write by AIO from a pooled aligned copy of the data; FUA, and the rest
+        of a short write, are left to a thread (``fdatasync`` has no AIO form for every file)."""
+        cmd: nbd.Command = req.tag[1]
+        buffers = self.runtime.buffers
+        buf = buffers.take(cmd.length)
+        buf[: cmd.length] = cmd.data
+
+        def done(res: int) -> None:
+            buffers.give(buf)
+            if res < 0:
+                self.io_done(req, None, OSError(-res, os.strerror(-res)))
+            elif res < cmd.length:
+                rest = memoryview(cmd.data)[res:]
+                self.runtime.pool.submit(backing.write, (cmd.offset + res, rest, cmd.fua),
+                                         partial(self.io_done, req))  # fmt: skip
+            elif cmd.fua:
+                self.runtime.pool.submit(backing.flush, (), partial(self.io_done, req))
+            else:
+                self.io_done(req, None, None)
+
+        aio.start(AIO_WRITE, backing.fd, buffers.address(buf), cmd.length, cmd.offset, done)
+
     def io_done(self, req: Request, result: object, error: BaseException | None) -> None:
         """The I/O of ``req`` is done: the core is told (it may release more), then the
         client."""
@@ -479,7 +552,9 @@ class Connection(asyncio.Protocol):
         cmd: nbd.Command = req.tag[1]
         self.inflight -= 1
         self.answered += 1
-        if not self.closed:
+        if self.closed:
+            self._recycle(result)  # nothing is sent
+        else:
             if error is not None:
                 if not isinstance(error, OSError):
                     log.error("I/O failed: %r", error)
@@ -488,10 +563,13 @@ class Connection(asyncio.Protocol):
                 reply = self.codec.read_reply(cmd.cookie, cmd.offset, result)
                 if self._corked is not None:
                     self._corked.extend(reply)
+                    self._forget(result)
                 else:
                     self.transport.writelines(reply)
                     if self.transport.get_write_buffer_size() == 0:  # the kernel took it all
-                        self.export.backing.recycle(result)
+                        self._recycle(result)
+                    else:
+                        self._forget(result)
             elif cmd.kind == BLOCK_STATUS:
                 self._send(self.codec.block_status_reply(cmd.cookie, result))
             else:

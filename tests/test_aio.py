@@ -1,4 +1,4 @@
-"""The FUSE worker's AIO submitter (``ioband.fuse.aio``) against a real O_DIRECT file."""
+"""The AIO submitter (``ioband.aio``) against a real O_DIRECT file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ioband.fuse import aio
+from ioband import aio
 from tests.conftest import require_real
 
 BLOCK = 4096
