@@ -200,12 +200,13 @@ def test_cluster_weights_1_to_1(array, tmp_path, redis_server):
 
 
 def test_cluster_weights_2_to_1(array, tmp_path, redis_server):
-    """Owed 67 %: NOT met on this machine (54-62.5 % in eleven runs; see the README's cluster
-    results: A's daemon keeps its 16 I/O threads in flight and B's one each, but A's requests
-    take 17-40 ms at the array where B's take 3-12 ms, so its window does not become its
-    share). Checked: the weights act across hosts, A gets more than at 1:1."""
+    """Owed 67 %. The array is a token bucket (blk-throttle), not a queue: a host's lone
+    request is served at once from the slice's budget where a deep host's wait for the next
+    slice, so windows in proportion to the weights do not give service in proportion. The
+    hosts' latency correction and service trim (see ``ioband.cluster.coordinator``) make up
+    for it: 65.7-67.0 % measured (54-62.5 % with windows by weight alone)."""
     share = run_shares(tmp_path, array, 2, redis_server)
-    assert share > 0.5, f"A got {share:.3f}, owed 0.667 (and at least more than half)"
+    assert abs(share - 2 / 3) <= TOLERANCE, f"A got {share:.3f}, owed 0.667"
 
 
 FAULT_RUNTIME = 18  # seconds each fio runs in the fault test

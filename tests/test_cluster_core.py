@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from ioband.cluster.coordinator import (
     EXPIRY_INTERVALS,
+    TRIM_RANGE,
     Coordinator,
+    Exchange,
     GroupService,
     Record,
     decode_record,
@@ -173,6 +175,33 @@ def test_a_slower_host_gets_a_proportionally_wider_window():
     assert ex.correction == pytest.approx(1.5, rel=0.02)  # 30 ms over the mean of 20 ms
 
     assert ex.latency == pytest.approx(0.020)  # the cluster's: throughput-weighted
+
+
+def trimmed(got: float, backlogged: bool, seconds: float = 4.0) -> Exchange:
+    """Host h1 (tenant A, weight 2: two thirds of the weight) against h2 (B, weight 1), both
+    measuring the same latency; h1 completes ``got`` of the two hosts' I/Os."""
+    c = Coordinator("h1", IV)
+    peer = {"B": (1, True, 0)}
+    ex = None
+    for i in range(int(seconds / IV) + 1):
+        c.record(local({"A": (2, True, 0)}), 20, 256, 0.010, 1000 * got)
+        text = encode_record(Record(i + 1, 20, 1e9, local(peer), 1 / 3, 1, 0.010,
+                                    1000 * (1 - got)))  # fmt: skip
+        ex = c.absorb(i * IV, {"h2": text}, backlogged)
+    assert ex is not None
+    return ex
+
+
+def test_the_service_trim_moves_a_host_toward_its_share_slowly_and_within_bounds():
+    """Same latencies, so the latency correction stays 1; what moves the window is the
+    service the host got against its share of the weight (2/3)."""
+    short = trimmed(0.5, True)  # owed 2/3, got 1/2: widen
+    assert 1.0 < short.correction <= TRIM_RANGE[1]
+    assert trimmed(0.5, True, seconds=0.5).correction < short.correction  # integrated
+    assert trimmed(0.8, True).correction < 1.0  # got more than owed: narrow
+    assert trimmed(0.68, True).correction == 1.0  # within the dead band
+    assert trimmed(0.5, False).correction == 1.0  # its clients do not fill the window
+    assert trimmed(0.1, True, seconds=60).correction == TRIM_RANGE[1]
 
 
 def test_every_host_steps_on_the_clusters_latency_not_its_own():
