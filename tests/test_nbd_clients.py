@@ -126,10 +126,11 @@ def test_nbdcopy_round_trip(daemon, tmp_path):
     assert out.read_bytes() == src.read_bytes()
 
 
-def test_fio_nbd_engine_verifies(daemon):
+@pytest.mark.parametrize("export", ["ioband1", "ioband2"])  # buffered and O_DIRECT (by AIO)
+def test_fio_nbd_engine_verifies(daemon, export):
     need("fio")
     result = run(
-        "fio", "--name=verify", "--ioengine=nbd", f"--uri={uri(daemon)}", "--rw=randwrite",
+        "fio", "--name=verify", "--ioengine=nbd", f"--uri={uri(daemon, export)}", "--rw=randwrite",
         "--bs=4k", "--iodepth=16", "--size=16M", "--verify=crc32c", "--do_verify=1",
         "--verify_state_save=0",
         "--output-format=json", timeout=300,
@@ -159,6 +160,38 @@ def test_garbage_and_abrupt_disconnects_do_not_hurt_other_clients(daemon):
     result = run("qemu-io", "-f", "raw", "-c", "write -P 0x44 32M 1M", "-c",
                  "read -P 0x44 32M 1M", uri(daemon))  # fmt: skip
     assert "Pattern verification failed" not in result.stdout
+
+
+def test_o_direct_export_survives_a_shrunk_file_and_a_client_killed_mid_flight(daemon, tmp_path):
+    """The AIO path's faults: a read past the end of a backing file that shrank under the
+    export comes back short from the kernel and is redone by a thread, which answers zeros
+    (as the thread path always did); a client killed with AIO reads and writes in flight
+    leaves the daemon serving the next one."""
+    need("qemu-io")
+    image = tmp_path / "disk2.img"
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 60M 1M", uri(daemon, "ioband2"))
+    os.truncate(image, 60 << 20)  # the last 4 MiB are gone
+    result = run("qemu-io", "-f", "raw", "-c", "read -P 0 60M 1M", "-c", "read -P 0 59M 4k",
+                 uri(daemon, "ioband2"))  # fmt: skip
+    assert "Pattern verification failed" not in result.stdout + result.stderr
+    os.truncate(image, SIZE)
+    proc = subprocess.Popen(
+        ["qemu-io", "-f", "raw", "-c", "aio_write -P 0x66 0 16M", "-c", "aio_read 16M 16M",
+         uri(daemon, "ioband2")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    result = run("qemu-io", "-f", "raw", "-c", "write -P 0x77 32M 1M", "-c",
+                 "read -P 0x77 32M 1M", uri(daemon, "ioband2"))  # fmt: skip
+    assert "Pattern verification failed" not in result.stdout + result.stderr
+    aio = daemon.daemon.runtime.aio
+    if aio is not None:
+        deadline = time.monotonic() + 10
+        while aio.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert aio.in_flight == 0  # nothing left behind by the killed client
 
 
 def test_status_counts_what_the_clients_did(daemon):
