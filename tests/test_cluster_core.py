@@ -410,3 +410,82 @@ def test_top_shows_a_cluster_devices_share_or_local_control():
     assert "cluster 2 peer(s) share 50%" in _device_title({**dev, "cluster": joined})
     alone = {**joined, "local_control": True}
     assert "local" in _device_title({**dev, "cluster": alone})
+
+
+# -- a reservation is the cluster's (dmClock's rho) --------------------------------------------
+
+
+def two_hosts_with_a_reservation(exchange: bool, seconds: float = 3.0) -> dict[str, int]:
+    """Two hosts, each an engine over a store that completes 2 requests a jiffy (2,000/s).
+    On both, group 1 reserves 600/s at weight 1 and group 2 weighs 100; both groups keep 16
+    requests queued on each host. With ``exchange``, the hosts' coordinators swap records every
+    50 ms and each charges the other's service (``charge_remote``), as the agent does. The
+    requests each group completed after the first second, summed over the hosts."""
+    table = "0 100 ioband sda 1 0 8 user mclock iops :0:1:0 1:600:1:0 2:0:100:0"
+    hosts = []
+    for name in ("h1", "h2"):
+        engine = Engine(hz=1000)
+        d = Driver(engine)
+        dev = engine.create("vol", table)
+        for uid in (1, 2):
+            for _ in range(16):
+                d.submit(dev, Request(False, 0, 4096, Submitter(pid=uid, uid=uid)))
+        hosts.append((name, d, dev, Coordinator(name, 0.05), {}))
+    got = {"1": 0, "2": 0}
+    for ms in range(int(seconds * 1000)):
+        for _, d, dev, _, _ in hosts:
+            for _ in range(2):
+                if d.inflight:
+                    req = d.complete(0)
+                    uid = req.owner.uid
+                    if ms >= 1000:
+                        got[str(uid)] += 1
+                    d.submit(dev, Request(False, 0, 4096, Submitter(pid=uid, uid=uid)))
+            d.tick(1)
+        if exchange and ms % 50 == 49:
+            texts = {}
+            for name, _, dev, coord, _ in hosts:
+                policy = dev.dp.policy
+                groups = {
+                    str(k): GroupService(1.0, True, 0, policy.service_cost(g),
+                                         policy.reserved_cost(g))
+                    for k, g in dev.groups.items()
+                }  # fmt: skip
+                texts[name] = coord.record(groups, 8.0, 8.0, 0.004, 2000.0)
+            for _, d, dev, coord, _ in hosts:
+                outcome = coord.absorb(ms / 1000, texts)
+                policy = dev.dp.policy
+                with d.core:
+                    for key, cost in outcome.charges.items():
+                        policy.charge_remote(dev.groups[int(key)], cost,
+                                             outcome.reserved.get(key, 0.0))  # fmt: skip
+                    d.engine.kick(dev.dp)
+    return {k: round(v / (seconds - 1)) for k, v in got.items()}
+
+
+def test_a_reservation_is_the_clusters_not_each_hosts():
+    """Without the exchange each host meets the reservation on its own: group 1 gets 600/s on
+    each, 1,200 in all. With it (remote service advances the rtag, rho keeps the reservation's
+    part off the ptag) the two hosts together give it its 600 (and a hair of weight share)."""
+    alone = two_hosts_with_a_reservation(False)
+    assert alone["1"] == pytest.approx(1200, rel=0.03), alone
+    shared = two_hosts_with_a_reservation(True)
+    assert 600 * 0.97 <= shared["1"] <= 600 * 1.1, shared
+    assert shared["1"] + shared["2"] == pytest.approx(4000, rel=0.01), shared
+
+
+def test_remote_reservation_service_moves_the_rtag_not_the_ptag():
+    e = Engine(hz=1000)
+    dev = e.create("vol", "0 100 ioband sda 1 0 8 user mclock iops :0:1:0 1:600:1:0 2:0:1:0")
+    d = Driver(e)
+    for uid in (1, 2):
+        for _ in range(16):
+            d.submit(dev, Request(False, 0, 4096, Submitter(pid=uid, uid=uid)))
+    policy = dev.dp.policy
+    state = policy._state_of(dev.groups[1])
+    ptag, rtag = state.ptag, state.rtag
+    policy.charge_remote(dev.groups[1], 30.0, 30.0)  # all in its reservation phase
+    assert state.ptag == ptag and state.rtag > rtag
+    ptag, rtag = state.ptag, state.rtag
+    policy.charge_remote(dev.groups[1], 30.0, 10.0)  # two thirds by weight
+    assert state.ptag == pytest.approx(ptag + 20.0 / state.eff) and state.rtag >= rtag

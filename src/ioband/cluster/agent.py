@@ -193,7 +193,8 @@ class ClusterAgent:
             moved = cost != served.get(name)
             served[name] = cost
             active = moved or g.active > 0 or g.blocked[0] + g.blocked[1] > 0
-            groups[name] = GroupService(float(g.weight), active, g.ios[0] + g.ios[1], cost)
+            groups[name] = GroupService(float(g.weight), active, g.ios[0] + g.ios[1], cost,
+                                        policy.reserved_cost(g))  # fmt: skip
         return groups
 
     async def exchange_once(self) -> None:
@@ -287,7 +288,7 @@ class ClusterAgent:
             for group, cost in outcome.charges.items():
                 g = by_name.get(group)
                 if g is not None:
-                    policy.charge_remote(g, cost)
+                    policy.charge_remote(g, cost, outcome.reserved.get(group, 0.0))
         window = member.window
         if window is not None and dp.adaptive is window:
             window.adopt(outcome.total, outcome.share, outcome.peers + 1, outcome.cap,

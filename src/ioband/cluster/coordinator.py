@@ -81,12 +81,14 @@ TRIM_DEADBAND = 0.05
 class GroupService:
     """What a host reports about one group: its weight there, whether it is active there (has
     requests held or in flight, or completed some in the last interval), and its cumulative
-    service there (I/Os completed, and their cost in the policy's unit)."""
+    service there (I/Os completed, and their cost in the policy's unit, of which ``reserved``
+    was given to meet its reservation: dmClock's ``rho``)."""
 
     weight: float
     active: bool
     ios: int
     cost: float
+    reserved: float = 0.0
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Exchange:
     """What one exchange decided: the cost to charge each local group for service received
     elsewhere, this host's share of the cluster's active weight, and how many peers count."""
 
-    charges: dict[str, float]
+    charges: dict[str, float]  # each group's service elsewhere since the last exchange
     share: float
     peers: int
     fallback: bool
@@ -120,6 +122,8 @@ class Exchange:
     purge: list[str] = field(default_factory=list)
     latency: float | None = None  # the cluster's throughput-weighted latency, seconds, which
     # every host's PARDA step uses (None: not known yet, the host steps on its own)
+    reserved: dict[str, float] = field(default_factory=dict)  # of ``charges``, what was given
+    # to meet the group's reservation (dmClock's ``rho``)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,10 @@ class Record:
 
 def encode_record(record: Record) -> str:
     """A host's record as stored in Redis (one hash field per host): compact JSON."""
-    g = {k: [v.weight, int(v.active), v.ios, round(v.cost, 3)] for k, v in record.groups.items()}
+    g = {
+        k: [v.weight, int(v.active), v.ios, round(v.cost, 3), round(v.reserved, 3)]
+        for k, v in record.groups.items()
+    }
     w, m = round(record.total, 3), round(min(record.cap, 1e9), 3)
     doc = {"seq": record.seq, "w": w, "m": m, "s": round(record.share, 6),
            "c": round(record.correction, 6), "l": round(record.latency, 6),
@@ -172,16 +179,20 @@ def decode_record(text: str | bytes) -> Record:
     for name, item in raw.items():
         if (
             not isinstance(item, list)
-            or len(item) != 4
+            or len(item) not in (4, 5)  # 4: a peer from before ``reserved``
             or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in item)
         ):
-            raise ValueError(f"record.g[{name!r}]: must be [weight, active, ios, cost] numbers")
-        weight, active, ios, cost = item
-        if weight < 0 or ios < 0 or cost < 0 or active not in (0, 1):
             raise ValueError(
-                f"record.g[{name!r}]: weight, ios and cost must be >= 0, active 0 or 1"
+                f"record.g[{name!r}]: must be [weight, active, ios, cost, reserved] numbers"
             )
-        groups[name] = GroupService(float(weight), bool(active), int(ios), float(cost))
+        weight, active, ios, cost = item[:4]
+        reserved = item[4] if len(item) == 5 else 0
+        if weight < 0 or ios < 0 or cost < 0 or reserved < 0 or active not in (0, 1):
+            raise ValueError(
+                f"record.g[{name!r}]: weight, ios, cost and reserved must be >= 0, active 0 or 1"
+            )
+        groups[name] = GroupService(float(weight), bool(active), int(ios), float(cost),
+                                    float(reserved))  # fmt: skip
     return Record(seq, numbers[0], numbers[1], groups, *numbers[2:])
 
 
@@ -245,6 +256,7 @@ class Coordinator:
         self.last_ok = now
         self.fallback = False
         charges: dict[str, float] = {}
+        reserved: dict[str, float] = {}
         for host, text in records.items():
             if host == self.host:
                 continue
@@ -270,6 +282,10 @@ class Coordinator:
                     before = peer.groups.get(name)
                     if before is not None and service.cost > before.cost:
                         charges[name] = charges.get(name, 0.0) + service.cost - before.cost
+                        if service.reserved > before.reserved:
+                            rho = min(service.reserved - before.reserved,
+                                      service.cost - before.cost)  # fmt: skip
+                            reserved[name] = reserved.get(name, 0.0) + rho
             # A restarted peer (its seq went back) or one back from the dead: a new baseline.
             peer.seq, peer.seen, peer.groups = rec.seq, now, rec.groups
             peer.total, peer.cap = rec.total, rec.cap
@@ -282,6 +298,7 @@ class Coordinator:
         self.share = self._share(alive)
         local = self.local
         charges = {k: v for k, v in charges.items() if k in local and local[k].active}
+        reserved = {k: v for k, v in reserved.items() if k in charges}
         totals = [self.total, *(p.total for p in alive.values() if p.total > 0)]
         mean = sum(totals) / len(totals) if self.total > 0 else None
         caps = [self.cap, *(p.cap for p in alive.values() if p.cap > 0)]
@@ -289,7 +306,7 @@ class Coordinator:
         latency = self.cluster_latency if alive and self.cluster_latency > 0 else None
         return Exchange(charges, self.share, len(alive), False, mean,
                         min(caps) if caps else None, self.window_factor, purge,
-                        latency)  # fmt: skip
+                        latency, reserved)  # fmt: skip
 
     def _correct(self, now: float, alive: dict[str, Peer], backlogged: bool) -> None:
         """The window correction: this host's latency over the cluster's (the throughput-

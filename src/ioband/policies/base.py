@@ -190,11 +190,17 @@ class Policy:
         a host publishes for its peers to charge). From the group's counters: requests here."""
         return float(g.ios[0] + g.ios[1])
 
-    def charge_remote(self, g: Group, cost: float) -> None:
-        """``g`` was given ``cost`` (this policy's unit) on other hosts since the last exchange:
-        account it as if served here, so that a group served on several hosts gets its
-        weight's share of the cluster, not of each host (dmClock's ``delta``). Policies that
-        account no share over time ignore it."""
+    def reserved_cost(self, g: Group) -> float:
+        """Of ``service_cost``, what was given here to meet ``g``'s reservation (dmClock's
+        ``rho``; 0 for policies without reservations)."""
+        return 0.0
+
+    def charge_remote(self, g: Group, cost: float, reserved: float = 0.0) -> None:
+        """``g`` was given ``cost`` (this policy's unit) on other hosts since the last exchange,
+        ``reserved`` of it to meet its reservation: account it as if served here, so that a
+        group served on several hosts gets its weight's share (and its reservation) of the
+        cluster, not of each host (dmClock's ``delta`` and ``rho``). Policies that account no
+        share over time ignore it."""
 
     def completed(self, g: Group, service_ns: int) -> None:
         """A request of ``g`` completed after ``service_ns`` of the store's time (from its

@@ -161,6 +161,7 @@ class _State:
         "params",
         "phase",
         "ptag",
+        "rcost",
         "reservation",
         "rsv",
         "rtag",
@@ -195,6 +196,7 @@ class _State:
         # in the reservation phase, so one child would take all of it).
         self.rsv = 0.0
         self.subqueued = False  # it has an entry in the subtree-reservation heap
+        self.rcost = 0.0  # cost it was given in the reservation phase (cluster: dmClock's rho)
         # Its parent by the cgroup nesting (type cgroup, no ``parent=``): the group of the
         # nearest ancestor cgroup that has one on the device.
         self.implicit: _State | None = None
@@ -301,18 +303,31 @@ class MclockPolicy(Policy):
         base, per_byte = self._base, self._per_byte
         return sum(base[d] * g.ios[d] + per_byte[d] * g.sectors[d] * 512 for d in (0, 1))
 
-    def charge_remote(self, g: Group, cost: float) -> None:
-        """dmClock's ``delta``: the ptag of a busy group advances by what it was given
-        elsewhere over its weight, and its ltag by it over its limit (a limit is the group's in
-        the whole cluster). Reservations stay per host (dmClock's ``rho`` would need the phase
-        each remote request was served in; docs/deviations.md). An idle group is not charged:
-        it is lifted to ``vtime`` when it becomes busy anyway."""
+    def reserved_cost(self, g: Group) -> float:
+        """What the group was given in the reservation phase (its own or an ancestor's), in
+        the cost model's unit: requests its ptag did not pay for."""
+        st = self._state_of(g)
+        return 0.0 if st is None else st.rcost
+
+    def charge_remote(self, g: Group, cost: float, reserved: float = 0.0) -> None:
+        """dmClock's ``delta`` and ``rho``: the rtag of a busy group advances by everything it
+        was given elsewhere over its reservation (as every local request advances it: a
+        reservation is the group's in the whole cluster, and whichever phase served it counts
+        toward it), its ptag by what was given elsewhere in the weight phase (``cost -
+        reserved``) over its weight, and its ltag by all of it over its limit. An idle group
+        is not charged: it is lifted to ``now``/``vtime`` when it becomes busy anyway."""
         st = self._state_of(g)
         if st is None or not st.active or cost <= 0:
             return
-        st.ptag += cost / st.eff
+        now = self._now()
+        if st.reservation:
+            rtag = st.rtag if st.rtag > now - R_BEHIND else now - R_BEHIND
+            rtag += cost / st.reservation
+            st.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
+        shared = cost - reserved if reserved < cost else 0.0
+        st.ptag += shared / st.eff
         if st.limit:
-            floor = self._now() - L_BEHIND_JIFFIES / self.hz
+            floor = now - L_BEHIND_JIFFIES / self.hz
             st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
         self._index(st)
 
@@ -975,7 +990,9 @@ class MclockPolicy(Policy):
             rtag += cost / st.reservation
             st.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
         parent = self._parent_of(st) if self.nested else None
-        if not (chosen and self._phase == PHASE_RESERVATION):
+        if chosen and self._phase == PHASE_RESERVATION:
+            st.rcost += cost
+        else:
             if st.ptag > self.vtime:
                 self.vtime = st.ptag
             if parent is not None and st.ptag > parent.frontier:

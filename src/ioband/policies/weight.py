@@ -262,7 +262,7 @@ class WeightPolicy(Policy):
             return R_YIELD
         return R_OK
 
-    def charge_remote(self, g: Group, cost: float) -> None:
+    def charge_remote(self, g: Group, cost: float, reserved: float = 0.0) -> None:
         """Service received elsewhere spends the group's tokens as local service would (without
         the batch and dominant bookkeeping of a local charge, which concern this host's turn).
         The debt is bounded by what the carryover lets a group bank (``token_initial x
