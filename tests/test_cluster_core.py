@@ -47,6 +47,13 @@ def local(groups: dict[str, tuple[float, bool, float]]) -> dict[str, GroupServic
 def test_record_round_trip():
     r = Record(7, 12.5, 40.0, local({"1000": (1, True, 5), "/m.slice": (2, False, 0)}), 0.5)
     assert decode_record(encode_record(r)) == r
+    with_rho = Record(8, 1.0, 2.0, {"7": GroupService(1.0, True, 9, 9.0, 4.0)})
+    assert decode_record(encode_record(with_rho)) == with_rho
+
+
+def test_a_record_of_an_older_peer_without_reserved_still_parses():
+    text = '{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,1,3,3]}}'
+    assert decode_record(text).groups["a"] == GroupService(1.0, True, 3, 3.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +72,8 @@ def test_record_round_trip():
         ('{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,2,1,1]}}', "active 0 or 1"),
         ('{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,1,-1,1]}}', "must be >= 0"),
         ('{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,1,"x",1]}}', "numbers"),
+        ('{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,1,1,1,-2]}}', "reserved"),
+        ('{"seq":1,"w":1,"m":1,"s":1,"c":1,"l":0,"x":0,"g":{"a":[1,1,1,1,1,1]}}', "record.g['a']"),
         (b"\xff\xfe", "record: not JSON"),
     ],
 )
