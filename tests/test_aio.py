@@ -84,3 +84,33 @@ def test_errors_come_back_as_oserror_and_spare_the_others(direct_file):
             ctx.close()
 
     _run(go())
+
+
+def test_a_failing_callback_does_not_strand_the_others(direct_file, caplog):
+    fd, _ = direct_file
+
+    async def go():
+        ctx = aio.Aio(asyncio.get_running_loop(), depth=8)
+        try:
+            bufs = [mmap.mmap(-1, BLOCK) for _ in range(4)]
+            anchors = [aio.address(b) for b in bufs]
+            results: list[int] = []
+            everyone = asyncio.get_running_loop().create_future()
+
+            def done(res: int) -> None:
+                results.append(res)
+                if len(results) == 1:
+                    raise RuntimeError("a bug in one request's completion")
+                if len(results) == 4:
+                    everyone.set_result(None)
+
+            for i, (_, addr) in enumerate(anchors):
+                ctx.start(aio.PREAD, fd, addr, BLOCK, i * BLOCK, done)
+            await asyncio.wait_for(everyone, 5)
+            assert results == [BLOCK] * 4 and ctx.in_flight == 0
+            del anchors
+        finally:
+            ctx.close()
+
+    _run(go())
+    assert "AIO completion callback failed" in caplog.text

@@ -343,6 +343,7 @@ def test_agents_exchange_through_redis_fall_back_and_rejoin(redis_server, caplog
             assert status["h1"]["share"] == pytest.approx(0.5)
             assert status["h2"]["share"] == pytest.approx(0.25)
             assert all(s["peers"] == 2 and not s["local_control"] for s in status.values())
+            assert all(0.5 <= s["trim"] <= 2.0 for s in status.values())  # shown, bounded
             assert agents["h1"].members["vol"].window.share == pytest.approx(0.5)
             # Service on h2 is charged to tenant B on h3 (not to anyone on h1: B is idle there).
             driver, dev, uid = drivers["h2"]

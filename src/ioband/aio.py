@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import logging
 import mmap
 import os
 import struct
@@ -37,6 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+
+log = logging.getLogger("ioband.aio")
 
 _SYS_IO_SETUP = 206  # x86_64 numbers
 _SYS_IO_DESTROY = 207
@@ -195,7 +198,10 @@ class Aio:
         if done is None:
             return
         self.in_flight -= 1
-        done(res)
+        try:
+            done(res)
+        except Exception:  # one request's bug must not strand the others reaped with it
+            log.exception("AIO completion callback failed")
 
     def close(self) -> None:
         """After every request has completed (the worker drains before it closes)."""

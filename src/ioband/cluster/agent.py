@@ -250,11 +250,11 @@ class ClusterAgent:
                 w, c = member.window, member.coordinator
                 if w is not None:
                     ratio = c.latency / c.cluster_latency if c.cluster_latency else 0.0
-                    log.debug("cluster %s: share %.3f, correction %.3f (latency ratio %.3f), "
-                              "cluster window %.1f (cap %.1f), window %d, latency %.1f ms, "
-                              "%d peer(s)", name, w.share, w.correction, ratio, w.total, w.cap,
-                              w.value,
-                              w.latency_ms(), len(c.alive(now)))  # fmt: skip
+                    log.debug("cluster %s: share %.3f, correction %.3f (latency ratio %.3f, "
+                              "trim %.3f), cluster window %.1f (cap %.1f), window %d, latency "
+                              "%.1f ms, %d peer(s)", name, w.share, w.correction, ratio, c.trim,
+                              w.total, w.cap, w.value, w.latency_ms(),
+                              len(c.alive(now)))  # fmt: skip
         if purge_pipe is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(purge_pipe.execute(), timeout=interval)
@@ -301,7 +301,7 @@ class ClusterAgent:
     # -- what status and metrics show ------------------------------------------------------
     def device_status(self, name: str) -> dict[str, Any] | None:
         """A cluster-wide device's state for ``ioband stats``, metrics and top (None: the device
-        is not cluster-wide): peers alive, this host's share and correction, the cluster's
+        is not cluster-wide): peers alive, this host's share, correction and trim, the cluster's
         window, whether it is on local control, and the age of the last good exchange."""
         member = self.members.get(name)
         if member is None:
@@ -313,7 +313,8 @@ class ClusterAgent:
             "host": self.settings.host,
             "peers": len(c.alive(now)),
             "share": round(c.share, 4),
-            "correction": round(c.correction, 4),
+            "correction": round(c.correction, 4),  # by latency
+            "trim": round(c.trim, 4),  # by service; the window is share x both x cluster window
             "cluster_window": round(w.total, 2) if w is not None else None,
             "local_control": c.fallback or not self.connected,
             "last_exchange_s": (
