@@ -4,7 +4,7 @@
 [daemon]
 hz = 1000                     # jiffies per second
 cgroup_hierarchy = "auto"     # auto | v1 | v2 | a mount point
-io_threads = 16               # worker threads doing backing-store I/O
+io_threads = 16               # threads doing buffered backing-store I/O (O_DIRECT: AIO)
 control_socket = "/run/ioband/control.sock"   # "" : none
 state_file = "/var/lib/ioband/state.json"     # "" : nothing persisted
 admin_group = "ioband"        # members may change the configuration; root always may
