@@ -140,6 +140,25 @@ def test_fio_nbd_engine_verifies(daemon, export):
     assert job["write"]["io_bytes"] == 16 << 20
 
 
+def kill_mid_flight(target: str, commands: list[str], after: float) -> None:
+    """qemu-io running ``commands`` against ``target``, killed ``after`` seconds in: a client
+    that disappears with requests in flight."""
+    argv = ["qemu-io", "-f", "raw"]
+    for c in commands:
+        argv += ["-c", c]
+    proc = subprocess.Popen([*argv, target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(after)
+    proc.kill()
+    proc.wait()
+
+
+def assert_served_after(target: str, pattern: int) -> None:
+    """The next client writes and reads back 1 MiB at 32 MiB."""
+    result = run("qemu-io", "-f", "raw", "-c", f"write -P {pattern:#x} 32M 1M", "-c",
+                 f"read -P {pattern:#x} 32M 1M", target)  # fmt: skip
+    assert "Pattern verification failed" not in result.stdout + result.stderr
+
+
 def test_garbage_and_abrupt_disconnects_do_not_hurt_other_clients(daemon):
     need("qemu-io")
     for payload in (b"", b"\x00" * 7, os.urandom(300), b"IHAVEOPT" * 40):
@@ -150,16 +169,8 @@ def test_garbage_and_abrupt_disconnects_do_not_hurt_other_clients(daemon):
             s.sendall(payload)
         s.close()
     # a client that disappears with requests in flight
-    proc = subprocess.Popen(
-        ["qemu-io", "-f", "raw", "-c", "write -P 0x33 0 32M", uri(daemon)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    result = run("qemu-io", "-f", "raw", "-c", "write -P 0x44 32M 1M", "-c",
-                 "read -P 0x44 32M 1M", uri(daemon))  # fmt: skip
-    assert "Pattern verification failed" not in result.stdout
+    kill_mid_flight(uri(daemon), ["write -P 0x33 0 32M"], after=0.2)
+    assert_served_after(uri(daemon), 0x44)
 
 
 def test_o_direct_export_survives_a_shrunk_file_and_a_client_killed_mid_flight(daemon, tmp_path):
@@ -175,17 +186,9 @@ def test_o_direct_export_survives_a_shrunk_file_and_a_client_killed_mid_flight(d
                  uri(daemon, "ioband2"))  # fmt: skip
     assert "Pattern verification failed" not in result.stdout + result.stderr
     os.truncate(image, SIZE)
-    proc = subprocess.Popen(
-        ["qemu-io", "-f", "raw", "-c", "aio_write -P 0x66 0 16M", "-c", "aio_read 16M 16M",
-         uri(daemon, "ioband2")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    result = run("qemu-io", "-f", "raw", "-c", "write -P 0x77 32M 1M", "-c",
-                 "read -P 0x77 32M 1M", uri(daemon, "ioband2"))  # fmt: skip
-    assert "Pattern verification failed" not in result.stdout + result.stderr
+    kill_mid_flight(uri(daemon, "ioband2"), ["aio_write -P 0x66 0 16M", "aio_read 16M 16M"],
+                    after=0.1)  # fmt: skip
+    assert_served_after(uri(daemon, "ioband2"), 0x77)
     aio = daemon.daemon.runtime.aio
     if aio is not None:
         deadline = time.monotonic() + 10

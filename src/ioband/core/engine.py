@@ -466,29 +466,19 @@ class Engine(DmTarget):
             and (issued[0] >= limit or issued[1] >= limit)
         ):
             dp.adaptive.wanted_more()
-        if (
-            dp.blocked[0] + dp.blocked[1] > 0
-            and issued[0] < limit
-            and issued[1] < limit
-            and len(out) == before
-            and policy.restart()
-        ):
-            self._queue_conductor(dp, 0)
-        elif (
-            dp.adaptive is not None
-            and len(out) > before
-            and dp.blocked[0] + dp.blocked[1] > 0
-            and issued[0] < limit
-            and issued[1] < limit
-        ):
-            # An adaptive window grows at run time, and a run serves one group: with every
-            # group holding one request (the rest of its submitters asleep), each completion
-            # then released one request and the room the window gained was never filled (at
-            # 1,024 groups the in flight count rose by one a second after a probe down, and the
-            # SSD ran at 25 % busy). So while a run released something and room is left, the
-            # next group gets the next run. A pinned io_limit keeps the original's one group
-            # per completion.
-            self._queue_conductor(dp, 0)
+        if dp.blocked[0] + dp.blocked[1] > 0 and issued[0] < limit and issued[1] < limit:
+            if len(out) == before:
+                if policy.restart():
+                    self._queue_conductor(dp, 0)
+            elif dp.adaptive is not None:
+                # An adaptive window grows at run time, and a run serves one group: with every
+                # group holding one request (the rest of its submitters asleep), each
+                # completion then released one request and the room the window gained was
+                # never filled (at 1,024 groups the in flight count rose by one a second after
+                # a probe down, and the SSD ran at 25 % busy). So while a run released
+                # something and room is left, the next group gets the next run. A pinned
+                # io_limit keeps the original's one group per completion.
+                self._queue_conductor(dp, 0)
 
     def _release(self, g: Group) -> int:
         """``release_bios``: the prio queue first, then the normal queue, until the batch yields,

@@ -233,6 +233,20 @@ class _State:
                 self.buckets[i] = bucket
 
 
+def _advance_rtag(st: _State, now: float, cost: float) -> None:
+    """Service ``cost`` counts toward ``st``'s reservation: its rtag moves by it, from no
+    further back than ``R_BEHIND`` and to no further ahead than ``R_AHEAD`` of ``now``."""
+    rtag = st.rtag if st.rtag > now - R_BEHIND else now - R_BEHIND
+    rtag += cost / st.reservation
+    st.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
+
+
+def _advance_ltag(st: _State, floor: float, cost: float) -> None:
+    """Service ``cost`` counts toward ``st``'s limit: its ltag moves by it, from no further
+    back than ``floor`` (``now`` less the limit's jiffy rounding)."""
+    st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
+
+
 class MclockPolicy(Policy):
     name = "mclock"
     family = "mclock"  # a switch from or to another policy starts from the defaults
@@ -321,14 +335,11 @@ class MclockPolicy(Policy):
             return
         now = self._now()
         if st.reservation:
-            rtag = st.rtag if st.rtag > now - R_BEHIND else now - R_BEHIND
-            rtag += cost / st.reservation
-            st.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
+            _advance_rtag(st, now, cost)
         shared = cost - reserved if reserved < cost else 0.0
         st.ptag += shared / st.eff
         if st.limit:
-            floor = now - L_BEHIND_JIFFIES / self.hz
-            st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
+            _advance_ltag(st, now - L_BEHIND_JIFFIES / self.hz, cost)
         self._index(st)
 
     # -- construction-time validation ---------------------------------------------------------
@@ -984,11 +995,7 @@ class MclockPolicy(Policy):
         start = st.ptag
         chosen = self._chosen is st
         if st.reservation:
-            rtag = st.rtag
-            if rtag < now - R_BEHIND:
-                rtag = now - R_BEHIND
-            rtag += cost / st.reservation
-            st.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
+            _advance_rtag(st, now, cost)
         parent = self._parent_of(st) if self.nested else None
         if chosen and self._phase == PHASE_RESERVATION:
             st.rcost += cost
@@ -999,8 +1006,7 @@ class MclockPolicy(Policy):
                 parent.frontier = st.ptag
             st.ptag += cost / st.eff
         if st.limit:
-            floor = now - L_BEHIND_JIFFIES / self.hz
-            st.ltag = (st.ltag if st.ltag > floor else floor) + cost / st.limit
+            _advance_ltag(st, now - L_BEHIND_JIFFIES / self.hz, cost)
         if st.capped:
             buckets = st.buckets
             d = req.dir
@@ -1018,11 +1024,9 @@ class MclockPolicy(Policy):
             floor = now - L_BEHIND_JIFFIES / self.hz
             for a in self._ancestors(st):  # a parent's limit and caps bound its subtree
                 if a.reservation:  # and all of its subtree's service counts toward its own
-                    rtag = a.rtag if a.rtag > now - R_BEHIND else now - R_BEHIND
-                    rtag += cost / a.reservation
-                    a.rtag = rtag if rtag < now + R_AHEAD else now + R_AHEAD
+                    _advance_rtag(a, now, cost)
                 if a.limit:
-                    a.ltag = (a.ltag if a.ltag > floor else floor) + cost / a.limit
+                    _advance_ltag(a, floor, cost)
                 for b in (a.buckets[req.dir], a.buckets[2 + req.dir]):
                     if b is not None:
                         b.refill(now)
