@@ -252,7 +252,7 @@ class ClusterAgent:
                     ratio = c.latency / c.cluster_latency if c.cluster_latency else 0.0
                     log.debug("cluster %s: share %.3f, correction %.3f (latency ratio %.3f, "
                               "trim %.3f), cluster window %.1f (cap %.1f), window %d, latency "
-                              "%.1f ms, %d peer(s)", name, w.share, w.correction, ratio, c.trim,
+                              "%.1f ms, %d peer(s)", name, w.share, c.correction, ratio, c.trim,
                               w.total, w.cap, w.value, w.latency_ms(),
                               len(c.alive(now)))  # fmt: skip
         if purge_pipe is not None:

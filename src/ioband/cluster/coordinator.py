@@ -103,7 +103,7 @@ class Peer:
     total: float  # its estimate of the cluster's window (requests in flight at the backend)
     cap: float  # the largest cluster window it can carry its part of
     share: float = 0.0  # its share of the active weight
-    correction: float = 1.0  # its window correction
+    correction: float = 1.0  # its window factor, as its record says
     text: str | bytes = ""  # the record as read (an unchanged record is not parsed again)
     latency: float = 0.0  # its last measured latency, seconds
     throughput: float = 0.0  # and completions per second
@@ -120,7 +120,7 @@ class Exchange:
     fallback: bool
     total: float | None  # the mean of the alive hosts' cluster windows (None: keep one's own)
     cap: float | None = None  # the least of the alive hosts' caps on the cluster window
-    correction: float = 1.0  # this host's window correction by the service it got
+    correction: float = 1.0  # this host's window factor: latency correction x service trim
     purge: list[str] = field(default_factory=list)
     latency: float | None = None  # the cluster's throughput-weighted latency, seconds, which
     # every host's PARDA step uses (None: not known yet, the host steps on its own)
@@ -137,7 +137,7 @@ class Record:
     cap: float  # the largest cluster window it can carry its part of
     groups: dict[str, GroupService]
     share: float = 1.0  # its share of the active weight, as it computed it
-    correction: float = 1.0  # its window correction
+    correction: float = 1.0  # its window factor (latency correction x service trim)
     latency: float = 0.0  # its last measured service latency at the backend, seconds
     throughput: float = 0.0  # its completions per second then
 
@@ -328,7 +328,7 @@ class Coordinator:
         self.cluster_latency = mean
         lo, hi = CORRECTION_RANGE
         want = min(hi, max(lo, self.latency / mean))
-        if not (want > self.correction and not backlogged):
+        if want <= self.correction or backlogged:
             self.correction += min(1.0, (now - last) / CORRECTION_TAU) * (want - self.correction)
         self._trim(now - last, served, backlogged)
 
